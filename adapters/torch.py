@@ -1,0 +1,198 @@
+"""PyTorch: ``torch.nn.Module`` trees.
+
+Paths are torch's own (``_modules`` keys: positions in ``Sequential`` and
+``ModuleList``, keys in ``ModuleDict``, attribute names elsewhere) and so are
+the leaf names and layouts, which are the canonical ones. A tie is one
+``Parameter`` object (or buffer tensor) reached from two places, as
+``named_parameters`` deduplicates them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from unitree._adapter import Adapter, Leaf
+from unitree._errors import PathError, UninitializedError, UnsupportedModelError
+
+_KINDS: dict[type, str] = {
+    nn.Linear: "dense",
+    nn.Conv1d: "conv",
+    nn.Conv2d: "conv",
+    nn.Conv3d: "conv",
+    nn.ConvTranspose1d: "conv_transpose",
+    nn.ConvTranspose2d: "conv_transpose",
+    nn.ConvTranspose3d: "conv_transpose",
+    nn.Embedding: "embedding",
+    nn.LayerNorm: "layer_norm",
+    nn.modules.batchnorm._BatchNorm: "batch_norm",
+    nn.GroupNorm: "group_norm",
+    nn.LSTM: "lstm",
+    nn.GRU: "gru",
+    nn.MultiheadAttention: "attention",
+}
+
+
+def _kind(cls: type) -> str | None:
+    for base in cls.__mro__:
+        if base in _KINDS:
+            return _KINDS[base]
+    return None
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor's numpy view (a copy from other devices), for dtypes numpy lacks too."""
+    t = t.detach()
+    if t.device.type == "meta":
+        raise UninitializedError("The tensor is on the meta device: it has a shape but no values. Call module.to_empty(device=...) and initialize it first.")
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if t.is_conj() or t.is_neg():
+        t = t.resolve_conj().resolve_neg()
+    try:
+        return t.numpy()
+    except TypeError:  # bfloat16, float8: numpy knows them only through ml_dtypes
+        import ml_dtypes
+
+        name = str(t.dtype).rpartition(".")[2]
+        bits = {1: torch.uint8, 2: torch.int16}[t.element_size()]
+        return t.view(bits).numpy().view(getattr(ml_dtypes, name))
+
+
+def _from_numpy(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    if not a.flags.writeable or not a.flags.c_contiguous:
+        a = np.array(a)  # torch.from_numpy wants its own writable buffer
+    if a.dtype.kind == "V":  # an ml_dtypes type: move the bits, then reinterpret them
+        bits = {1: np.uint8, 2: np.int16}[a.dtype.itemsize]
+        return torch.from_numpy(a.view(bits)).view(like.dtype)
+    return torch.from_numpy(a)
+
+
+class TorchAdapter(Adapter):
+    name = "torch"
+
+    def root(self, obj: Any, *state: Any) -> Any:
+        if not isinstance(obj, nn.Module):
+            raise UnsupportedModelError(f"Expected a torch.nn.Module, got {type(obj).__module__}.{type(obj).__qualname__}.")
+        return super().root(obj, *state)
+
+    # -- structure -----------------------------------------------------------------
+    def children(self, module: nn.Module) -> list[tuple[str, nn.Module]]:
+        return [(k, m) for k, m in module._modules.items() if m is not None]
+
+    def child(self, module: nn.Module, segment: str) -> Any:
+        return module._modules.get(segment)
+
+    def leaves(self, module: nn.Module) -> list[Leaf]:
+        out = [Leaf(n, p, True) for n, p in module._parameters.items() if p is not None]
+        if module._buffers:
+            transient = module._non_persistent_buffers_set
+            out += [Leaf(n, b, False, n not in transient) for n, b in module._buffers.items() if b is not None]
+        return out
+
+    def leaf(self, module: nn.Module, name: str) -> torch.Tensor:
+        t = module._parameters.get(name)
+        if t is None:
+            t = module._buffers.get(name)
+        if t is None:
+            raise PathError(f"The {type(module).__name__} module no longer has a parameter or buffer {name!r}.")
+        return t
+
+    def kind(self, module: nn.Module) -> str | None:
+        return _kind(type(module))
+
+    def fingerprint(self, root: nn.Module) -> Any:
+        ids: list[int] = []
+        add = ids.append
+
+        def visit(m: nn.Module) -> None:
+            add(id(m))
+            for t in m._parameters.values():
+                add(id(t))
+            for t in m._buffers.values():
+                add(id(t))
+            for c in m._modules.values():
+                if c is None:
+                    add(0)
+                else:
+                    visit(c)
+
+        visit(root)
+        return ids
+
+    # -- one leaf ------------------------------------------------------------------------
+    def shape(self, leaf: torch.Tensor) -> tuple[int, ...] | None:
+        if isinstance(leaf, nn.parameter.UninitializedTensorMixin):
+            return None
+        return tuple(leaf.shape)
+
+    def dtype(self, leaf: torch.Tensor) -> str:
+        return str(leaf.dtype).rpartition(".")[2]
+
+    def device(self, leaf: torch.Tensor) -> str:
+        return str(leaf.device)
+
+    def trainable(self, leaf: torch.Tensor, param: bool) -> bool:
+        return param and leaf.requires_grad
+
+    def read(self, leaf: torch.Tensor) -> np.ndarray:
+        return _to_numpy(leaf)
+
+    def write(self, leaf: torch.Tensor, value: np.ndarray, index: Any = None) -> None:
+        src = _from_numpy(value, leaf)
+        # no_grad: a parameter is a leaf that requires grad. The write still
+        # bumps the version counter, so a graph that saved the old value fails
+        # loudly in backward instead of using the new one silently.
+        with torch.no_grad():
+            if index is None:
+                leaf.copy_(src)
+            else:
+                leaf[index] = src.to(leaf.device)
+
+    def data(self, leaf: torch.Tensor) -> torch.Tensor:
+        return leaf.data
+
+    def grad(self, leaf: torch.Tensor) -> np.ndarray | None:
+        return None if leaf.grad is None else _to_numpy(leaf.grad)
+
+    def asarray(self, value: Any) -> np.ndarray:
+        if isinstance(value, torch.Tensor):
+            return _to_numpy(value)
+        return np.asarray(value)
+
+    # -- the whole model -------------------------------------------------------------------
+    def devices(self) -> list[str]:
+        return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+    def backward(self, root: nn.Module, loss_fn: Callable[[Any], Any], inputs: Sequence[Any]) -> float:
+        first = next(itertools.chain(root.parameters(), root.buffers()), None)
+        device = first.device if first is not None else torch.device("cpu")
+        floating = next((p.dtype for p in root.parameters() if p.dtype.is_floating_point), torch.float32)
+        args = [self._input(x, device, floating) for x in inputs]
+        loss = loss_fn(root(*args))
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise TypeError(f"loss_fn must return a torch scalar, got {type(loss).__name__} {getattr(loss, 'shape', '')}.")
+        loss.backward()
+        return loss.item()
+
+    @staticmethod
+    def _input(x: Any, device: torch.device, floating: torch.dtype) -> Any:
+        if isinstance(x, np.ndarray) or np.isscalar(x):
+            t = torch.as_tensor(np.asarray(x))
+            return t.to(device=device, dtype=floating) if t.dtype.is_floating_point else t.to(device)
+        return x
+
+    def share(self, src_owner: nn.Module, src_name: str, dst_owner: nn.Module, dst_name: str) -> None:
+        leaf = self.leaf(src_owner, src_name)
+        if isinstance(leaf, nn.Parameter):
+            setattr(dst_owner, dst_name, leaf)
+        else:
+            dst_owner._buffers[dst_name] = leaf
+
+
+adapter = TorchAdapter()

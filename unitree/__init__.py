@@ -1,0 +1,49 @@
+"""unitree: one framework-neutral view of a neural network's parameter tree.
+
+>>> import unitree as ut
+>>> tree = ut.wrap(net)                  # torch nn.Module
+>>> tree["2.weight"].shape
+(1, 8)
+
+Importing unitree imports no framework: an adapter is loaded the first time
+a model of its framework is wrapped.
+"""
+
+from ._adapter import Adapter, Leaf
+from ._checkpoint import load, save
+from ._errors import (
+    CheckpointError,
+    PathError,
+    ShapeError,
+    StateDictError,
+    UninitializedError,
+    UnitreeError,
+    UnsupportedModelError,
+    ValueTypeError,
+)
+from ._picture import Summary, summary
+from ._tree import LoadResult, Node, Param, ParamTree, wrap
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adapter",
+    "CheckpointError",
+    "Leaf",
+    "LoadResult",
+    "Node",
+    "Param",
+    "ParamTree",
+    "PathError",
+    "ShapeError",
+    "StateDictError",
+    "Summary",
+    "UninitializedError",
+    "UnitreeError",
+    "UnsupportedModelError",
+    "ValueTypeError",
+    "load",
+    "save",
+    "summary",
+    "wrap",
+]

@@ -1,0 +1,190 @@
+"""The contract every backend adapter implements, and the table that finds one.
+
+An adapter is a small object that knows one framework: it lists a module's
+children and leaves, reads and writes a leaf in the framework's own (native)
+layout, and runs the framework's autodiff. Everything else -- paths, ties,
+canonical layouts, validation, checkpoints -- lives in the core and is written
+once. The core never imports a framework: an adapter module is imported on
+first use, picked by the module name of the wrapped object's type, and that
+framework is already imported because the user built the object with it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Iterable, Sequence
+from typing import Any, Callable, ClassVar, NamedTuple
+
+import numpy as np
+
+from ._errors import UnsupportedModelError
+
+
+class Leaf(NamedTuple):
+    """One leaf of a module as the adapter sees it."""
+
+    name: str  # the native leaf name ("weight", "kernel", "running_mean")
+    obj: Any  # the framework's own parameter, variable or buffer
+    param: bool  # a parameter (True) or non-trainable state, a buffer (False)
+    persistent: bool = True  # saved in state_dict and checkpoints
+
+
+class Adapter(ABC):
+    """What the core needs from one framework.
+
+    Leaves are addressed by their owner module and native name, and resolved
+    with :meth:`leaf` on every access, so a parameter that the framework
+    replaces (lazy initialization, a reassigned attribute) is always read live.
+    """
+
+    name: ClassVar[str]  # the backend name users see: "torch", "keras", ...
+
+    # -- structure -------------------------------------------------------------
+    def root(self, obj: Any, *state: Any) -> Any:
+        """The native root module; ``state`` is for frameworks that keep it apart (flax linen)."""
+        if state:
+            raise TypeError(f"wrap() takes extra arguments only for flax linen; got {len(state)} for a {self.name} model.")
+        return obj
+
+    @abstractmethod
+    def children(self, module: Any) -> Iterable[tuple[str, Any]]:
+        """(path segment, child module) in the model's own order."""
+
+    @abstractmethod
+    def leaves(self, module: Any) -> Iterable[Leaf]:
+        """The module's own leaves (not its children's), in canonical leaf order."""
+
+    @abstractmethod
+    def leaf(self, module: Any, name: str) -> Any:
+        """The current native leaf object of ``module`` called ``name``."""
+
+    def child(self, module: Any, segment: str) -> Any:
+        """The current child of ``module`` at ``segment``, or None."""
+        return dict(self.children(module)).get(segment)
+
+    def identity(self, leaf: Any) -> Hashable:
+        """Two leaves with the same identity are one tied parameter."""
+        return id(leaf)
+
+    def type_name(self, module: Any) -> str:
+        return type(module).__name__
+
+    def kind(self, module: Any) -> str | None:
+        """The layer kind the canonical layout tables know it by ("dense", "conv", ...)."""
+        return None
+
+    def fingerprint(self, root: Any) -> Hashable:
+        """A cheap value that changes whenever the structure or the tie pattern changes."""
+        ids: list[int] = []
+
+        def visit(module: Any) -> None:
+            ids.append(id(module))
+            ids.extend(id(leaf.obj) for leaf in self.leaves(module))
+            for _, child in self.children(module):
+                visit(child)
+
+        visit(root)
+        return tuple(ids)
+
+    # -- one leaf, native layout -------------------------------------------------
+    @abstractmethod
+    def shape(self, leaf: Any) -> tuple[int, ...] | None:
+        """The native shape, or None while it is not known (lazy initialization)."""
+
+    @abstractmethod
+    def dtype(self, leaf: Any) -> str:
+        """The dtype as numpy spells it: "float32", "bfloat16", "int64"."""
+
+    @abstractmethod
+    def device(self, leaf: Any) -> str:
+        """"cpu", "cuda:0", "gpu:0", ..."""
+
+    @abstractmethod
+    def trainable(self, leaf: Any, param: bool) -> bool:
+        """Whether the framework would compute a gradient for it."""
+
+    @abstractmethod
+    def read(self, leaf: Any) -> np.ndarray:
+        """The value in native layout; a view of the framework's memory where it can be."""
+
+    @abstractmethod
+    def write(self, leaf: Any, value: np.ndarray, index: Any = None) -> None:
+        """Write ``value`` (native layout, the leaf's dtype) in place, or into ``leaf[index]``.
+
+        The core validates shape and dtype first. Every alias of the leaf must see the write.
+        """
+
+    def data(self, leaf: Any) -> Any:
+        """The framework's own tensor behind the leaf, native layout, no copy."""
+        return leaf
+
+    def grad(self, leaf: Any) -> np.ndarray | None:
+        """The gradient in native layout, or None before any backward pass."""
+        raise self.unsupported("reading gradients")
+
+    def asarray(self, value: Any) -> np.ndarray:
+        """A numpy array from a value given by the user: numpy, a scalar, or a native tensor."""
+        return np.asarray(value)
+
+    # -- the whole model ----------------------------------------------------------
+    def devices(self) -> list[str]:
+        """Every device this framework sees here, CPU first."""
+        return ["cpu"]
+
+    def backward(self, root: Any, loss_fn: Callable[[Any], Any], inputs: Sequence[Any]) -> float:
+        raise self.unsupported("backward")
+
+    def share(self, src_owner: Any, src_name: str, dst_owner: Any, dst_name: str) -> None:
+        """Make ``dst_owner.dst_name`` the very leaf ``src_owner.src_name`` (native sharing)."""
+        raise self.unsupported("tie")
+
+    def unsupported(self, capability: str) -> NotImplementedError:
+        return NotImplementedError(f"{capability} is not supported by the {self.name} adapter.")
+
+
+# The type's top-level module name -> (adapter module, what it wraps, the extra to install).
+ADAPTERS: dict[str, tuple[str, str, str]] = {
+    "torch": ("unitree.adapters.torch", "torch.nn.Module", "torch"),
+}
+
+_loaded: dict[str, Adapter] = {}
+
+
+def _load(module_name: str) -> Adapter:
+    adapter = _loaded.get(module_name)
+    if adapter is None:
+        adapter = importlib.import_module(module_name).adapter
+        _loaded[module_name] = adapter
+    return adapter
+
+
+def _entry_points() -> dict[str, str]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep.value for ep in entry_points(group="unitree.adapters")}
+
+
+def adapter_for(obj: Any) -> Adapter:
+    """The adapter for ``obj``, chosen by the module names along its type's MRO.
+
+    The MRO is walked from the most derived class, so a Keras model on the
+    torch backend (also a ``torch.nn.Module``) is claimed by Keras. Third-party
+    adapters register in the entry point group ``unitree.adapters`` under the
+    top-level module name of the types they claim.
+    """
+    roots = [cls.__module__.partition(".")[0] for cls in type(obj).__mro__]
+    for root in roots:
+        if root in ADAPTERS:
+            return _load(ADAPTERS[root][0])
+    plugins = _entry_points()
+    for root in roots:
+        if root in plugins:
+            return _load(plugins[root])
+    supported = "; ".join(
+        f"{what} (pip install 'unitree-params[{extra}]')" for _, what, extra in ADAPTERS.values()
+    )
+    raise UnsupportedModelError(
+        f"Expected a model of a supported framework, got {type(obj).__module__}.{type(obj).__qualname__}. "
+        f"Supported: {supported}."
+    )

@@ -1,0 +1,131 @@
+"""The tree picture (DESIGN §5) and the summary table."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ._tree import Node, Param
+
+
+def shape_text(shape: tuple[int, ...] | None) -> str:
+    return "(uninitialized)" if shape is None else str(tuple(shape))
+
+
+def draw(root: Node) -> str:
+    """The deck's picture: native class names, canonical leaves, ties marked after the first.
+
+    >>> print(draw(tree))
+    Sequential
+    ├─ 0: Linear
+    │  ├─ weight (8, 4)
+    │  └─ bias (8,)
+    ├─ 1: ReLU (no params)
+    └─ 2: Linear
+       ├─ weight (1, 8)
+       └─ bias (1,)
+    """
+    lines = [root.type_name]
+    first: dict[int, str] = {}  # id(Param) -> the path it was first drawn at
+
+    def visit(node: Node, indent: str, pre: str) -> None:
+        items: list[tuple[str, Any]] = [*node._leaves.items(), *node._children.items()]
+        for i, (name, item) in enumerate(items):
+            last = i == len(items) - 1
+            branch, more = ("└─ ", "   ") if last else ("├─ ", "│  ")
+            if name in node._leaves:
+                p: Param = item
+                text = f"{name} {shape_text(p.shape)}"
+                if p.is_buffer:
+                    text += " [buffer]"
+                if id(p) in first:
+                    text += f" = {first[id(p)]}"
+                else:
+                    first[id(p)] = pre + name
+                lines.append(indent + branch + text)
+            else:
+                child: Node = item
+                empty = " (no params)" if not child._leaves and not child._children else ""
+                lines.append(f"{indent}{branch}{name}: {child.type_name}{empty}")
+                visit(child, indent + more, pre + name + ".")
+
+    visit(root, "", "")
+    return "\n".join(lines)
+
+
+class Summary:
+    """``ut.summary(tree)``: one row per parameter and buffer (ties once), then totals.
+
+    ``str(summary)`` is a plain-text table; with ``rich`` installed,
+    ``rich.print(summary)`` draws it as a rich table.
+    """
+
+    columns = ("path", "type", "shape", "dtype", "count", "tied with")
+
+    def __init__(self, node: Node) -> None:
+        self.rows: list[tuple[str, ...]] = []
+        self.params = self.buffers = self.bytes = 0
+        owners = {path: n.type_name for path, n in node.named_modules(remove_duplicate=False)}
+        for paths, p in node._unique():
+            shape = p.shape
+            count = 1
+            for d in shape or ():
+                count *= d
+            if shape is None:
+                count = 0
+            kind = owners.get(paths[0].rpartition(".")[0], "")
+            if p.is_buffer:
+                kind += " [buffer]"
+                self.buffers += count
+            else:
+                self.params += count
+            self.bytes += count * _itemsize(p.dtype)
+            self.rows.append((paths[0], kind, shape_text(shape), p.dtype, f"{count:,}", ", ".join(paths[1:])))
+
+    @property
+    def footer(self) -> str:
+        return f"parameters: {self.params:,}   buffers: {self.buffers:,}   size: {_human(self.bytes)}"
+
+    def __str__(self) -> str:
+        table = [self.columns, *self.rows]
+        widths = [max(len(row[i]) for row in table) for i in range(len(self.columns))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join([*lines, self.footer])
+
+    def __rich__(self) -> Any:
+        from rich.table import Table
+
+        table = Table(*self.columns, caption=self.footer)
+        for row in self.rows:
+            table.add_row(*row)
+        return table
+
+
+def _itemsize(dtype: str) -> int:
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:  # a dtype numpy knows only through ml_dtypes
+        return 2 if "16" in dtype else 1
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    raise AssertionError
+
+
+def summary(tree: Node) -> Summary:
+    """The table of ``tree``: path, type, shape, dtype, count, tied-with, and totals.
+
+    >>> print(ut.summary(tree))
+    path      type    shape   dtype    count  tied with
+    --------  ------  ------  -------  -----  ---------
+    0.weight  Linear  (8, 4)  float32  32
+    ...
+    """
+    return Summary(tree._current())
