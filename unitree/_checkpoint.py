@@ -57,6 +57,7 @@ def save(tree: Node, path: PathLike, *, metadata: dict[str, str] | None = None) 
         "format_version": FORMAT_VERSION,
         "backend": tree._tree.backend,
         "ties": json.dumps(tree.ties()),
+        "paths": json.dumps(list(state)),  # safetensors sorts its header; this keeps the model's order
     }
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -104,6 +105,13 @@ class Checkpoint:
         a = self._file.get_tensor(key)
         want = self.header[key][1]
         return a.view(want) if a.dtype != want and a.dtype.itemsize == want.itemsize else a
+
+    def paths(self) -> list[str]:
+        """The keys in the writer's traversal order when it recorded one, else in natural order."""
+        order = [k for k in json.loads(self.metadata.get("paths", "[]")) if k in self.header]
+        if len(order) == len(self.header):
+            return order
+        return sorted(self.header, key=lambda k: [(0, int(s), "") if s.isdigit() else (1, 0, s) for s in k.split(".")])
 
     def ties(self) -> list[tuple[str, ...]]:
         return [tuple(group) for group in json.loads(self.metadata.get("ties", "[]"))]

@@ -1,0 +1,53 @@
+"""The deck's models in PyTorch, as ../shared/deck/pytorch.txt builds them."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+name = "torch"
+names = {"sequential": "Sequential", "dense": "Linear", "relu": "ReLU"}
+
+
+def devices() -> list[str]:
+    return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+
+def _run(net: nn.Module, X: np.ndarray, device: str) -> nn.Module:
+    net.to(device)
+    net(torch.as_tensor(X, device=device))  # the deck's first call: LazyLinear takes its shapes
+    return net
+
+
+def deck_mlp(device: str, X: np.ndarray) -> nn.Module:
+    return _run(nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(1)), X, device)
+
+
+def deck_tied(device: str, X: np.ndarray, tied: bool = True) -> tuple[nn.Module, tuple[int, int]]:
+    shared = nn.LazyLinear(8)
+    other = shared if tied else nn.LazyLinear(8)
+    net = nn.Sequential(nn.LazyLinear(8), nn.ReLU(), shared, nn.ReLU(), other, nn.ReLU(), nn.LazyLinear(1))
+    return _run(net, X, device), (2, 4)
+
+
+def forward(net: nn.Module, X: np.ndarray) -> np.ndarray:
+    device = next(net.parameters()).device
+    with torch.no_grad():
+        return net(torch.as_tensor(X, device=device)).cpu().numpy()
+
+
+def loss(y: torch.Tensor) -> torch.Tensor:
+    return y.sum()
+
+
+def native_value(net: nn.Module, i: int, leaf: str) -> np.ndarray:
+    return getattr(net[i], leaf).detach().cpu().numpy()
+
+
+def is_parameter(obj: object) -> bool:
+    return isinstance(obj, nn.Parameter)
+
+
+def is_tensor(obj: object) -> bool:
+    return isinstance(obj, torch.Tensor) and not isinstance(obj, nn.Parameter)

@@ -1,0 +1,210 @@
+"""Every example of the "Parameter Management" deck, written once against the public API.
+
+A case is a function ``case(b, device)``: ``b`` is a builder module (see
+``builders/__init__.py``), ``device`` one of ``b.devices()``. It raises
+AssertionError when the backend disagrees with the deck. Expected values come
+from outside unitree: the deck's printed output, the framework's own API
+(``b.native_value``), or gradients computed by hand in numpy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
+
+import numpy as np
+
+import unitree as ut
+
+Case = Callable[[ModuleType, str], None]
+CASES: list[Case] = []
+
+
+def case(fn: Case) -> Case:
+    CASES.append(fn)
+    return fn
+
+
+X = np.random.default_rng(0).random((2, 4), dtype=np.float32)  # the deck's torch.rand(2, 4)
+
+TRAVERSAL = [("0.weight", (8, 4)), ("0.bias", (8,)), ("2.weight", (1, 8)), ("2.bias", (1,))]
+
+PICTURE = """\
+{sequential}
+├─ 0: {dense}
+│  ├─ weight (8, 4)
+│  └─ bias (8,)
+├─ 1: {relu} (no params)
+└─ 2: {dense}
+   ├─ weight (1, 8)
+   └─ bias (1,)"""
+
+
+def mlp_gradients(W1: np.ndarray, b1: np.ndarray, W2: np.ndarray, b2: np.ndarray, X: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+    """loss = sum(W2 relu(W1 x + b1) + b2) and its gradients, by hand, in float64."""
+    W1, b1, W2, b2, X = (np.asarray(a, np.float64) for a in (W1, b1, W2, b2, X))
+    H = X @ W1.T + b1
+    A = np.maximum(H, 0)
+    Y = A @ W2.T + b2
+    dH = np.ones_like(Y) @ W2 * (H > 0)
+    grads = {"0.weight": dH.T @ X, "0.bias": dH.sum(0), "2.weight": A.sum(0, keepdims=True), "2.bias": np.full(b2.shape, len(X), np.float64)}
+    return float(Y.sum()), grads
+
+
+@case
+def toy_model(b: ModuleType, device: str) -> None:
+    """The deck's first example: ``net(X).shape`` is (2, 1); the tree wraps that net."""
+    net = b.deck_mlp(device, X)
+    assert b.forward(net, X).shape == (2, 1)
+    tree = ut.wrap(net)
+    assert tree.backend == b.name
+    assert tree.native is net
+    assert {p.device for p in tree.parameters()} == {device}
+
+
+@case
+def picture(b: ModuleType, device: str) -> None:
+    """``print(tree)`` draws the deck's picture of the toy model."""
+    tree = ut.wrap(b.deck_mlp(device, X))
+    assert str(tree) == PICTURE.format(**b.names), str(tree)
+
+
+@case
+def direct_access(b: ModuleType, device: str) -> None:
+    """``net[2].state_dict()``: the two leaves of layer 2, reached by position, name or path."""
+    net = b.deck_mlp(device, X)
+    tree = ut.wrap(net)
+    layer = tree[2]
+    assert layer is tree["2"] and layer.path == "2" and layer.type_name == b.names["dense"]
+    assert layer.weight is tree["2.weight"] is tree[2]["weight"]
+    sd = layer.state_dict()
+    assert [(k, v.shape) for k, v in sd.items()] == [("weight", (1, 8)), ("bias", (1,))]
+    for leaf in ("weight", "bias"):
+        np.testing.assert_array_equal(sd[leaf], b.native_value(net, 2, leaf))
+        assert getattr(layer, leaf).dtype == "float32"
+    assert list(tree[1].named_parameters()) == []
+
+
+@case
+def tensor_inside(b: ModuleType, device: str) -> None:
+    """``type(net[2].bias), net[2].bias.data``: the framework's parameter, and the tensor in it."""
+    net = b.deck_mlp(device, X)
+    bias = ut.wrap(net)[2].bias
+    assert b.is_parameter(bias.native), type(bias.native)
+    assert b.is_tensor(bias.data), type(bias.data)
+    np.testing.assert_array_equal(bias.numpy(), b.native_value(net, 2, "bias"))
+    assert bias.trainable and not bias.numpy().flags.writeable
+
+
+@case
+def gradients(b: ModuleType, device: str) -> None:
+    """``.grad`` is None before backward, and after it holds the gradient computed by hand."""
+    tree = ut.wrap(b.deck_mlp(device, X))
+    assert all(p.grad is None for p in tree.parameters())
+    want_loss, want = mlp_gradients(*(p.numpy() for p in tree.parameters()), X)
+    loss = tree.backward(b.loss, X)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    for path, p in tree.named_parameters():
+        assert p.grad is not None and p.grad.shape == p.shape, path
+        np.testing.assert_allclose(p.grad, want[path], rtol=1e-5, atol=1e-6, err_msg=path)
+
+
+@case
+def traversal(b: ModuleType, device: str) -> None:
+    """``named_parameters()`` walks the tree: the deck's four dotted paths and shapes."""
+    tree = ut.wrap(b.deck_mlp(device, X))
+    assert [(k, p.shape) for k, p in tree.named_parameters()] == TRAVERSAL
+    assert list(tree.parameters()) == [p for _, p in tree.named_parameters()]
+    assert [(k, v.shape) for k, v in tree.state_dict().items()] == TRAVERSAL
+    assert [p.path for p in tree.select("*.bias")] == ["0.bias", "2.bias"]
+    assert list(tree.named_buffers()) == [] and tree.ties() == []
+
+
+@case
+def tying(b: ModuleType, device: str) -> None:
+    """The shared layer: one parameter set at both positions; a write through one is seen through both."""
+    net, (i, j) = b.deck_tied(device, X)
+    tree = ut.wrap(net)
+    assert tree[i].weight is tree[j].weight and tree[i].bias is tree[j].bias
+    assert (f"{i}.weight", f"{j}.weight") in tree.ties() and (f"{i}.bias", f"{j}.bias") in tree.ties()
+    assert tree[j].weight.paths == (f"{i}.weight", f"{j}.weight")
+    assert f"{j}.weight" not in dict(tree.named_parameters())
+    tree[i].weight[0, 0] = 100
+    assert tree[j].weight[0, 0] == 100
+    assert b.native_value(net, j, "weight")[0, 0] == 100  # the framework sees it too
+
+
+@case
+def tied_gradients(b: ModuleType, device: str) -> None:
+    """Gradients accumulate over both uses: tied grad == sum of an untied copy's grads at both positions."""
+    tied, (i, j) = b.deck_tied(device, X)
+    untied, _ = b.deck_tied(device, X, tied=False)
+    t, u = ut.wrap(tied), ut.wrap(untied)
+    u.load_state_dict({path: t[path].numpy() for path, _ in u.named_parameters()})
+    np.testing.assert_allclose(b.forward(untied, X), b.forward(tied, X), rtol=1e-6)
+    t.backward(b.loss, X)
+    u.backward(b.loss, X)
+    for leaf in ("weight", "bias"):
+        total = u[i][leaf].grad + u[j][leaf].grad
+        np.testing.assert_allclose(t[i][leaf].grad, total, rtol=1e-5, atol=1e-6, err_msg=leaf)
+        assert not np.allclose(t[i][leaf].grad, u[i][leaf].grad)  # not just the first use
+    for path, p in u.named_parameters():
+        if not path.startswith((f"{i}.", f"{j}.")):
+            np.testing.assert_allclose(t[path].grad, p.grad, rtol=1e-5, atol=1e-6, err_msg=path)
+
+
+@case
+def tie(b: ModuleType, device: str) -> None:
+    """``tree.tie(i, j)`` turns the untied copy into the deck's shared-layer model, natively."""
+    tied, (i, j) = b.deck_tied(device, X)
+    untied, _ = b.deck_tied(device, X, tied=False)
+    t, u = ut.wrap(tied), ut.wrap(untied)
+    u.load_state_dict({path: t[path].numpy() for path, _ in u.named_parameters()})
+    u[j].weight[0, 0] = -5  # j's own values are dropped: it takes i's
+    u.tie(i, j)
+    assert u[i].weight is u[j].weight and u.ties() == t.ties()
+    assert [k for k, _ in u.named_parameters()] == [k for k, _ in t.named_parameters()]
+    np.testing.assert_allclose(b.forward(untied, X), b.forward(tied, X), rtol=1e-6)
+    u[i].bias[0] = 7
+    assert b.native_value(untied, j, "bias")[0] == 7
+
+
+def checkpoint_dir() -> Path:
+    """``UNITREE_CHECKPOINTS``, shared by the environments of one run, or a fresh folder."""
+    global _folder
+    if os.environ.get("UNITREE_CHECKPOINTS"):
+        folder = Path(os.environ["UNITREE_CHECKPOINTS"])
+    elif _folder is None:
+        folder = _folder = Path(tempfile.mkdtemp(prefix="unitree-checkpoints-"))
+    else:
+        folder = _folder
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+_folder: Path | None = None
+
+
+@case
+def save_load(b: ModuleType, device: str) -> None:
+    """A checkpoint written on this backend loads onto a fresh model here, and so does every
+    checkpoint another backend left in the shared folder: the same outputs on the same input."""
+    folder = checkpoint_dir()
+    net = b.deck_mlp(device, X)
+    stem = f"deck-mlp-{b.name}-{device.replace(':', '')}"
+    ut.save(ut.wrap(net), folder / f"{stem}.safetensors")
+    expected = {"X": X.tolist(), "Y": b.forward(net, X).tolist()}
+    (folder / f"{stem}.json").write_text(json.dumps(expected))
+    loaded = []
+    for path in sorted(folder.glob("deck-mlp-*.safetensors")):
+        record = json.loads(path.with_suffix(".json").read_text())
+        fresh = b.deck_mlp(device, X)
+        assert ut.load(ut.wrap(fresh), path) == ([], [])
+        Xs = np.asarray(record["X"], np.float32)
+        np.testing.assert_allclose(b.forward(fresh, Xs), np.asarray(record["Y"]), rtol=1e-5, atol=1e-6, err_msg=path.name)
+        loaded.append(path.name)
+    assert f"{stem}.safetensors" in loaded

@@ -1,0 +1,81 @@
+"""Run the cases and draw the matrix: case x backend x device, pass / fail / not available here."""
+
+from __future__ import annotations
+
+import json
+import traceback
+from typing import NamedTuple
+
+from conformance import backends, cases
+
+COLUMNS = ("cpu", "gpu")
+
+
+class Cell(NamedTuple):
+    case: str
+    backend: str
+    device: str  # "cpu" or "gpu": the matrix column
+    status: str  # "pass", "fail", "not available here"
+    detail: str  # the device that ran it, or the reason
+
+
+def run(names: list[str], device: str | None = None, strict: bool = True) -> list[Cell]:
+    """Every case on every backend in ``names`` and every device it sees (or only ``device``).
+
+    ``strict``: a backend that fails to import raises; otherwise its cells
+    say "not available here" with the reason.
+    """
+    cells: list[Cell] = []
+    for name in names:
+        try:
+            b = backends.load(name)
+        except ImportError as e:
+            if strict:
+                raise
+            cells += [Cell(c.__name__, name, col, "not available here", f"{e}") for c in cases.CASES for col in COLUMNS]
+            continue
+        seen = [d for d in b.devices() if device in (None, d, _column(d))]
+        for col in COLUMNS if device is None else (_column(device),):
+            here = [d for d in seen if _column(d) == col]
+            if not here:
+                reason = f"no {device or col.upper()} visible to {name} here"
+                cells += [Cell(c.__name__, name, col, "not available here", reason) for c in cases.CASES]
+                continue
+            for d in here:
+                for c in cases.CASES:
+                    try:
+                        c(b, d)
+                    except Exception as e:  # a failing case is a cell, not a crash
+                        last = traceback.extract_tb(e.__traceback__)[-1]
+                        reason = f"{type(e).__name__}: {e} ({last.filename.rpartition('/')[2]}:{last.lineno})"
+                        cells.append(Cell(c.__name__, name, col, "fail", d + ": " + " ".join(reason.split())[:300]))
+                    else:
+                        cells.append(Cell(c.__name__, name, col, "pass", d))
+    return cells
+
+
+def _column(device: str) -> str:
+    return "cpu" if device.startswith("cpu") else "gpu"
+
+
+def markdown(cells: list[Cell]) -> str:
+    """One row per case, one column per backend x device; the reasons under the table."""
+    heads = list(dict.fromkeys((c.backend, c.device) for c in cells))
+    by = {(c.case, c.backend, c.device): c for c in cells}
+    rows = list(dict.fromkeys(c.case for c in cells))
+    mark = {"pass": "pass", "fail": "FAIL", "not available here": "n/a"}
+    lines = [
+        "| case | " + " | ".join(f"{b} {d}" for b, d in heads) + " |",
+        "|---|" + "---|" * len(heads),
+    ]
+    for row in rows:
+        lines.append(f"| {row} | " + " | ".join(mark[by[(row, *h)].status] if (row, *h) in by else "" for h in heads) + " |")
+    notes = dict.fromkeys(f"- {c.backend} {c.device}: not available here: {c.detail}" for c in cells if c.status == "not available here")
+    notes.update(dict.fromkeys(f"- FAIL {c.case} on {c.backend} {c.detail}" for c in cells if c.status == "fail"))
+    counts = {s: sum(c.status == s for c in cells) for s in mark}
+    summary = f"{counts['pass']} passed, {counts['fail']} failed, {counts['not available here']} not available here"
+    return "\n".join([*lines, "", *notes, "", summary])
+
+
+def as_json(cells: list[Cell]) -> str:
+    return json.dumps([c._asdict() for c in cells], indent=1)

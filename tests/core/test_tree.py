@@ -1,0 +1,230 @@
+"""The core on a framework-free adapter: paths, order, layouts, ties, writes, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from unitree_fake import Mod, dense
+
+import unitree as ut
+from unitree.layouts import channels_last_kernel, inverse
+
+PICTURE = """\
+Sequential
+├─ 0: Dense
+│  ├─ weight (8, 4)
+│  └─ bias (8,)
+├─ 1: relu (no params)
+├─ 2: Dense
+│  ├─ weight (8, 8)
+│  └─ bias (8,)
+├─ 3: relu (no params)
+├─ 4: Dense
+│  ├─ weight (8, 8) = 2.weight
+│  └─ bias (8,) = 2.bias
+├─ 5: relu (no params)
+└─ 6: Dense
+   ├─ weight (1, 8)
+   └─ bias (1,)"""
+
+
+def test_paths_order_and_canonical_layout(make, model):
+    tree = make(model)
+    # bias is stored before kernel natively; canonical order is weight first, (out, in)
+    assert [(k, p.shape) for k, p in tree.named_parameters()][:2] == [("0.weight", (8, 4)), ("0.bias", (8,))]
+    kernel = model.children["0"].leaves["kernel"][0]
+    np.testing.assert_array_equal(tree["0.weight"].numpy(), kernel.T)
+    assert np.shares_memory(tree["0.weight"].numpy(), kernel)  # a view, not a copy
+    assert tree[0].weight is tree["0"].weight is tree["0.weight"] is tree[0]["weight"]
+    assert tree[-1] is tree[6] and len(tree) == 7 and [n.path for n in tree][:2] == ["0", "1"]
+
+
+def test_node_methods_are_relative(make, model):
+    tree = make(model)
+    assert [k for k, _ in tree[2].named_parameters()] == ["weight", "bias"]
+    assert list(tree[2].state_dict()) == ["weight", "bias"]
+    assert [k for k, _ in tree.named_parameters(prefix="net")][0] == "net.0.weight"
+    assert [k for k, _ in tree.named_modules()] == ["", "0", "1", "2", "3", "4", "5", "6"]
+
+
+def test_picture_marks_ties(make, tied):
+    assert str(make(tied)) == PICTURE
+
+
+def test_ties_and_identity(make, tied):
+    tree = make(tied)
+    assert tree[2].weight is tree[4].weight
+    assert tree.ties() == [("2.weight", "4.weight"), ("2.bias", "4.bias")]
+    assert tree[4].weight.paths == ("2.weight", "4.weight")
+    assert [k for k, _ in tree.named_parameters()] == ["0.weight", "0.bias", "2.weight", "2.bias", "6.weight", "6.bias"]
+    assert len(list(tree.named_parameters(remove_duplicate=False))) == 8
+    assert list(tree.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias", "6.weight", "6.bias"]
+    assert [n for n, _ in tree.named_modules()] == ["", "0", "1", "2", "3", "5", "6"]
+    tree[4].weight[0, 1] = 5.0
+    assert tree[2].weight[0, 1] == 5.0
+    assert tied.children["2"].leaves["kernel"][0][1, 0] == 5.0  # canonical (0, 1) is native (1, 0)
+
+
+def test_select(make, tied):
+    tree = make(tied)
+    assert [p.path for p in tree.select("*.bias")] == ["0.bias", "2.bias", "6.bias"]
+    assert [p.path for p in tree.select("4.*")] == ["2.weight", "2.bias"]
+    assert tree.select("nothing*") == []
+
+
+def test_wrong_path_names_the_closest(make, model):
+    tree = make(model)
+    with pytest.raises(KeyError, match=r"'2\.wieght'.*'2\.weight'"):
+        tree["2.wieght"]
+    with pytest.raises(ut.PathError):
+        tree[9]
+    with pytest.raises(AttributeError):
+        tree[2].wieght
+    assert not hasattr(tree[2], "kernel")  # native names are not paths
+    assert "2.weight" in tree and "2.kernel" not in tree
+
+
+def test_write_validation_changes_nothing(make, model):
+    tree = make(model)
+    p = tree["0.weight"]
+    before = p.numpy().copy()
+    with pytest.raises(ut.ShapeError, match=r"0\.weight.*\(8, 4\).*\(4, 8\)"):
+        p.set(np.zeros((4, 8)))
+    with pytest.raises(ValueError, match=r"shape \(3,\).*0\.weight\[0\].*\(4,\)"):
+        p[0] = np.zeros(3)
+    with pytest.raises(TypeError, match="numeric"):
+        p[0, 0] = "abc"
+    with pytest.raises(TypeError, match="complex128"):
+        p[0, 0] = 1j
+    with pytest.raises(ut.ShapeError, match="out of"):
+        p[8, 0] = 1.0
+    np.testing.assert_array_equal(p.numpy(), before)
+    p[1] = 2  # ints into float: same kind, broadcast over the row
+    assert (p.numpy()[1] == 2).all() and (p.numpy()[0] == before[0]).all()
+
+
+def test_numpy_is_read_only(make, model):
+    a = make(model)["0.weight"].numpy()
+    with pytest.raises(ValueError, match="read-only"):
+        a[0, 0] = 1
+
+
+def test_load_state_dict_is_all_or_nothing(make, model, adapter):
+    tree = make(model)
+    sd = {k: v + 1 for k, v in tree.state_dict().items()}
+    before = {k: v.copy() for k, v in tree.state_dict().items()}
+    bad = dict(sd, extra=np.zeros(1))
+    del bad["6.bias"]
+    bad["2.weight"] = np.zeros((3, 3), np.float32)
+    with pytest.raises(ut.StateDictError) as e:
+        tree.load_state_dict(bad)
+    message = str(e.value)
+    assert "6.bias: missing" in message and "extra: unexpected" in message
+    assert "2.weight: shape (3, 3) in the source, (8, 8) in the model" in message
+    for k, v in tree.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    # strict=False: skips the keys, still refuses a wrong shape
+    with pytest.raises(ut.StateDictError, match="2.weight: shape"):
+        tree.load_state_dict(bad, strict=False)
+    good = dict(sd, extra=np.zeros(1))
+    del good["6.bias"]
+    assert tree.load_state_dict(good, strict=False) == (["6.bias"], ["extra"])
+    np.testing.assert_array_equal(tree["2.weight"].numpy(), sd["2.weight"])
+
+
+def test_load_rolls_back_a_failure_halfway(make, model, adapter):
+    tree = make(model)
+    before = {k: v.copy() for k, v in tree.state_dict().items()}
+    adapter.fail_after = adapter.writes + 3  # the fourth tensor write fails
+    with pytest.raises(RuntimeError, match="injected"):
+        tree.load_state_dict({k: v + 1 for k, v in before.items()})
+    for k, v in tree.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+
+
+def test_tied_keys_must_agree(make, tied):
+    tree = make(tied)
+    sd = tree.state_dict()
+    sd["4.weight"] = sd["2.weight"] + 1
+    with pytest.raises(ut.StateDictError, match="2.weight and 4.weight are one tied parameter"):
+        tree.load_state_dict(sd)
+    sd["4.weight"] = sd["2.weight"].copy()
+    tree.load_state_dict(sd)  # both given and equal: fine
+    del sd["2.weight"]
+    tree.load_state_dict(sd)  # given under the alias only: fine
+
+
+def test_dtype_rules(make, model):
+    tree = make(model)
+    sd = tree.state_dict()
+    tree.load_state_dict({k: v.astype(np.float64) for k, v in sd.items()})  # same kind: cast
+    with pytest.raises(ut.StateDictError, match=r"0.weight: dtype complex128 in the source, float32 in the model"):
+        tree.load_state_dict(dict(sd, **{"0.weight": np.zeros((8, 4), np.int64) + 1j}))
+
+
+def test_tie_modules_and_leaves(make, model):
+    tree = make(model)
+    tree.tie(2, 4)
+    assert tree[2].weight is tree[4].weight
+    assert tree.ties() == [("2.weight", "4.weight"), ("2.bias", "4.bias")]
+    tree.tie("0.bias", "2.bias")  # one leaf: module 4 keeps the bias it had
+    assert tree["2.bias"] is tree["0.bias"] is not tree["4.bias"]
+    assert tree.ties() == [("0.bias", "2.bias"), ("2.weight", "4.weight")]
+    with pytest.raises(ut.ShapeError, match=r"weight: \(8, 4\) float32 in 0, \(8, 8\) float32 in 2"):
+        tree.tie(0, 2)
+    with pytest.raises(TypeError, match="two modules or two leaves"):
+        tree.tie(0, "2.weight")
+
+
+def test_structure_change_is_seen(make, model):
+    tree = make(model)
+    assert tree[6].weight.shape == (1, 8)
+    model.children["6"] = dense(8, 3, 9)
+    assert tree[6].weight.shape == (3, 8)
+    assert dict((k, p.shape) for k, p in tree.named_parameters())["6.weight"] == (3, 8)
+
+
+def test_params_survive_a_reread(make, model):
+    tree = make(model)
+    p = tree["0.weight"]
+    model.children["7"] = Mod("relu")
+    assert "7" in [k for k, _ in tree.named_modules()]
+    assert tree["0.weight"] is p
+
+
+def test_summary(make, tied):
+    text = str(ut.summary(make(tied)))
+    lines = text.splitlines()
+    assert lines[0].split() == ["path", "type", "shape", "dtype", "count", "tied", "with"]
+    assert lines[4].split() == ["2.weight", "Dense", "(8,", "8)", "float32", "64", "4.weight"]
+    assert lines[-1] == "parameters: 121   buffers: 0   size: 484 B"
+
+
+def test_buffers(make):
+    bn = Mod("BatchNorm", "batch_norm", scale=np.ones(3, np.float32)).buffer("mean", np.zeros(3, np.float32))
+    tree = make(Mod("Sequential", **{"0": bn}))
+    assert [k for k, _ in tree.named_parameters()] == ["0.weight"]
+    assert [k for k, _ in tree.named_buffers()] == ["0.running_mean"]
+    assert not tree["0.running_mean"].trainable and tree["0.running_mean"].is_buffer
+    assert "running_mean (3,) [buffer]" in str(tree)
+
+
+def test_kernel_permutations():
+    assert channels_last_kernel(2) == (1, 0)
+    assert channels_last_kernel(4) == (3, 2, 0, 1)  # HWIO -> OIHW
+    k = np.arange(2 * 3 * 5 * 7).reshape(2, 3, 5, 7)  # (kh, kw, in, out)
+    w = k.transpose(channels_last_kernel(4))
+    assert w.shape == (7, 5, 2, 3) and w[6, 4, 1, 2] == k[1, 2, 4, 6]
+    np.testing.assert_array_equal(w.transpose(inverse(channels_last_kernel(4))), k)
+
+
+def test_errors_derive_from_builtins():
+    assert issubclass(ut.PathError, KeyError) and issubclass(ut.PathError, ut.UnitreeError)
+    assert issubclass(ut.ShapeError, ValueError) and issubclass(ut.StateDictError, ValueError)
+    assert issubclass(ut.UnsupportedModelError, TypeError) and issubclass(ut.ValueTypeError, TypeError)
+    assert str(ut.PathError("plain message")) == "plain message"  # not KeyError's quoted repr
+
+
+def test_wrap_rejects_unknown_objects():
+    with pytest.raises(TypeError, match=r"builtins\.object.*torch\.nn\.Module.*unitree-params\[torch\]"):
+        ut.wrap(object())

@@ -1,0 +1,137 @@
+"""The ``unitree`` command: show a checkpoint, diff two, run the conformance matrix."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._checkpoint import Checkpoint
+from ._errors import UnitreeError
+from ._picture import shape_text
+
+
+def show(path: str) -> str:
+    """The picture of a checkpoint's tree, from its header alone: no framework, no tensor read."""
+    with Checkpoint(path) as ckpt:
+        header, ties, order = ckpt.header, ckpt.ties(), ckpt.paths()
+        backend = ckpt.metadata.get("backend", "unknown backend")
+    alias = {other: group[0] for group in ties for other in group[1:]}
+    root: dict[str, Any] = {}
+    for key in [*order, *alias]:
+        node = root
+        *parents, leaf = key.split(".")
+        for seg in parents:
+            node = node.setdefault(seg, {})
+        node[leaf] = key
+    lines = [f"{os.path.basename(path)} ({backend})"]
+
+    def visit(node: dict[str, Any], indent: str) -> None:
+        items = list(node.items())
+        for i, (name, item) in enumerate(items):
+            branch, more = ("└─ ", "   ") if i == len(items) - 1 else ("├─ ", "│  ")
+            if isinstance(item, dict):
+                lines.append(f"{indent}{branch}{name}")
+                visit(item, indent + more)
+            elif item in alias:
+                shape, dtype = header[alias[item]]
+                lines.append(f"{indent}{branch}{name} {shape_text(shape)} {dtype} = {alias[item]}")
+            else:
+                shape, dtype = header[item]
+                lines.append(f"{indent}{branch}{name} {shape_text(shape)} {dtype}")
+
+    visit(root, "")
+    count = sum(int(np.prod(s)) for s, _ in header.values())
+    size = sum(int(np.prod(s)) * d.itemsize for s, d in header.values())
+    lines.append(f"{len(header)} tensors, {count:,} values, {size:,} bytes")
+    return "\n".join(lines)
+
+
+def diff(a: str, b: str) -> tuple[str, bool]:
+    """Per path, the max absolute difference; then the keys only one side has. True if identical."""
+    lines, same = [], True
+    with Checkpoint(a) as left, Checkpoint(b) as right:
+        for key in left.paths():
+            shape, dtype = left.header[key]
+            if key not in right.header:
+                continue
+            other_shape, other_dtype = right.header[key]
+            if shape != other_shape:
+                lines.append(f"{key}: shape {shape} in A, {other_shape} in B")
+                same = False
+                continue
+            x, y = left[key], right[key]
+            if x.dtype.kind in "biufc" and y.dtype.kind in "biufc":
+                delta = float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
+            else:
+                delta = 0.0 if np.array_equal(x, y) else float("inf")
+            note = "" if dtype == other_dtype else f"  (dtype {dtype} in A, {other_dtype} in B)"
+            lines.append(f"{key}: max abs diff {delta:.6g}{note}")
+            same = same and delta == 0 and not note
+        missing = [k for k in left.paths() if k not in right.header]
+        unexpected = [k for k in right.paths() if k not in left.header]
+    if missing:
+        lines.append("only in A (missing from B): " + ", ".join(missing))
+    if unexpected:
+        lines.append("only in B (unexpected): " + ", ".join(unexpected))
+    return "\n".join(lines), same and not missing and not unexpected
+
+
+def _suite_root() -> Path:
+    """The source checkout holding conformance/: the suite is not shipped in the wheel."""
+    here = Path(__file__).resolve().parent.parent
+    for folder in (Path.cwd(), *Path.cwd().parents, here):
+        if (folder / "conformance" / "cases.py").is_file():
+            return folder
+    raise UnitreeError(
+        "The conformance suite is not shipped in the wheel: run `unitree conformance` inside a unitree source checkout."
+    )
+
+
+def conformance(backend: list[str] | None, device: str | None, report: str | None) -> int:
+    sys.path.insert(0, str(_suite_root()))
+    from conformance import backends, matrix
+
+    named = backend or backends.named()
+    cells = matrix.run(named or list(backends.BUILDERS), device, strict=named is not None)
+    text = matrix.markdown(cells)
+    print(text)
+    if report:
+        Path(report).parent.mkdir(parents=True, exist_ok=True)
+        Path(report).write_text(matrix.as_json(cells) if report.endswith(".json") else text + "\n")
+    return 1 if any(c.status == "fail" for c in cells) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="unitree", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("show", help="draw a checkpoint's tree: paths, shapes, dtypes, ties")
+    p.add_argument("file")
+    p = sub.add_parser("diff", help="compare two checkpoints: max abs difference per path, missing and unexpected keys")
+    p.add_argument("a")
+    p.add_argument("b")
+    p = sub.add_parser("conformance", help="run the deck's cases on every backend and device: print the matrix")
+    p.add_argument("--backend", action="append", help="a backend to run (repeatable); default: UNITREE_BACKENDS, else all")
+    p.add_argument("--device", help="only this device: cpu, gpu, or a device name such as cuda:0")
+    p.add_argument("--report", help="also write the matrix to this file: Markdown, or JSON if it ends in .json")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "show":
+            print(show(args.file))
+            return 0
+        if args.command == "diff":
+            text, same = diff(args.a, args.b)
+            print(text)
+            return 0 if same else 1
+        return conformance(args.backend, args.device, args.report)
+    except UnitreeError as e:
+        print(f"unitree: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
