@@ -38,11 +38,7 @@ _KINDS: dict[type, str] = {
 }
 
 
-def _kind(cls: type) -> str | None:
-    for base in cls.__mro__:
-        if base in _KINDS:
-            return _KINDS[base]
-    return None
+_kind_of: dict[type, str | None] = {}  # filled per class on first sight
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -89,10 +85,12 @@ class TorchAdapter(Adapter):
         return module._modules.get(segment)
 
     def leaves(self, module: nn.Module) -> list[Leaf]:
-        out = [Leaf(n, p, True) for n, p in module._parameters.items() if p is not None]
-        if module._buffers:
+        # plain tuples in Leaf's shape: this runs once per module on every wrap
+        params, buffers = module._parameters, module._buffers
+        out: list[Any] = [(n, p, True, True) for n, p in params.items() if p is not None] if params else []
+        if buffers:
             transient = module._non_persistent_buffers_set
-            out += [Leaf(n, b, False, n not in transient) for n, b in module._buffers.items() if b is not None]
+            out += [(n, b, False, n not in transient) for n, b in buffers.items() if b is not None]
         return out
 
     def leaf(self, module: nn.Module, name: str) -> torch.Tensor:
@@ -104,7 +102,10 @@ class TorchAdapter(Adapter):
         return t
 
     def kind(self, module: nn.Module) -> str | None:
-        return _kind(type(module))
+        cls = type(module)
+        if cls not in _kind_of:
+            _kind_of[cls] = next((_KINDS[base] for base in cls.__mro__ if base in _KINDS), None)
+        return _kind_of[cls]
 
     def fingerprint(self, root: nn.Module) -> Any:
         ids: list[int] = []

@@ -57,7 +57,8 @@ def save(tree: Node, path: PathLike, *, metadata: dict[str, str] | None = None) 
         "format_version": FORMAT_VERSION,
         "backend": tree._tree.backend,
         "ties": json.dumps(tree.ties()),
-        "paths": json.dumps(list(state)),  # safetensors sorts its header; this keeps the model's order
+        # safetensors sorts its header: this keeps the model's order, aliases included
+        "paths": json.dumps([path for path, p in tree._entries() if p._persistent]),
     }
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -106,12 +107,18 @@ class Checkpoint:
         want = self.header[key][1]
         return a.view(want) if a.dtype != want and a.dtype.itemsize == want.itemsize else a
 
-    def paths(self) -> list[str]:
-        """The keys in the writer's traversal order when it recorded one, else in natural order."""
-        order = [k for k in json.loads(self.metadata.get("paths", "[]")) if k in self.header]
-        if len(order) == len(self.header):
-            return order
-        return sorted(self.header, key=lambda k: [(0, int(s), "") if s.isdigit() else (1, 0, s) for s in k.split(".")])
+    def paths(self, aliases: bool = False) -> list[str]:
+        """The stored keys (and with ``aliases``, the other paths of tied ones) in the writer's
+        traversal order when it recorded one, else in natural order."""
+        known = set(self.header) | (set(self.aliases()) if aliases else set())
+        order = [k for k in json.loads(self.metadata.get("paths", "[]")) if k in known]
+        if len(set(order)) == len(known):
+            return list(dict.fromkeys(order))
+        return sorted(known, key=lambda k: [(0, int(s), "") if s.isdigit() else (1, 0, s) for s in k.split(".")])
+
+    def aliases(self) -> dict[str, str]:
+        """{path of a tied parameter that is not stored: the stored path}."""
+        return {other: group[0] for group in self.ties() for other in group[1:]}
 
     def ties(self) -> list[tuple[str, ...]]:
         return [tuple(group) for group in json.loads(self.metadata.get("ties", "[]"))]

@@ -18,11 +18,10 @@ from ._picture import shape_text
 def show(path: str) -> str:
     """The picture of a checkpoint's tree, from its header alone: no framework, no tensor read."""
     with Checkpoint(path) as ckpt:
-        header, ties, order = ckpt.header, ckpt.ties(), ckpt.paths()
+        header, alias, order = ckpt.header, ckpt.aliases(), ckpt.paths(aliases=True)
         backend = ckpt.metadata.get("backend", "unknown backend")
-    alias = {other: group[0] for group in ties for other in group[1:]}
     root: dict[str, Any] = {}
-    for key in [*order, *alias]:
+    for key in order:
         node = root
         *parents, leaf = key.split(".")
         for seg in parents:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import fnmatch
+import gc
 from collections.abc import Hashable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any, Callable, NamedTuple, Union
 
 import numpy as np
@@ -220,6 +222,7 @@ class LoadResult(NamedTuple):
 
 
 Entry = tuple[str, Param]
+_NO_NAMES: Mapping[str, str] = MappingProxyType({})  # shared by every node whose leaf names are canonical
 
 
 class Node:
@@ -230,13 +233,16 @@ class Node:
     wins: use ``node["name"]`` then).
     """
 
+    __slots__ = ("__weakref__", "_children", "_leaves", "_names", "_native", "_tree", "path")
+
     def __init__(self, tree: ParamTree, native: Any, path: str) -> None:
         self._tree = tree
         self._native = native
         self.path = path  # dotted path from the root; "" for the root
-        self._children: dict[str, Node] = {}
-        self._leaves: dict[str, Param] = {}
-        self._names: dict[str, str] = {}  # canonical -> native leaf name, where they differ
+        # filled by ParamTree._build
+        self._children: dict[str, Node]
+        self._leaves: dict[str, Param]
+        self._names: Mapping[str, str]  # canonical -> native leaf name, where they differ
 
     # -- what it is -------------------------------------------------------------------
     @property
@@ -585,45 +591,62 @@ class ParamTree(Node):
 
     def _build(self) -> None:
         adapter, backend = self._adapter, self._adapter.name
+        identity = id if type(adapter).identity is Adapter.identity else adapter.identity
         old, by_ident = self._by_ident, {}
         entries: list[Entry] = []
+        add = entries.append
         active: set[int] = set()
 
+        # The hot loop of wrap(): kept flat, since it runs once per module and leaf.
         def visit(node: Node, native: Any, pre: str) -> None:
-            if id(native) in active:
+            key = id(native)
+            if key in active:
                 raise UnitreeError(f"The model contains itself at {pre.rstrip('.')!r}: a module tree cannot have cycles.")
-            active.add(id(native))
-            table = rules(backend, adapter.kind(native))
-            leaves = list(adapter.leaves(native))
+            active.add(key)
+            kind = adapter.kind(native)
+            table = rules(backend, kind) if kind else None
+            leaves = adapter.leaves(native)
             if table:
                 order = list(table)
-                leaves.sort(key=lambda leaf: order.index(leaf.name) if leaf.name in order else len(order))
-            node._leaves, node._names, node._children = {}, {}, {}
-            for leaf in leaves:
-                rule = table.get(leaf.name) if table else None
-                name = rule.canonical if rule else leaf.name
-                if name != leaf.name:
-                    node._names[name] = leaf.name
-                ident = adapter.identity(leaf.obj)
+                leaves = sorted(leaves, key=lambda leaf: order.index(leaf[0]) if leaf[0] in order else len(order))
+            node._leaves = node_leaves = {}
+            names: dict[str, str] = {}
+            for native_name, obj, is_param, persistent in leaves:
+                rule = table.get(native_name) if table else None
+                name = native_name
+                if rule is not None and rule.canonical != native_name:
+                    name = rule.canonical
+                    names[name] = native_name
+                ident = identity(obj)
                 p = by_ident.get(ident)
                 if p is None:
                     p = old.get(ident)  # keep Param identity across re-reads
                     if p is None:
-                        p = Param(adapter, native, leaf.name, ident, rule, leaf.param, leaf.persistent)
+                        p = Param(adapter, native, native_name, ident, rule, is_param, persistent)
                     else:
-                        p.__init__(adapter, native, leaf.name, ident, rule, leaf.param, leaf.persistent)
+                        p.__init__(adapter, native, native_name, ident, rule, is_param, persistent)
                     by_ident[ident] = p
                 path = pre + name
                 p._paths.append(path)
-                node._leaves[name] = p
-                entries.append((path, p))
+                node_leaves[name] = p
+                add((path, p))
+            node._names = names or _NO_NAMES
+            node._children = children = {}
             for seg, child_native in adapter.children(native):
-                child = Node(self, child_native, pre + seg)
-                node._children[seg] = child
-                visit(child, child_native, pre + seg + ".")
-            active.discard(id(native))
+                path = pre + seg
+                child = children[seg] = Node(self, child_native, path)
+                visit(child, child_native, path + ".")
+            active.discard(key)
 
-        visit(self, self._native, "")
+        # Pause the cyclic GC: the build allocates tens of thousands of objects, all
+        # reachable, and each collection would walk the whole model graph again.
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            visit(self, self._native, "")
+        finally:
+            if paused:
+                gc.enable()
         self._by_ident, self._flat = by_ident, entries
 
     def _lookup(self, path: str, base: str) -> Node | Param:
