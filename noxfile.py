@@ -1,9 +1,9 @@
 """One session per backend environment; `nox` runs them all (DESIGN §8).
 
-    nox -s conformance      the conformance matrix (case x backend x device)
-    nox                     every test session: lint, core, torch, conformance
-    nox -s bench            the performance ratios of DESIGN §7
-    nox -r ...              reuse the environments already installed
+nox -s conformance      the conformance matrix (case x backend x device)
+nox                     every test session: lint, core, torch, conformance
+nox -s bench            the performance ratios of DESIGN §7
+nox -r ...              reuse the environments already installed
 """
 
 from __future__ import annotations

@@ -45,7 +45,9 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
     """A CPU tensor's numpy view (a copy from other devices), for dtypes numpy lacks too."""
     t = t.detach()
     if t.device.type == "meta":
-        raise UninitializedError("The tensor is on the meta device: it has a shape but no values. Call module.to_empty(device=...) and initialize it first.")
+        raise UninitializedError(
+            "The tensor is on the meta device: it has a shape but no values. Call module.to_empty(device=...) and initialize it first."
+        )
     if t.device.type != "cpu":
         t = t.cpu()
     if t.is_conj() or t.is_neg():
@@ -74,7 +76,9 @@ class TorchAdapter(Adapter):
 
     def root(self, obj: Any, *state: Any) -> Any:
         if not isinstance(obj, nn.Module):
-            raise UnsupportedModelError(f"Expected a torch.nn.Module, got {type(obj).__module__}.{type(obj).__qualname__}.")
+            raise UnsupportedModelError(
+                f"Expected a torch.nn.Module, got {type(obj).__module__}.{type(obj).__qualname__}."
+            )
         return super().root(obj, *state)
 
     # -- structure -----------------------------------------------------------------
@@ -87,7 +91,9 @@ class TorchAdapter(Adapter):
     def leaves(self, module: nn.Module) -> list[Leaf]:
         # plain tuples in Leaf's shape: this runs once per module on every wrap
         params, buffers = module._parameters, module._buffers
-        out: list[Any] = [(n, p, True, True) for n, p in params.items() if p is not None] if params else []
+        out: list[Any] = (
+            [(n, p, True, True) for n, p in params.items() if p is not None] if params else []
+        )
         if buffers:
             transient = module._non_persistent_buffers_set
             out += [(n, b, False, n not in transient) for n, b in buffers.items() if b is not None]
@@ -98,7 +104,9 @@ class TorchAdapter(Adapter):
         if t is None:
             t = module._buffers.get(name)
         if t is None:
-            raise PathError(f"The {type(module).__name__} module no longer has a parameter or buffer {name!r}.")
+            raise PathError(
+                f"The {type(module).__name__} module no longer has a parameter or buffer {name!r}."
+            )
         return t
 
     def kind(self, module: nn.Module) -> str | None:
@@ -108,19 +116,20 @@ class TorchAdapter(Adapter):
         return _kind_of[cls]
 
     def fingerprint(self, root: nn.Module) -> Any:
+        # the same ids, in the same order, as the core's build reads through leaves() and children()
         ids: list[int] = []
         add = ids.append
 
         def visit(m: nn.Module) -> None:
             add(id(m))
             for t in m._parameters.values():
-                add(id(t))
+                if t is not None:
+                    add(id(t))
             for t in m._buffers.values():
-                add(id(t))
+                if t is not None:
+                    add(id(t))
             for c in m._modules.values():
-                if c is None:
-                    add(0)
-                else:
+                if c is not None:
                     visit(c)
 
         visit(root)
@@ -170,14 +179,20 @@ class TorchAdapter(Adapter):
     def devices(self) -> list[str]:
         return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 
-    def backward(self, root: nn.Module, loss_fn: Callable[[Any], Any], inputs: Sequence[Any]) -> float:
+    def backward(
+        self, root: nn.Module, loss_fn: Callable[[Any], Any], inputs: Sequence[Any]
+    ) -> float:
         first = next(itertools.chain(root.parameters(), root.buffers()), None)
         device = first.device if first is not None else torch.device("cpu")
-        floating = next((p.dtype for p in root.parameters() if p.dtype.is_floating_point), torch.float32)
+        floating = next(
+            (p.dtype for p in root.parameters() if p.dtype.is_floating_point), torch.float32
+        )
         args = [self._input(x, device, floating) for x in inputs]
         loss = loss_fn(root(*args))
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            raise TypeError(f"loss_fn must return a torch scalar, got {type(loss).__name__} {getattr(loss, 'shape', '')}.")
+            raise TypeError(
+                f"loss_fn must return a torch scalar, got {type(loss).__name__} {getattr(loss, 'shape', '')}."
+            )
         loss.backward()
         return loss.item()
 
@@ -185,10 +200,14 @@ class TorchAdapter(Adapter):
     def _input(x: Any, device: torch.device, floating: torch.dtype) -> Any:
         if isinstance(x, np.ndarray) or np.isscalar(x):
             t = torch.as_tensor(np.asarray(x))
-            return t.to(device=device, dtype=floating) if t.dtype.is_floating_point else t.to(device)
+            return (
+                t.to(device=device, dtype=floating) if t.dtype.is_floating_point else t.to(device)
+            )
         return x
 
-    def share(self, src_owner: nn.Module, src_name: str, dst_owner: nn.Module, dst_name: str) -> None:
+    def share(
+        self, src_owner: nn.Module, src_name: str, dst_owner: nn.Module, dst_name: str
+    ) -> None:
         leaf = self.leaf(src_owner, src_name)
         if isinstance(leaf, nn.Parameter):
             setattr(dst_owner, dst_name, leaf)

@@ -24,7 +24,9 @@ def named() -> list[str] | None:
     names = [n.strip() for n in raw.split(",") if n.strip()]
     unknown = [n for n in names if n not in BUILDERS]
     if unknown:
-        raise ValueError(f"UNITREE_BACKENDS names unknown backends {unknown}; expected some of {sorted(BUILDERS)}.")
+        raise ValueError(
+            f"UNITREE_BACKENDS names unknown backends {unknown}; expected some of {sorted(BUILDERS)}."
+        )
     return names
 
 
@@ -47,5 +49,7 @@ def selected() -> list[ModuleType]:
         except ImportError:
             continue
     if not found:
-        raise RuntimeError("No backend framework is installed here; install one (pip install 'unitree-params[torch]') or set UNITREE_BACKENDS.")
+        raise RuntimeError(
+            "No backend framework is installed here; install one (pip install 'unitree-params[torch]') or set UNITREE_BACKENDS."
+        )
     return found

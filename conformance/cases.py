@@ -44,14 +44,21 @@ PICTURE = """\
    └─ bias (1,)"""
 
 
-def mlp_gradients(W1: np.ndarray, b1: np.ndarray, W2: np.ndarray, b2: np.ndarray, X: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+def mlp_gradients(
+    W1: np.ndarray, b1: np.ndarray, W2: np.ndarray, b2: np.ndarray, X: np.ndarray
+) -> tuple[float, dict[str, np.ndarray]]:
     """loss = sum(W2 relu(W1 x + b1) + b2) and its gradients, by hand, in float64."""
     W1, b1, W2, b2, X = (np.asarray(a, np.float64) for a in (W1, b1, W2, b2, X))
     H = X @ W1.T + b1
     A = np.maximum(H, 0)
     Y = A @ W2.T + b2
     dH = np.ones_like(Y) @ W2 * (H > 0)
-    grads = {"0.weight": dH.T @ X, "0.bias": dH.sum(0), "2.weight": A.sum(0, keepdims=True), "2.bias": np.full(b2.shape, len(X), np.float64)}
+    grads = {
+        "0.weight": dH.T @ X,
+        "0.bias": dH.sum(0),
+        "2.weight": A.sum(0, keepdims=True),
+        "2.bias": np.full(b2.shape, len(X), np.float64),
+    }
     return float(Y.sum()), grads
 
 
@@ -130,7 +137,10 @@ def tying(b: ModuleType, device: str) -> None:
     net, (i, j) = b.deck_tied(device, X)
     tree = ut.wrap(net)
     assert tree[i].weight is tree[j].weight and tree[i].bias is tree[j].bias
-    assert (f"{i}.weight", f"{j}.weight") in tree.ties() and (f"{i}.bias", f"{j}.bias") in tree.ties()
+    assert (f"{i}.weight", f"{j}.weight") in tree.ties() and (
+        f"{i}.bias",
+        f"{j}.bias",
+    ) in tree.ties()
     assert tree[j].weight.paths == (f"{i}.weight", f"{j}.weight")
     assert f"{j}.weight" not in dict(tree.named_parameters())
     tree[i].weight[0, 0] = 100
@@ -205,6 +215,8 @@ def save_load(b: ModuleType, device: str) -> None:
         fresh = b.deck_mlp(device, X)
         assert ut.load(ut.wrap(fresh), path) == ([], [])
         Xs = np.asarray(record["X"], np.float32)
-        np.testing.assert_allclose(b.forward(fresh, Xs), np.asarray(record["Y"]), rtol=1e-5, atol=1e-6, err_msg=path.name)
+        np.testing.assert_allclose(
+            b.forward(fresh, Xs), np.asarray(record["Y"]), rtol=1e-5, atol=1e-6, err_msg=path.name
+        )
         loaded.append(path.name)
     assert f"{stem}.safetensors" in loaded

@@ -32,14 +32,20 @@ def run(names: list[str], device: str | None = None, strict: bool = True) -> lis
         except ImportError as e:
             if strict:
                 raise
-            cells += [Cell(c.__name__, name, col, "not available here", f"{e}") for c in cases.CASES for col in COLUMNS]
+            cells += [
+                Cell(c.__name__, name, col, "not available here", f"{e}")
+                for c in cases.CASES
+                for col in COLUMNS
+            ]
             continue
         seen = [d for d in b.devices() if device in (None, d, _column(d))]
         for col in COLUMNS if device is None else (_column(device),):
             here = [d for d in seen if _column(d) == col]
             if not here:
                 reason = f"no {device or col.upper()} visible to {name} here"
-                cells += [Cell(c.__name__, name, col, "not available here", reason) for c in cases.CASES]
+                cells += [
+                    Cell(c.__name__, name, col, "not available here", reason) for c in cases.CASES
+                ]
                 continue
             for d in here:
                 for c in cases.CASES:
@@ -48,7 +54,15 @@ def run(names: list[str], device: str | None = None, strict: bool = True) -> lis
                     except Exception as e:  # a failing case is a cell, not a crash
                         last = traceback.extract_tb(e.__traceback__)[-1]
                         reason = f"{type(e).__name__}: {e} ({last.filename.rpartition('/')[2]}:{last.lineno})"
-                        cells.append(Cell(c.__name__, name, col, "fail", d + ": " + " ".join(reason.split())[:300]))
+                        cells.append(
+                            Cell(
+                                c.__name__,
+                                name,
+                                col,
+                                "fail",
+                                d + ": " + " ".join(reason.split())[:300],
+                            )
+                        )
                     else:
                         cells.append(Cell(c.__name__, name, col, "pass", d))
     return cells
@@ -69,9 +83,21 @@ def markdown(cells: list[Cell]) -> str:
         "|---|" + "---|" * len(heads),
     ]
     for row in rows:
-        lines.append(f"| {row} | " + " | ".join(mark[by[(row, *h)].status] if (row, *h) in by else "" for h in heads) + " |")
-    notes = dict.fromkeys(f"- {c.backend} {c.device}: not available here: {c.detail}" for c in cells if c.status == "not available here")
-    notes.update(dict.fromkeys(f"- FAIL {c.case} on {c.backend} {c.detail}" for c in cells if c.status == "fail"))
+        lines.append(
+            f"| {row} | "
+            + " | ".join(mark[by[(row, *h)].status] if (row, *h) in by else "" for h in heads)
+            + " |"
+        )
+    notes = dict.fromkeys(
+        f"- {c.backend} {c.device}: not available here: {c.detail}"
+        for c in cells
+        if c.status == "not available here"
+    )
+    notes.update(
+        dict.fromkeys(
+            f"- FAIL {c.case} on {c.backend} {c.detail}" for c in cells if c.status == "fail"
+        )
+    )
     counts = {s: sum(c.status == s for c in cells) for s in mark}
     summary = f"{counts['pass']} passed, {counts['fail']} failed, {counts['not available here']} not available here"
     return "\n".join([*lines, "", *notes, "", summary])

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from unitree import Adapter, Leaf
 
 
@@ -30,7 +31,9 @@ class Mod:
 
 
 class FakeAdapter(Adapter):
-    name = "flax"  # so the dense rules of the layout table apply: kernel (in, out) -> weight (out, in)
+    name = (
+        "flax"  # so the dense rules of the layout table apply: kernel (in, out) -> weight (out, in)
+    )
 
     def __init__(self) -> None:
         self.writes = 0
@@ -86,5 +89,13 @@ def dense(n_in: int, n_out: int, seed: int) -> Mod:
 def mlp(shared: bool = False) -> Mod:
     """Dense(4->8), relu, Dense(8->8) [, relu, the same Dense again], relu, Dense(8->1)."""
     mid = dense(8, 8, 2)
-    layers = [dense(4, 8, 1), Mod("relu"), mid, Mod("relu"), mid if shared else dense(8, 8, 3), Mod("relu"), dense(8, 1, 4)]
+    layers = [
+        dense(4, 8, 1),
+        Mod("relu"),
+        mid,
+        Mod("relu"),
+        mid if shared else dense(8, 8, 3),
+        Mod("relu"),
+        dense(8, 1, 4),
+    ]
     return Mod("Sequential", **{str(i): m for i, m in enumerate(layers)})

@@ -44,7 +44,9 @@ class Adapter(ABC):
     def root(self, obj: Any, *state: Any) -> Any:
         """The native root module; ``state`` is for frameworks that keep it apart (flax linen)."""
         if state:
-            raise TypeError(f"wrap() takes extra arguments only for flax linen; got {len(state)} for a {self.name} model.")
+            raise TypeError(
+                f"wrap() takes extra arguments only for flax linen; got {len(state)} for a {self.name} model."
+            )
         return obj
 
     @abstractmethod
@@ -74,18 +76,24 @@ class Adapter(ABC):
         """The layer kind the canonical layout tables know it by ("dense", "conv", ...)."""
         return None
 
-    def fingerprint(self, root: Any) -> Hashable:
-        """A cheap value that changes whenever the structure or the tie pattern changes."""
+    def fingerprint(self, root: Any) -> Any:
+        """A cheap value that changes whenever the structure or the tie pattern changes.
+
+        It must equal what the core records while reading the tree: depth
+        first, the id of each module, then the ids of its leaves' objects as
+        :meth:`leaves` lists them, then its children as :meth:`children` lists
+        them. Adapters override it only to compute the same list faster.
+        """
         ids: list[int] = []
 
         def visit(module: Any) -> None:
             ids.append(id(module))
-            ids.extend(id(leaf.obj) for leaf in self.leaves(module))
+            ids.extend(id(leaf[1]) for leaf in self.leaves(module))
             for _, child in self.children(module):
                 visit(child)
 
         visit(root)
-        return tuple(ids)
+        return ids
 
     # -- one leaf, native layout -------------------------------------------------
     @abstractmethod
@@ -98,7 +106,7 @@ class Adapter(ABC):
 
     @abstractmethod
     def device(self, leaf: Any) -> str:
-        """"cpu", "cuda:0", "gpu:0", ..."""
+        """ "cpu", "cuda:0", "gpu:0", ..."""
 
     @abstractmethod
     def trainable(self, leaf: Any, param: bool) -> bool:

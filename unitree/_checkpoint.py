@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
@@ -48,6 +47,8 @@ def save(tree: Node, path: PathLike, *, metadata: dict[str, str] | None = None) 
     disk, then renamed over ``path``: a reader sees the old file or the new
     one, never a torn one. ``metadata`` adds string entries to the header.
     """
+    import tempfile
+
     from safetensors.numpy import save_file
 
     state = {k: np.ascontiguousarray(v) for k, v in tree.state_dict().items()}
@@ -94,9 +95,12 @@ class Checkpoint:
             self._file = safe_open(self.path, framework="numpy")
             self.metadata: dict[str, str] = self._file.metadata() or {}
             self.header: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
-            for key in self._file.keys():
+            for key in self._file.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
                 view = self._file.get_slice(key)
-                self.header[key] = (tuple(view.get_shape()), _np_dtype(_DTYPES.get(view.get_dtype(), view.get_dtype())))
+                self.header[key] = (
+                    tuple(view.get_shape()),
+                    _np_dtype(_DTYPES.get(view.get_dtype(), view.get_dtype())),
+                )
         except CheckpointError:
             raise
         except Exception as e:
@@ -114,7 +118,10 @@ class Checkpoint:
         order = [k for k in json.loads(self.metadata.get("paths", "[]")) if k in known]
         if len(set(order)) == len(known):
             return list(dict.fromkeys(order))
-        return sorted(known, key=lambda k: [(0, int(s), "") if s.isdigit() else (1, 0, s) for s in k.split(".")])
+        return sorted(
+            known,
+            key=lambda k: [(0, int(s), "") if s.isdigit() else (1, 0, s) for s in k.split(".")],
+        )
 
     def aliases(self) -> dict[str, str]:
         """{path of a tied parameter that is not stored: the stored path}."""
@@ -139,4 +146,4 @@ def load(tree: Node, path: PathLike, strict: bool = True) -> LoadResult:
     the same. ``strict=False`` skips missing and unexpected keys and returns them.
     """
     with Checkpoint(path) as ckpt:
-        return tree._current()._load(ckpt.header, ckpt.__getitem__, strict)
+        return tree._load(ckpt.header, ckpt.__getitem__, strict)

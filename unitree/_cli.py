@@ -65,7 +65,11 @@ def diff(a: str, b: str) -> tuple[str, bool]:
                 continue
             x, y = left[key], right[key]
             if x.dtype.kind in "biufc" and y.dtype.kind in "biufc":
-                delta = float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
+                delta = (
+                    float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64))))
+                    if x.size
+                    else 0.0
+                )
             else:
                 delta = 0.0 if np.array_equal(x, y) else float("inf")
             note = "" if dtype == other_dtype else f"  (dtype {dtype} in A, {other_dtype} in B)"
@@ -110,13 +114,24 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("show", help="draw a checkpoint's tree: paths, shapes, dtypes, ties")
     p.add_argument("file")
-    p = sub.add_parser("diff", help="compare two checkpoints: max abs difference per path, missing and unexpected keys")
+    p = sub.add_parser(
+        "diff",
+        help="compare two checkpoints: max abs difference per path, missing and unexpected keys",
+    )
     p.add_argument("a")
     p.add_argument("b")
-    p = sub.add_parser("conformance", help="run the deck's cases on every backend and device: print the matrix")
-    p.add_argument("--backend", action="append", help="a backend to run (repeatable); default: UNITREE_BACKENDS, else all")
+    p = sub.add_parser(
+        "conformance", help="run the deck's cases on every backend and device: print the matrix"
+    )
+    p.add_argument(
+        "--backend",
+        action="append",
+        help="a backend to run (repeatable); default: UNITREE_BACKENDS, else all",
+    )
     p.add_argument("--device", help="only this device: cpu, gpu, or a device name such as cuda:0")
-    p.add_argument("--report", help="also write the matrix to this file: Markdown, or JSON if it ends in .json")
+    p.add_argument(
+        "--report", help="also write the matrix to this file: Markdown, or JSON if it ends in .json"
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "show":

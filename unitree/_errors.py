@@ -7,7 +7,6 @@ catch a wrong path.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 
 
@@ -28,6 +27,8 @@ class PathError(UnitreeError, KeyError, AttributeError):
 
     @classmethod
     def missing(cls, path: str, where: str, known: Iterable[str]) -> PathError:
+        import difflib
+
         close = difflib.get_close_matches(path, list(known), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         return cls(f"No parameter or module at path {path!r} in {where}.{hint}")

@@ -7,17 +7,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from ._tree import Node, Param
+    from ._tree import Node, ParamTree
 
 
 def shape_text(shape: tuple[int, ...] | None) -> str:
     return "(uninitialized)" if shape is None else str(tuple(shape))
 
 
-def draw(root: Node) -> str:
-    """The deck's picture: native class names, canonical leaves, ties marked after the first.
+def draw(tree: ParamTree, native: Any) -> str:
+    """The deck's picture of ``native`` (a module of ``tree``): native class names,
+    canonical leaves, each tied leaf marked after its first appearance.
 
-    >>> print(draw(tree))
+    >>> print(tree)
     Sequential
     ├─ 0: Linear
     │  ├─ weight (8, 4)
@@ -27,31 +28,33 @@ def draw(root: Node) -> str:
        ├─ weight (1, 8)
        └─ bias (1,)
     """
-    lines = [root.type_name]
+    adapter = tree._adapter
+    lines = [adapter.type_name(native)]
     first: dict[int, str] = {}  # id(Param) -> the path it was first drawn at
 
-    def visit(node: Node, indent: str, pre: str) -> None:
-        items: list[tuple[str, Any]] = [*node._leaves.items(), *node._children.items()]
-        for i, (name, item) in enumerate(items):
-            last = i == len(items) - 1
-            branch, more = ("└─ ", "   ") if last else ("├─ ", "│  ")
-            if name in node._leaves:
-                p: Param = item
-                text = f"{name} {shape_text(p.shape)}"
-                if p.is_buffer:
-                    text += " [buffer]"
-                if id(p) in first:
-                    text += f" = {first[id(p)]}"
+    def visit(native: Any, indent: str, pre: str) -> None:
+        leaves = [(name, p) for name, _, p in tree._leaf_items(native)]
+        children = list(adapter.children(native))
+        for i, (name, item) in enumerate([*leaves, *children]):
+            branch, more = (
+                ("└─ ", "   ") if i == len(leaves) + len(children) - 1 else ("├─ ", "│  ")
+            )
+            if i < len(leaves):
+                text = f"{name} {shape_text(item.shape)}" + (" [buffer]" if item.is_buffer else "")
+                if id(item) in first:
+                    text += f" = {first[id(item)]}"
                 else:
-                    first[id(p)] = pre + name
+                    first[id(item)] = pre + name
                 lines.append(indent + branch + text)
             else:
-                child: Node = item
-                empty = " (no params)" if not child._leaves and not child._children else ""
-                lines.append(f"{indent}{branch}{name}: {child.type_name}{empty}")
-                visit(child, indent + more, pre + name + ".")
+                empty = not adapter.leaves(item) and not adapter.children(item)
+                lines.append(
+                    f"{indent}{branch}{name}: {adapter.type_name(item)}"
+                    + (" (no params)" if empty else "")
+                )
+                visit(item, indent + more, pre + name + ".")
 
-    visit(root, "", "")
+    visit(native, "", "")
     return "\n".join(lines)
 
 
@@ -82,11 +85,15 @@ class Summary:
             else:
                 self.params += count
             self.bytes += count * _itemsize(p.dtype)
-            self.rows.append((paths[0], kind, shape_text(shape), p.dtype, f"{count:,}", ", ".join(paths[1:])))
+            self.rows.append(
+                (paths[0], kind, shape_text(shape), p.dtype, f"{count:,}", ", ".join(paths[1:]))
+            )
 
     @property
     def footer(self) -> str:
-        return f"parameters: {self.params:,}   buffers: {self.buffers:,}   size: {_human(self.bytes)}"
+        return (
+            f"parameters: {self.params:,}   buffers: {self.buffers:,}   size: {_human(self.bytes)}"
+        )
 
     def __str__(self) -> str:
         table = [self.columns, *self.rows]
@@ -128,4 +135,4 @@ def summary(tree: Node) -> Summary:
     0.weight  Linear  (8, 4)  float32  32
     ...
     """
-    return Summary(tree._current())
+    return Summary(tree)

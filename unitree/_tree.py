@@ -5,13 +5,12 @@ from __future__ import annotations
 import fnmatch
 import gc
 from collections.abc import Hashable, Iterator, Mapping
-from types import MappingProxyType
-from typing import Any, Callable, NamedTuple, Union
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
 from . import _picture
-from ._adapter import Adapter, adapter_for
+from ._adapter import Adapter, Leaf, adapter_for
 from ._errors import (
     PathError,
     ShapeError,
@@ -20,7 +19,7 @@ from ._errors import (
     UnitreeError,
     ValueTypeError,
 )
-from .layouts import Rule, inverse, rules
+from .layouts import Rule, has_rules, inverse, rules
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -43,9 +42,28 @@ class Param:
     framework, so every alias and the native model see the change.
     """
 
-    __slots__ = ("__weakref__", "_adapter", "_ident", "_name", "_owner", "_paths", "_persistent", "_rule", "_is_param")
+    __slots__ = (
+        "__weakref__",
+        "_adapter",
+        "_ident",
+        "_is_param",
+        "_name",
+        "_owner",
+        "_paths",
+        "_persistent",
+        "_rule",
+    )
 
-    def __init__(self, adapter: Adapter, owner: Any, name: str, ident: Hashable, rule: Rule | None, is_param: bool, persistent: bool) -> None:
+    def __init__(
+        self,
+        adapter: Adapter,
+        owner: Any,
+        name: str,
+        ident: Hashable,
+        rule: Rule | None,
+        is_param: bool,
+        persistent: bool,
+    ) -> None:
         self._adapter = adapter
         self._owner = owner  # the native module holding it at its first path
         self._name = name  # its native name there
@@ -167,17 +185,23 @@ class Param:
         value = self._validated(value, current.dtype, where)
         if index is None:
             if value.shape != current.shape:
-                raise ShapeError(f"Cannot set {where}: expected shape {current.shape}, got a value of shape {value.shape}. Nothing was written.")
+                raise ShapeError(
+                    f"Cannot set {where}: expected shape {current.shape}, got a value of shape {value.shape}. Nothing was written."
+                )
             self._write(value)
             return
         try:
             target = current[index]
         except (IndexError, TypeError, ValueError) as e:
-            raise ShapeError(f"Cannot write {where}: {e} ({self.path} has shape {current.shape}). Nothing was written.") from None
+            raise ShapeError(
+                f"Cannot write {where}: {e} ({self.path} has shape {current.shape}). Nothing was written."
+            ) from None
         try:
             value = np.broadcast_to(value, np.shape(target))
         except ValueError:
-            raise ShapeError(f"Cannot write a value of shape {value.shape} into {where}, of shape {np.shape(target)}. Nothing was written.") from None
+            raise ShapeError(
+                f"Cannot write a value of shape {value.shape} into {where}, of shape {np.shape(target)}. Nothing was written."
+            ) from None
         if self._perm(current.ndim) is None:
             self._adapter.write(self.native, value, index)
         else:
@@ -189,11 +213,17 @@ class Param:
         try:
             a = self._adapter.asarray(value)
         except Exception as e:
-            raise ValueTypeError(f"Cannot write {type(value).__name__} into {where}: not a numeric array ({e}). Nothing was written.") from None
+            raise ValueTypeError(
+                f"Cannot write {type(value).__name__} into {where}: not a numeric array ({e}). Nothing was written."
+            ) from None
         if not _numeric(a):
-            raise ValueTypeError(f"Cannot write {where} ({dtype}): expected a numeric value, got {a.dtype} {value!r:.60}. Nothing was written.")
+            raise ValueTypeError(
+                f"Cannot write {where} ({dtype}): expected a numeric value, got {a.dtype} {value!r:.60}. Nothing was written."
+            )
         if not np.can_cast(a.dtype, dtype, casting="same_kind"):
-            raise ValueTypeError(f"Cannot write {a.dtype} into {where}, which holds {dtype}, without changing kind of number. Nothing was written.")
+            raise ValueTypeError(
+                f"Cannot write {a.dtype} into {where}, which holds {dtype}, without changing kind of number. Nothing was written."
+            )
         return a.astype(dtype, copy=False)
 
     def _write(self, value: np.ndarray) -> None:
@@ -211,7 +241,9 @@ class Param:
 
 def _index_str(index: Any) -> str:
     items = index if isinstance(index, tuple) else (index,)
-    return ", ".join(":" if i == slice(None) else "..." if i is Ellipsis else repr(i) for i in items)
+    return ", ".join(
+        ":" if i == slice(None) else "..." if i is Ellipsis else repr(i) for i in items
+    )
 
 
 class LoadResult(NamedTuple):
@@ -222,57 +254,47 @@ class LoadResult(NamedTuple):
 
 
 Entry = tuple[str, Param]
-_NO_NAMES: Mapping[str, str] = MappingProxyType({})  # shared by every node whose leaf names are canonical
 
 
 class Node:
-    """One module of the tree. Its methods act on its subtree, with paths relative to it.
+    """The module at one path of the tree. Its methods act on its subtree, with paths relative to it.
 
     ``node[2]``, ``node["2"]`` and ``node["2.weight"]`` look up by path;
     ``node.weight`` reaches a leaf or a named child (a method of the same name
-    wins: use ``node["name"]`` then).
+    wins: use ``node["name"]`` then). A node is a live view: it always shows
+    the module that is at its path now.
     """
 
-    __slots__ = ("__weakref__", "_children", "_leaves", "_names", "_native", "_tree", "path")
+    __slots__ = ("__weakref__", "_tree", "path")
 
-    def __init__(self, tree: ParamTree, native: Any, path: str) -> None:
+    def __init__(self, tree: ParamTree, path: str) -> None:
         self._tree = tree
-        self._native = native
         self.path = path  # dotted path from the root; "" for the root
-        # filled by ParamTree._build
-        self._children: dict[str, Node]
-        self._leaves: dict[str, Param]
-        self._names: Mapping[str, str]  # canonical -> native leaf name, where they differ
 
     # -- what it is -------------------------------------------------------------------
     @property
     def native(self) -> Any:
         """The framework's own module."""
-        return self._native
+        return self._tree._module_at(self.path)
 
     @property
     def type_name(self) -> str:
         """The native class name: ``"Linear"``, ``"Dense"``."""
-        return self._tree._adapter.type_name(self._native)
+        return self._tree._adapter.type_name(self.native)
 
     @property
     def kind(self) -> str | None:
         """The layer kind of the canonical tables (``"dense"``, ``"conv"``...) or None."""
-        return self._tree._adapter.kind(self._native)
+        return self._tree._adapter.kind(self.native)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path or '(root)'!r}: {self.type_name}>"
 
     def __str__(self) -> str:
-        return _picture.draw(self._current())
+        self._tree._sync()
+        return _picture.draw(self._tree, self.native)
 
     # -- lookup -----------------------------------------------------------------------------
-    def _current(self) -> Node:
-        """This node in the tree as it is now: the structure is re-read if the model changed."""
-        if self._tree._sync() and self is not self._tree:
-            return self._tree._lookup(self.path, "")
-        return self
-
     def __getitem__(self, key: int | str) -> Node | Param:
         return self._tree._lookup(self._key(key), self.path)
 
@@ -288,43 +310,53 @@ class Node:
             return False
         return True
 
+    def _segments(self) -> list[str]:
+        return [seg for seg, _ in self._tree._adapter.children(self.native)]
+
     def __iter__(self) -> Iterator[Node]:
         """The children, in order."""
-        return iter(list(self._current()._children.values()))
+        return iter([self._tree._node(_join(self.path, seg)) for seg in self._segments()])
 
     def __len__(self) -> int:
-        return len(self._current()._children)
+        return len(self._segments())
 
     def _key(self, key: int | str) -> str:
         if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
             if key < 0:  # from the end, like a list
-                segments = list(self._current()._children)
+                segments = self._segments()
                 if -key > len(segments):
-                    raise PathError(f"Index {key} is out of range: {self.path or 'the root'} has {len(segments)} children.")
+                    raise PathError(
+                        f"Index {key} is out of range: {self.path or 'the root'} has {len(segments)} children."
+                    )
                 return segments[key]
             return str(key)
         if isinstance(key, str):
             return key
-        raise PathError(f"Expected a path (str) or a position (int), got {type(key).__name__} {key!r}.")
+        raise PathError(
+            f"Expected a path (str) or a position (int), got {type(key).__name__} {key!r}."
+        )
 
     # -- traversal ---------------------------------------------------------------------------
-    def _walk(self, prefix: str = "") -> list[Entry]:
-        """Every leaf occurrence under this node, in traversal order, aliases included."""
-        out: list[Entry] = []
-
-        def visit(node: Node, pre: str) -> None:
-            out.extend((pre + name, p) for name, p in node._leaves.items())
-            for seg, child in node._children.items():
-                visit(child, pre + seg + ".")
-
-        visit(self, prefix)
-        return out
+    def _relative(self, items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        """The (path, item) pairs under this node, with paths relative to it."""
+        if not self.path:
+            return items
+        own, pre = self.path, self.path + "."
+        n = len(pre)
+        return [
+            (path[n:], item) if path != own else ("", item)
+            for path, item in items
+            if path == own or path.startswith(pre)
+        ]
 
     def _entries(self) -> list[Entry]:
-        node = self._current()
-        return node._tree._flat if node is node._tree else node._walk()
+        """Every leaf occurrence under this node, in traversal order, aliases included."""
+        self._tree._sync()
+        return self._relative(self._tree._flat)
 
-    def named_parameters(self, prefix: str = "", remove_duplicate: bool = True) -> Iterator[tuple[str, Param]]:
+    def named_parameters(
+        self, prefix: str = "", remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, Param]]:
         """(path, Param) for every parameter, each tied parameter once, at its first path.
 
         Parameters are what the framework would train (torch's ``_parameters``,
@@ -337,7 +369,9 @@ class Node:
         for _, p in self.named_parameters():
             yield p
 
-    def named_buffers(self, prefix: str = "", remove_duplicate: bool = True) -> Iterator[tuple[str, Param]]:
+    def named_buffers(
+        self, prefix: str = "", remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, Param]]:
         """(path, Param) for non-trainable state: running statistics, counters."""
         return self._named(False, prefix, remove_duplicate)
 
@@ -345,10 +379,17 @@ class Node:
         for _, p in self.named_buffers():
             yield p
 
-    def _named(self, is_param: bool, prefix: str, remove_duplicate: bool) -> Iterator[tuple[str, Param]]:
+    def _named(
+        self, is_param: bool, prefix: str, remove_duplicate: bool
+    ) -> Iterator[tuple[str, Param]]:
+        tree = self._tree
+        tree._sync()
+        if not self.path and not prefix and remove_duplicate:  # the common case, precomputed
+            yield from tree._unique_params if is_param else tree._unique_buffers
+            return
         pre = prefix + "." if prefix else ""
         seen: set[int] = set()
-        for path, p in self._entries():
+        for path, p in self._relative(tree._flat):
             if p._is_param is not is_param:
                 continue
             if remove_duplicate:
@@ -357,19 +398,19 @@ class Node:
                 seen.add(id(p))
             yield pre + path, p
 
-    def named_modules(self, prefix: str = "", remove_duplicate: bool = True) -> Iterator[tuple[str, Node]]:
+    def named_modules(
+        self, prefix: str = "", remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, Node]]:
         """(path, Node), this node first; a module reused at several positions once, at its first."""
+        tree = self._tree
+        tree._sync()
         seen: set[int] = set()
-        stack: list[tuple[str, Node]] = [(prefix, self._current())]
-        while stack:
-            path, node = stack.pop()
+        for path, native in self._relative([("", tree._native), *tree._modules]):
             if remove_duplicate:
-                if id(node._native) in seen:
+                if id(native) in seen:
                     continue
-                seen.add(id(node._native))
-            yield path, node
-            pre = path + "." if path else ""
-            stack.extend(reversed([(pre + seg, child) for seg, child in node._children.items()]))
+                seen.add(id(native))
+            yield _join(prefix, path), tree._node(_join(self.path, path))
 
     def modules(self) -> Iterator[Node]:
         for _, node in self.named_modules():
@@ -385,10 +426,7 @@ class Node:
 
     def ties(self) -> list[tuple[str, ...]]:
         """The groups of paths that reach one storage: ``[("2.weight", "4.weight"), ...]``."""
-        groups: dict[int, list[str]] = {}
-        for path, p in self._entries():
-            groups.setdefault(id(p), []).append(path)
-        return [tuple(paths) for paths in groups.values() if len(paths) > 1]
+        return [tuple(paths) for paths, _ in self._unique() if len(paths) > 1]
 
     def _unique(self) -> list[tuple[list[str], Param]]:
         """Each leaf once, with every path it has under this node, in traversal order."""
@@ -430,7 +468,9 @@ class Node:
                 bad.append(f"{key}: not a numeric array ({type(value).__name__}: {e})")
                 continue
             arrays[key] = a
-        return self._load({k: (a.shape, a.dtype) for k, a in arrays.items()}, arrays.__getitem__, strict, bad)
+        return self._load(
+            {k: (a.shape, a.dtype) for k, a in arrays.items()}, arrays.__getitem__, strict, bad
+        )
 
     def _load(
         self,
@@ -456,20 +496,30 @@ class Node:
             shape, dtype = header[keys[0]]
             want = p.shape
             if want is None:
-                problems.append(f"{keys[0]}: the model's parameter is not initialized yet; run the model once on an input first")
+                problems.append(
+                    f"{keys[0]}: the model's parameter is not initialized yet; run the model once on an input first"
+                )
                 continue
             if tuple(shape) != want:
-                problems.append(f"{keys[0]}: shape {tuple(shape)} in the source, {want} in the model")
+                problems.append(
+                    f"{keys[0]}: shape {tuple(shape)} in the source, {want} in the model"
+                )
                 continue
             np_dtype = np.dtype(dtype)
-            if not (np_dtype.kind in "biufcV" and np.can_cast(np_dtype, p._np_dtype(), casting=cast)):
-                problems.append(f"{keys[0]}: dtype {np_dtype} in the source, {p.dtype} in the model")
+            if not (
+                np_dtype.kind in "biufcV" and np.can_cast(np_dtype, p._np_dtype(), casting=cast)
+            ):
+                problems.append(
+                    f"{keys[0]}: dtype {np_dtype} in the source, {p.dtype} in the model"
+                )
                 continue
             if len(keys) > 1:
                 first = get(keys[0])
                 for other in keys[1:]:
                     if not np.array_equal(first, get(other)):
-                        problems.append(f"{keys[0]} and {other} are one tied parameter in the model but hold different values in the source")
+                        problems.append(
+                            f"{keys[0]} and {other} are one tied parameter in the model but hold different values in the source"
+                        )
             plan.append((p, keys[0]))
         unexpected = [k for k in header if k not in used]
         if strict:
@@ -477,8 +527,13 @@ class Node:
             problems += [f"{k}: unexpected, the model has no such path" for k in unexpected]
         if problems:
             where = f" under {self.path!r}" if self.path else ""
-            raise StateDictError(f"Cannot load into the {self._tree.backend} model{where}; nothing was written:\n  " + "\n  ".join(problems))
-        _write_all((p, lambda key=key, p=p: get(key).astype(p._np_dtype(), copy=False)) for p, key in plan)
+            raise StateDictError(
+                f"Cannot load into the {self._tree.backend} model{where}; nothing was written:\n  "
+                + "\n  ".join(problems)
+            )
+        _write_all(
+            (p, lambda key=key, p=p: get(key).astype(p._np_dtype(), copy=False)) for p, key in plan
+        )
         return LoadResult(missing, unexpected)
 
     # -- changing the structure ------------------------------------------------------------
@@ -492,52 +547,56 @@ class Node:
         the error names each difference and nothing changes. ``dst`` takes
         ``src``'s values.
         """
-        node = self._current()
-        a, b = node[src], node[dst]
-        adapter = self._tree._adapter
+        a, b = self[src], self[dst]
         if isinstance(a, Param) and isinstance(b, Param):
-            pairs = [(a, node._owner_of(str(dst)))]
+            pairs = [(self._key(dst), a, self._occurrences()[self._key(dst)])]
         elif isinstance(a, Node) and isinstance(b, Node):
-            left = {path: p for path, p in a._walk()}
+            left = {path: p for path, (p, _, _) in a._occurrences().items()}
             right = b._occurrences()
             problems = [f"{path}: in {src!r}, not in {dst!r}" for path in left if path not in right]
-            problems += [f"{path}: in {dst!r}, not in {src!r}" for path in right if path not in left]
-            for path, p in left.items():
-                if path in right:
-                    q = right[path][0]
-                    if (p.shape, p.dtype) != (q.shape, q.dtype):
-                        problems.append(f"{path}: {p.shape} {p.dtype} in {src!r}, {q.shape} {q.dtype} in {dst!r}")
+            problems += [
+                f"{path}: in {dst!r}, not in {src!r}" for path in right if path not in left
+            ]
             if problems:
-                raise ShapeError(f"Cannot tie {dst!r} to {src!r}; nothing changed:\n  " + "\n  ".join(problems))
-            pairs = [(left[path], right[path]) for path in left]
+                raise ShapeError(
+                    f"Cannot tie {dst!r} to {src!r}; nothing changed:\n  " + "\n  ".join(problems)
+                )
+            pairs = [(path, left[path], right[path]) for path in left]
         else:
-            raise ValueTypeError(f"Cannot tie {src!r} ({type(a).__name__}) to {dst!r} ({type(b).__name__}): give two modules or two leaves.")
-        for p, (q, owner, name) in pairs:
-            if p is not q and (p.shape, p.dtype) != (q.shape, q.dtype):
-                raise ShapeError(f"Cannot tie {dst!r} to {src!r}: {q.shape} {q.dtype} against {p.shape} {p.dtype}. Nothing changed.")
-        for p, (q, owner, name) in pairs:
+            raise ValueTypeError(
+                f"Cannot tie {src!r} ({type(a).__name__}) to {dst!r} ({type(b).__name__}): give two modules or two leaves."
+            )
+
+        def described(x: Param) -> str:
+            return f"{x.shape} {x.dtype}" + (" buffer" if x.is_buffer else "")
+
+        problems = [
+            f"{label}: {described(p)} in {src!r}, {described(q)} in {dst!r}"
+            for label, p, (q, _, _) in pairs
+            if p is not q and described(p) != described(q)
+        ]
+        if problems:
+            raise ShapeError(
+                f"Cannot tie {dst!r} to {src!r}; nothing changed:\n  " + "\n  ".join(problems)
+            )
+        for _, p, (q, owner, name) in pairs:
             if p is not q:
-                adapter.share(p._owner, p._name, owner, name)
+                self._tree._adapter.share(p._owner, p._name, owner, name)
         self._tree._fp = None  # the tie pattern changed: rebuild on next use
 
-    def _owner_of(self, path: str) -> tuple[Param, Any, str]:
-        """(Param, owner module, native name) of the occurrence at ``path``."""
-        parent, _, name = path.rpartition(".")
-        node = self[parent] if parent else self._current()
-        assert isinstance(node, Node)
-        return node._leaves[name], node._native, node._names.get(name, name)
-
     def _occurrences(self) -> dict[str, tuple[Param, Any, str]]:
+        """{relative path: (Param, owner module, native name)} of every leaf occurrence."""
+        tree = self._tree
+        tree._sync()
         out: dict[str, tuple[Param, Any, str]] = {}
-
-        def visit(node: Node, pre: str) -> None:
-            for name, p in node._leaves.items():
-                out[pre + name] = (p, node._native, node._names.get(name, name))
-            for seg, child in node._children.items():
-                visit(child, pre + seg + ".")
-
-        visit(self._current(), "")
+        for path, native in self._relative([("", tree._native), *tree._modules]):
+            for name, native_name, p in tree._leaf_items(native):
+                out[_join(path, name)] = (p, native, native_name)
         return out
+
+
+def _join(base: str, path: str) -> str:
+    return f"{base}.{path}" if base and path else base or path
 
 
 def _write_all(writes: Any) -> None:
@@ -554,26 +613,35 @@ def _write_all(writes: Any) -> None:
         raise
 
 
-Item = Union[Node, Param]
-
-
 class ParamTree(Node):
-    """The whole model: a :class:`Node` for the root, plus what only the root can do.
+    """The whole model: the :class:`Node` of the root, plus what only the root can do.
 
-    Made by :func:`unitree.wrap`. The structure is read once and cached; each
-    traversal checks a cheap fingerprint of the native model and re-reads it
-    if modules, parameters or ties changed, and a lookup by path checks the
-    modules along the path. Param objects survive a re-read, so identity
-    (``tree[2].weight is tree[4].weight``) always means shared storage.
+    Made by :func:`unitree.wrap`. The structure is read on first use and
+    cached; each traversal compares a cheap fingerprint of the native model
+    (the identities of its modules and leaves) and re-reads it if modules,
+    parameters or ties changed. A lookup by path follows the live model. Param
+    objects survive a re-read, so identity (``tree[2].weight is tree[4].weight``)
+    always means shared storage.
     """
 
     def __init__(self, adapter: Adapter, native: Any) -> None:
+        super().__init__(self, "")
         self._adapter = adapter
-        super().__init__(self, native, "")
-        self._fp: Hashable = None
+        self._native = native
+        self._fp: Any = None  # None: not read yet, or known to be stale
         self._by_ident: dict[Hashable, Param] = {}
-        self._flat: list[Entry] = []  # every leaf occurrence of the whole tree, in order
-        self._sync()
+        self._flat: list[Entry] = []  # every leaf occurrence, in traversal order
+        self._modules: list[
+            tuple[str, Any]
+        ] = []  # every module occurrence below the root, in order
+        self._unique_params: list[Entry] = []  # named_parameters() of the root
+        self._unique_buffers: list[Entry] = []
+        self._nodes: dict[str, Node] = {}
+
+    @property
+    def native(self) -> Any:
+        """The wrapped model."""
+        return self._native
 
     @property
     def backend(self) -> str:
@@ -582,60 +650,62 @@ class ParamTree(Node):
 
     def _sync(self) -> bool:
         """Re-read the structure if the model changed; True if it did."""
-        fp = self._adapter.fingerprint(self._native)
-        if fp == self._fp and fp is not None:
+        if self._fp is not None and self._adapter.fingerprint(self._native) == self._fp:
             return False
         self._build()
-        self._fp = fp
         return True
 
     def _build(self) -> None:
+        """Read the whole structure: one pass over every module and leaf."""
         adapter, backend = self._adapter, self._adapter.name
         identity = id if type(adapter).identity is Adapter.identity else adapter.identity
+        kind_of = adapter.kind if has_rules(backend) else lambda native: None
         old, by_ident = self._by_ident, {}
-        entries: list[Entry] = []
-        add = entries.append
+        flat: list[Entry] = []
+        modules: list[tuple[str, Any]] = []
+        params: list[Entry] = []
+        buffers: list[Entry] = []
+        fp: list[int] = []  # what adapter.fingerprint() returns for an unchanged model
         active: set[int] = set()
 
-        # The hot loop of wrap(): kept flat, since it runs once per module and leaf.
-        def visit(node: Node, native: Any, pre: str) -> None:
+        # The hot loop of the first traversal: kept flat, it runs once per module and leaf.
+        def visit(native: Any, pre: str) -> None:
             key = id(native)
             if key in active:
-                raise UnitreeError(f"The model contains itself at {pre.rstrip('.')!r}: a module tree cannot have cycles.")
+                raise UnitreeError(
+                    f"The model contains itself at {pre.rstrip('.')!r}: a module tree cannot have cycles."
+                )
             active.add(key)
-            kind = adapter.kind(native)
-            table = rules(backend, kind) if kind else None
+            fp.append(key)
             leaves = adapter.leaves(native)
+            kind = kind_of(native)
+            table = rules(backend, kind) if kind else None
             if table:
-                order = list(table)
-                leaves = sorted(leaves, key=lambda leaf: order.index(leaf[0]) if leaf[0] in order else len(order))
-            node._leaves = node_leaves = {}
-            names: dict[str, str] = {}
+                fp.extend([id(leaf[1]) for leaf in leaves])
+                leaves = _canonical_order(leaves, table)
             for native_name, obj, is_param, persistent in leaves:
-                rule = table.get(native_name) if table else None
-                name = native_name
-                if rule is not None and rule.canonical != native_name:
-                    name = rule.canonical
-                    names[name] = native_name
+                if table:
+                    rule = table.get(native_name)
+                    path = pre + (rule.canonical if rule else native_name)
+                else:
+                    rule, path = None, pre + native_name
+                    fp.append(id(obj))
                 ident = identity(obj)
                 p = by_ident.get(ident)
                 if p is None:
-                    p = old.get(ident)  # keep Param identity across re-reads
+                    p = old.get(ident) if old else None  # keep Param identity across re-reads
                     if p is None:
                         p = Param(adapter, native, native_name, ident, rule, is_param, persistent)
                     else:
                         p.__init__(adapter, native, native_name, ident, rule, is_param, persistent)
                     by_ident[ident] = p
-                path = pre + name
+                    (params if is_param else buffers).append((path, p))
                 p._paths.append(path)
-                node_leaves[name] = p
-                add((path, p))
-            node._names = names or _NO_NAMES
-            node._children = children = {}
-            for seg, child_native in adapter.children(native):
+                flat.append((path, p))
+            for seg, child in adapter.children(native):
                 path = pre + seg
-                child = children[seg] = Node(self, child_native, path)
-                visit(child, child_native, path + ".")
+                modules.append((path, child))
+                visit(child, path + ".")
             active.discard(key)
 
         # Pause the cyclic GC: the build allocates tens of thousands of objects, all
@@ -643,45 +713,75 @@ class ParamTree(Node):
         paused = gc.isenabled()
         gc.disable()
         try:
-            visit(self, self._native, "")
+            visit(self._native, "")
         finally:
             if paused:
                 gc.enable()
-        self._by_ident, self._flat = by_ident, entries
+        self._by_ident, self._flat, self._modules = by_ident, flat, modules
+        self._unique_params, self._unique_buffers = params, buffers
+        self._nodes = {}
+        self._fp = fp
+
+    def _leaf_items(self, native: Any) -> list[tuple[str, str, Param]]:
+        """(canonical name, native name, Param) of one module's own leaves, read live."""
+        adapter = self._adapter
+        kind = adapter.kind(native)
+        table = rules(adapter.name, kind) if kind else None
+        leaves = adapter.leaves(native)
+        if table:
+            leaves = _canonical_order(leaves, table)
+        out = []
+        for native_name, obj, *_ in leaves:
+            rule = table.get(native_name) if table else None
+            p = self._by_ident.get(adapter.identity(obj))
+            if p is None:  # a leaf we have not seen: the model changed since the last read
+                self._build()
+                return self._leaf_items(native)
+            out.append((rule.canonical if rule else native_name, native_name, p))
+        return out
+
+    def _node(self, path: str) -> Node:
+        """The one Node object for ``path``, so that ``tree[2] is tree[2]``."""
+        if not path:
+            return self
+        node = self._nodes.get(path)
+        if node is None:
+            node = self._nodes[path] = Node(self, path)
+        return node
+
+    def _module_at(self, path: str) -> Any:
+        found = self._find(path)
+        if found is None:
+            raise PathError(f"There is no module at {path!r} any more in the {self.backend} model.")
+        return found[0]
+
+    def _find(self, path: str) -> tuple[Any, Param | None] | None:
+        """Follow ``path`` through the live model: (module, None), (owner, Param), or None."""
+        if self._fp is None:
+            self._build()
+        adapter = self._adapter
+        native = self._native
+        segments = path.split(".") if path else []
+        for i, seg in enumerate(segments):
+            child = adapter.child(native, seg)
+            if child is not None:
+                native = child
+                continue
+            if i == len(segments) - 1:
+                for name, _, p in self._leaf_items(native):
+                    if name == seg:
+                        return native, p
+            return None
+        return native, None
 
     def _lookup(self, path: str, base: str) -> Node | Param:
-        """The node or leaf at ``base.path``, re-reading the structure once if it is stale."""
-        full = f"{base}.{path}" if base and path else base or path
-        for attempt in range(2):
-            found = self._find(full)
-            if found is not None:
-                return found
-            if attempt == 0 and not self._sync():
-                break
-        known = [p for p, _ in self._flat] + [p for p, _ in self.named_modules(remove_duplicate=False) if p]
-        where = f"{self.type_name} (the {self.backend} model)"
-        raise PathError.missing(full, where, known)
-
-    def _find(self, full: str) -> Node | Param | None:
-        """Follow the path; None if it is missing or the cached structure no longer matches."""
-        adapter = self._adapter
-        node: Node = self
-        segments = full.split(".") if full else []
-        for i, seg in enumerate(segments):
-            child = node._children.get(seg)
-            if child is not None:
-                if adapter.child(node._native, seg) is not child._native:
-                    return None
-                node = child
-                continue
-            p = node._leaves.get(seg)
-            if p is None or i != len(segments) - 1:
-                return None
-            name = node._names.get(seg, seg)
-            if adapter.identity(adapter.leaf(node._native, name)) != p._ident:
-                return None
-            return p
-        return node
+        full = _join(base, path)
+        found = self._find(full)
+        if found is None:
+            self._sync()
+            known = [p for p, _ in self._flat] + [p for p, _ in self._modules]
+            raise PathError.missing(full, f"{self.type_name} (the {self.backend} model)", known)
+        return found[1] or self._node(full)
 
     def backward(self, loss_fn: Callable[[Any], Any], *inputs: Any) -> float:
         """Run the model on ``inputs``, ``loss_fn`` on its native output, and differentiate natively.
@@ -693,6 +793,11 @@ class ParamTree(Node):
         a tied parameter gets the sum over its uses. Returns the loss.
         """
         return float(self._adapter.backward(self._native, loss_fn, inputs))
+
+
+def _canonical_order(leaves: list[Leaf], table: Mapping[str, Rule]) -> list[Leaf]:
+    order = list(table)
+    return sorted(leaves, key=lambda leaf: order.index(leaf[0]) if leaf[0] in order else len(order))
 
 
 def wrap(model: Any, *state: Any) -> ParamTree:

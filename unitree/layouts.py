@@ -10,7 +10,7 @@ bias). A layer kind or leaf that has no rule keeps its native name and layout.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple
 
 Perm = Callable[[int], tuple[int, ...]]
 
@@ -22,7 +22,7 @@ def channels_last_kernel(ndim: int) -> tuple[int, ...]:
 
 class Rule(NamedTuple):
     canonical: str
-    perm: Optional[Perm] = None  # native -> canonical axes, given the number of axes
+    perm: Perm | None = None  # native -> canonical axes, given the number of axes
 
 
 _KERNEL = Rule("weight", channels_last_kernel)
@@ -62,6 +62,14 @@ LAYOUTS: dict[tuple[str, str], dict[str, Rule]] = {
 def rules(backend: str, kind: str | None) -> dict[str, Rule] | None:
     """The rules of one layer kind on one backend, in canonical leaf order, or None."""
     return LAYOUTS.get((backend, kind)) if kind else None
+
+
+def has_rules(backend: str) -> bool:
+    """Whether any layer kind of ``backend`` differs from the canonical layout."""
+    return backend in _BACKENDS
+
+
+_BACKENDS = {backend for backend, _ in LAYOUTS}
 
 
 def inverse(perm: tuple[int, ...]) -> tuple[int, ...]:

@@ -27,7 +27,9 @@ def deck_mlp(device: str, X: np.ndarray) -> nn.Module:
 def deck_tied(device: str, X: np.ndarray, tied: bool = True) -> tuple[nn.Module, tuple[int, int]]:
     shared = nn.LazyLinear(8)
     other = shared if tied else nn.LazyLinear(8)
-    net = nn.Sequential(nn.LazyLinear(8), nn.ReLU(), shared, nn.ReLU(), other, nn.ReLU(), nn.LazyLinear(1))
+    net = nn.Sequential(
+        nn.LazyLinear(8), nn.ReLU(), shared, nn.ReLU(), other, nn.ReLU(), nn.LazyLinear(1)
+    )
     return _run(net, X, device), (2, 4)
 
 

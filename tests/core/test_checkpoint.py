@@ -18,7 +18,9 @@ def test_save_is_canonical_and_stores_ties_once(make, tied, tmp_path):
     path = tmp_path / "m.safetensors"
     ut.save(tree, path)
     stored = load_file(path)
-    assert sorted(stored) == sorted(["0.weight", "0.bias", "2.weight", "2.bias", "6.weight", "6.bias"])
+    assert sorted(stored) == sorted(
+        ["0.weight", "0.bias", "2.weight", "2.bias", "6.weight", "6.bias"]
+    )
     np.testing.assert_array_equal(stored["0.weight"], tied.children["0"].leaves["kernel"][0].T)
     assert os.listdir(tmp_path) == ["m.safetensors"]  # no temporary file left behind
     with ut._checkpoint.Checkpoint(path) as ckpt:

@@ -31,7 +31,10 @@ Sequential
 def test_paths_order_and_canonical_layout(make, model):
     tree = make(model)
     # bias is stored before kernel natively; canonical order is weight first, (out, in)
-    assert [(k, p.shape) for k, p in tree.named_parameters()][:2] == [("0.weight", (8, 4)), ("0.bias", (8,))]
+    assert [(k, p.shape) for k, p in tree.named_parameters()][:2] == [
+        ("0.weight", (8, 4)),
+        ("0.bias", (8,)),
+    ]
     kernel = model.children["0"].leaves["kernel"][0]
     np.testing.assert_array_equal(tree["0.weight"].numpy(), kernel.T)
     assert np.shares_memory(tree["0.weight"].numpy(), kernel)  # a view, not a copy
@@ -43,7 +46,7 @@ def test_node_methods_are_relative(make, model):
     tree = make(model)
     assert [k for k, _ in tree[2].named_parameters()] == ["weight", "bias"]
     assert list(tree[2].state_dict()) == ["weight", "bias"]
-    assert [k for k, _ in tree.named_parameters(prefix="net")][0] == "net.0.weight"
+    assert next(iter(tree.named_parameters(prefix="net")))[0] == "net.0.weight"
     assert [k for k, _ in tree.named_modules()] == ["", "0", "1", "2", "3", "4", "5", "6"]
 
 
@@ -56,9 +59,23 @@ def test_ties_and_identity(make, tied):
     assert tree[2].weight is tree[4].weight
     assert tree.ties() == [("2.weight", "4.weight"), ("2.bias", "4.bias")]
     assert tree[4].weight.paths == ("2.weight", "4.weight")
-    assert [k for k, _ in tree.named_parameters()] == ["0.weight", "0.bias", "2.weight", "2.bias", "6.weight", "6.bias"]
+    assert [k for k, _ in tree.named_parameters()] == [
+        "0.weight",
+        "0.bias",
+        "2.weight",
+        "2.bias",
+        "6.weight",
+        "6.bias",
+    ]
     assert len(list(tree.named_parameters(remove_duplicate=False))) == 8
-    assert list(tree.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias", "6.weight", "6.bias"]
+    assert list(tree.state_dict()) == [
+        "0.weight",
+        "0.bias",
+        "2.weight",
+        "2.bias",
+        "6.weight",
+        "6.bias",
+    ]
     assert [n for n, _ in tree.named_modules()] == ["", "0", "1", "2", "3", "5", "6"]
     tree[4].weight[0, 1] = 5.0
     assert tree[2].weight[0, 1] == 5.0
@@ -79,7 +96,7 @@ def test_wrong_path_names_the_closest(make, model):
     with pytest.raises(ut.PathError):
         tree[9]
     with pytest.raises(AttributeError):
-        tree[2].wieght
+        _ = tree[2].wieght
     assert not hasattr(tree[2], "kernel")  # native names are not paths
     assert "2.weight" in tree and "2.kernel" not in tree
 
@@ -124,7 +141,7 @@ def test_load_state_dict_is_all_or_nothing(make, model, adapter):
     for k, v in tree.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
     # strict=False: skips the keys, still refuses a wrong shape
-    with pytest.raises(ut.StateDictError, match="2.weight: shape"):
+    with pytest.raises(ut.StateDictError, match=r"2\.weight: shape"):
         tree.load_state_dict(bad, strict=False)
     good = dict(sd, extra=np.zeros(1))
     del good["6.bias"]
@@ -146,7 +163,7 @@ def test_tied_keys_must_agree(make, tied):
     tree = make(tied)
     sd = tree.state_dict()
     sd["4.weight"] = sd["2.weight"] + 1
-    with pytest.raises(ut.StateDictError, match="2.weight and 4.weight are one tied parameter"):
+    with pytest.raises(ut.StateDictError, match=r"2\.weight and 4\.weight are one tied parameter"):
         tree.load_state_dict(sd)
     sd["4.weight"] = sd["2.weight"].copy()
     tree.load_state_dict(sd)  # both given and equal: fine
@@ -158,7 +175,9 @@ def test_dtype_rules(make, model):
     tree = make(model)
     sd = tree.state_dict()
     tree.load_state_dict({k: v.astype(np.float64) for k, v in sd.items()})  # same kind: cast
-    with pytest.raises(ut.StateDictError, match=r"0.weight: dtype complex128 in the source, float32 in the model"):
+    with pytest.raises(
+        ut.StateDictError, match=r"0.weight: dtype complex128 in the source, float32 in the model"
+    ):
         tree.load_state_dict(dict(sd, **{"0.weight": np.zeros((8, 4), np.int64) + 1j}))
 
 
@@ -170,7 +189,9 @@ def test_tie_modules_and_leaves(make, model):
     tree.tie("0.bias", "2.bias")  # one leaf: module 4 keeps the bias it had
     assert tree["2.bias"] is tree["0.bias"] is not tree["4.bias"]
     assert tree.ties() == [("0.bias", "2.bias"), ("2.weight", "4.weight")]
-    with pytest.raises(ut.ShapeError, match=r"weight: \(8, 4\) float32 in 0, \(8, 8\) float32 in 2"):
+    with pytest.raises(
+        ut.ShapeError, match=r"weight: \(8, 4\) float32 in 0, \(8, 8\) float32 in 2"
+    ):
         tree.tie(0, 2)
     with pytest.raises(TypeError, match="two modules or two leaves"):
         tree.tie(0, "2.weight")
@@ -201,7 +222,9 @@ def test_summary(make, tied):
 
 
 def test_buffers(make):
-    bn = Mod("BatchNorm", "batch_norm", scale=np.ones(3, np.float32)).buffer("mean", np.zeros(3, np.float32))
+    bn = Mod("BatchNorm", "batch_norm", scale=np.ones(3, np.float32)).buffer(
+        "mean", np.zeros(3, np.float32)
+    )
     tree = make(Mod("Sequential", **{"0": bn}))
     assert [k for k, _ in tree.named_parameters()] == ["0.weight"]
     assert [k for k, _ in tree.named_buffers()] == ["0.running_mean"]
@@ -221,10 +244,14 @@ def test_kernel_permutations():
 def test_errors_derive_from_builtins():
     assert issubclass(ut.PathError, KeyError) and issubclass(ut.PathError, ut.UnitreeError)
     assert issubclass(ut.ShapeError, ValueError) and issubclass(ut.StateDictError, ValueError)
-    assert issubclass(ut.UnsupportedModelError, TypeError) and issubclass(ut.ValueTypeError, TypeError)
+    assert issubclass(ut.UnsupportedModelError, TypeError) and issubclass(
+        ut.ValueTypeError, TypeError
+    )
     assert str(ut.PathError("plain message")) == "plain message"  # not KeyError's quoted repr
 
 
 def test_wrap_rejects_unknown_objects():
-    with pytest.raises(TypeError, match=r"builtins\.object.*torch\.nn\.Module.*unitree-params\[torch\]"):
+    with pytest.raises(
+        TypeError, match=r"builtins\.object.*torch\.nn\.Module.*unitree-params\[torch\]"
+    ):
         ut.wrap(object())
