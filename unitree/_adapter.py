@@ -156,6 +156,17 @@ ADAPTERS: dict[str, tuple[str, str, str]] = {
     "torch": ("unitree.adapters.torch", "torch.nn.Module", "torch"),
 }
 
+# Frameworks that stop the MRO walk even without an adapter here: a Keras 3 model
+# on the torch backend is a torch.nn.Module too, and must not be read as one.
+FRAMEWORKS = {
+    "torch": "PyTorch",
+    "keras": "Keras 3",
+    "tensorflow": "TensorFlow",
+    "flax": "Flax",
+    "jax": "JAX",
+    "mxnet": "MXNet",
+}
+
 _loaded: dict[str, Adapter] = {}
 
 
@@ -176,8 +187,9 @@ def _entry_points() -> dict[str, str]:
 def adapter_for(obj: Any) -> Adapter:
     """The adapter for ``obj``, chosen by the module names along its type's MRO.
 
-    The MRO is walked from the most derived class, so a Keras model on the
-    torch backend (also a ``torch.nn.Module``) is claimed by Keras. Third-party
+    The MRO is walked from the most derived class and the first framework
+    found decides, so a Keras model on the torch backend (also a
+    ``torch.nn.Module``) is never taken for a torch model. Third-party
     adapters register in the entry point group ``unitree.adapters`` under the
     top-level module name of the types they claim.
     """
@@ -185,6 +197,8 @@ def adapter_for(obj: Any) -> Adapter:
     for root in roots:
         if root in ADAPTERS:
             return _load(ADAPTERS[root][0])
+        if root in FRAMEWORKS:
+            break
     plugins = _entry_points()
     for root in roots:
         if root in plugins:
@@ -192,7 +206,13 @@ def adapter_for(obj: Any) -> Adapter:
     supported = "; ".join(
         f"{what} (pip install 'unitree-params[{extra}]')" for _, what, extra in ADAPTERS.values()
     )
+    framework = next((FRAMEWORKS[root] for root in roots if root in FRAMEWORKS), None)
+    why = (
+        f"{framework} has no adapter in this version of unitree"
+        if framework
+        else "no adapter claims it"
+    )
     raise UnsupportedModelError(
-        f"Expected a model of a supported framework, got {type(obj).__module__}.{type(obj).__qualname__}. "
-        f"Supported: {supported}."
+        f"Expected a model of a supported framework, got {type(obj).__module__}.{type(obj).__qualname__}: "
+        f"{why}. Supported: {supported}."
     )
