@@ -147,8 +147,8 @@ class TorchAdapter(Adapter):
     def device(self, leaf: torch.Tensor) -> str:
         return str(leaf.device)
 
-    def trainable(self, leaf: torch.Tensor, param: bool) -> bool:
-        return param and leaf.requires_grad
+    def trainable(self, leaf: torch.Tensor) -> bool:
+        return leaf.requires_grad
 
     def read(self, leaf: torch.Tensor) -> np.ndarray:
         return _to_numpy(leaf)

@@ -109,8 +109,8 @@ class Adapter(ABC):
         """ "cpu", "cuda:0", "gpu:0", ..."""
 
     @abstractmethod
-    def trainable(self, leaf: Any, param: bool) -> bool:
-        """Whether the framework would compute a gradient for it."""
+    def trainable(self, leaf: Any) -> bool:
+        """Whether the framework would compute a gradient for this parameter (not asked of buffers)."""
 
     @abstractmethod
     def read(self, leaf: Any) -> np.ndarray:

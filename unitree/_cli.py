@@ -12,7 +12,7 @@ import numpy as np
 
 from ._checkpoint import Checkpoint
 from ._errors import UnitreeError
-from ._picture import shape_text
+from ._picture import Branch, render, shape_text
 
 
 def show(path: str) -> str:
@@ -27,27 +27,21 @@ def show(path: str) -> str:
         for seg in parents:
             node = node.setdefault(seg, {})
         node[leaf] = key
-    lines = [f"{os.path.basename(path)} ({backend})"]
 
-    def visit(node: dict[str, Any], indent: str) -> None:
-        items = list(node.items())
-        for i, (name, item) in enumerate(items):
-            branch, more = ("└─ ", "   ") if i == len(items) - 1 else ("├─ ", "│  ")
-            if isinstance(item, dict):
-                lines.append(f"{indent}{branch}{name}")
-                visit(item, indent + more)
-            elif item in alias:
-                shape, dtype = header[alias[item]]
-                lines.append(f"{indent}{branch}{name} {shape_text(shape)} {dtype} = {alias[item]}")
-            else:
-                shape, dtype = header[item]
-                lines.append(f"{indent}{branch}{name} {shape_text(shape)} {dtype}")
+    def leaf(key: str) -> str:
+        shape, dtype = header[alias.get(key, key)]
+        return f"{shape_text(shape)} {dtype}" + (f" = {alias[key]}" if key in alias else "")
 
-    visit(root, "")
+    def branches(node: dict[str, Any]) -> list[Branch]:
+        return [
+            (name, branches(item)) if isinstance(item, dict) else (f"{name} {leaf(item)}", [])
+            for name, item in node.items()
+        ]
+
     count = sum(int(np.prod(s)) for s, _ in header.values())
     size = sum(int(np.prod(s)) * d.itemsize for s, d in header.values())
-    lines.append(f"{len(header)} tensors, {count:,} values, {size:,} bytes")
-    return "\n".join(lines)
+    picture = render(f"{os.path.basename(path)} ({backend})", branches(root))
+    return f"{picture}\n{len(header)} tensors, {count:,} values, {size:,} bytes"
 
 
 def diff(a: str, b: str) -> tuple[str, bool]:

@@ -14,6 +14,23 @@ def shape_text(shape: tuple[int, ...] | None) -> str:
     return "(uninitialized)" if shape is None else str(tuple(shape))
 
 
+Branch = tuple[str, list["Branch"]]  # (text, the branches below it)
+
+
+def render(label: str, branches: list[Branch]) -> str:
+    """``label`` and the branches below it, drawn with box characters."""
+    lines = [label]
+
+    def visit(items: list[Branch], indent: str) -> None:
+        for i, (text, below) in enumerate(items):
+            last = i == len(items) - 1
+            lines.append(indent + ("└─ " if last else "├─ ") + text)
+            visit(below, indent + ("   " if last else "│  "))
+
+    visit(branches, "")
+    return "\n".join(lines)
+
+
 def draw(tree: ParamTree, native: Any) -> str:
     """The deck's picture of ``native`` (a module of ``tree``): native class names,
     canonical leaves, each tied leaf marked after its first appearance.
@@ -29,33 +46,25 @@ def draw(tree: ParamTree, native: Any) -> str:
        └─ bias (1,)
     """
     adapter = tree._adapter
-    lines = [adapter.type_name(native)]
     first: dict[int, str] = {}  # id(Param) -> the path it was first drawn at
 
-    def visit(native: Any, indent: str, pre: str) -> None:
-        leaves = [(name, p) for name, _, p in tree._leaf_items(native)]
-        children = list(adapter.children(native))
-        for i, (name, item) in enumerate([*leaves, *children]):
-            branch, more = (
-                ("└─ ", "   ") if i == len(leaves) + len(children) - 1 else ("├─ ", "│  ")
-            )
-            if i < len(leaves):
-                text = f"{name} {shape_text(item.shape)}" + (" [buffer]" if item.is_buffer else "")
-                if id(item) in first:
-                    text += f" = {first[id(item)]}"
-                else:
-                    first[id(item)] = pre + name
-                lines.append(indent + branch + text)
+    def branches(native: Any, pre: str) -> list[Branch]:
+        out: list[Branch] = []
+        for name, _, p in tree._leaf_items(native):
+            text = f"{name} {shape_text(p.shape)}" + (" [buffer]" if p.is_buffer else "")
+            if id(p) in first:
+                text += f" = {first[id(p)]}"
             else:
-                empty = not adapter.leaves(item) and not adapter.children(item)
-                lines.append(
-                    f"{indent}{branch}{name}: {adapter.type_name(item)}"
-                    + (" (no params)" if empty else "")
-                )
-                visit(item, indent + more, pre + name + ".")
+                first[id(p)] = pre + name
+            out.append((text, []))
+        for seg, child in adapter.children(native):
+            below = branches(child, pre + seg + ".")
+            out.append(
+                (f"{seg}: {adapter.type_name(child)}" + ("" if below else " (no params)"), below)
+            )
+        return out
 
-    visit(native, "", "")
-    return "\n".join(lines)
+    return render(adapter.type_name(native), branches(native, ""))
 
 
 class Summary:

@@ -123,7 +123,7 @@ class Param:
     @property
     def trainable(self) -> bool:
         """False for buffers and for parameters the framework computes no gradient for."""
-        return self._is_param and self._adapter.trainable(self.native, True)
+        return self._is_param and self._adapter.trainable(self.native)
 
     @property
     def is_buffer(self) -> bool:
