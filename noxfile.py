@@ -35,8 +35,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def core(session: nox.Session) -> None:
-    """The core alone: numpy and safetensors, no framework installed."""
-    session.install("-e", ".", "pytest")
+    """The core alone: numpy and safetensors (and the optional rich), no framework installed."""
+    session.install("-e", ".", "pytest", "rich")
     session.run("pytest", "tests/core", *session.posargs)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import gc
+import threading
 from collections.abc import Hashable, Iterator, Mapping
 from typing import Any, Callable, NamedTuple
 
@@ -637,6 +638,7 @@ class ParamTree(Node):
         self._unique_params: list[Entry] = []  # named_parameters() of the root
         self._unique_buffers: list[Entry] = []
         self._nodes: dict[str, Node] = {}
+        self._lock = threading.RLock()  # one re-read at a time: it resets the Params' paths
 
     @property
     def native(self) -> Any:
@@ -650,13 +652,18 @@ class ParamTree(Node):
 
     def _sync(self) -> bool:
         """Re-read the structure if the model changed; True if it did."""
-        if self._fp is not None and self._adapter.fingerprint(self._native) == self._fp:
-            return False
-        self._build()
-        return True
+        with self._lock:
+            if self._fp is not None and self._adapter.fingerprint(self._native) == self._fp:
+                return False
+            self._build()
+            return True
 
     def _build(self) -> None:
         """Read the whole structure: one pass over every module and leaf."""
+        with self._lock:
+            self._read()
+
+    def _read(self) -> None:
         adapter, backend = self._adapter, self._adapter.name
         identity = id if type(adapter).identity is Adapter.identity else adapter.identity
         kind_of = adapter.kind if has_rules(backend) else lambda native: None

@@ -266,3 +266,39 @@ def test_a_framework_without_adapter_is_not_taken_for_another():
         ut.UnsupportedModelError, match=r"__main__\.MyModel: Keras 3 has no adapter"
     ):
         ut.wrap(Mine())
+
+
+def test_children_iteration_and_negative_positions(make, model):
+    tree = make(model)
+    assert len(tree) == 7 and len(tree[0]) == 0
+    assert [n.path for n in tree] == ["0", "1", "2", "3", "4", "5", "6"]
+    assert tree[-7] is tree[0]
+    with pytest.raises(ut.PathError, match="Index -8 is out of range: the root has 7 children"):
+        tree[-8]
+    with pytest.raises(ut.PathError, match="Expected a path"):
+        tree[1.5]
+    assert [k for k, _ in tree[2].named_modules()] == [""]
+    assert repr(tree[2]) == "<Node '2': Dense>" and repr(tree) == "<ParamTree '(root)': Sequential>"
+    assert (
+        repr(tree["2.weight"]) == "Param('2.weight', shape=(8, 8), dtype='float32', device='cpu')"
+    )
+
+
+def test_tie_refuses_a_buffer_for_a_parameter(make):
+    a = Mod("Norm", scale=np.ones(3, np.float32))
+    b = Mod("Norm").buffer("scale", np.ones(3, np.float32))
+    tree = make(Mod("Sequential", a=a, b=b))
+    with pytest.raises(
+        ut.ShapeError, match=r"scale: \(3,\) float32 in 'a', \(3,\) float32 buffer in 'b'"
+    ):
+        tree.tie("a", "b")
+    assert tree["a.scale"] is not tree["b.scale"]
+
+
+def test_summary_draws_with_rich(make, tied):
+    from rich.console import Console
+
+    console = Console(record=True, width=120)
+    console.print(ut.summary(make(tied)))
+    text = console.export_text()
+    assert "4.weight" in text and "parameters: 121" in text

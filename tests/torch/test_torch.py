@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -285,3 +287,28 @@ def test_bfloat16_round_trip():
     p = ut.wrap(net)["weight"]
     assert p.dtype == "bfloat16"
     np.testing.assert_array_equal(p.numpy().astype(np.float32), net.weight.float().detach().numpy())
+
+
+def test_concurrent_readers_agree():
+    tree = ut.wrap(Net())  # not read yet: the threads race to read it first
+
+    def read(_: int) -> tuple[list, dict]:
+        names = [(k, p.shape, p.paths) for k, p in tree.named_parameters()]
+        return names, {k: float(v.sum()) for k, v in tree.state_dict().items()}
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(read, range(32)))
+    assert all(r == results[0] for r in results)
+    assert results[0][0][0] == ("wte.weight", (10, 6), ("wte.weight", "lm_head.weight"))
+
+
+def test_unitree_conformance_writes_the_matrix(tmp_path, capsys):
+    from unitree._cli import main
+
+    report = tmp_path / "matrix.json"
+    assert (
+        main(["conformance", "--backend", "torch", "--device", "cpu", "--report", str(report)]) == 0
+    )
+    cells = json.loads(report.read_text())
+    assert {c["status"] for c in cells} == {"pass"} and len(cells) >= 10
+    assert "| toy_model | pass |" in capsys.readouterr().out

@@ -1,0 +1,33 @@
+"""The conformance matrix as `unitree conformance` prints and writes it."""
+
+from __future__ import annotations
+
+import json
+
+from conformance.matrix import Cell, as_json, markdown
+
+
+def test_markdown_marks_each_cell_and_gives_the_reasons():
+    cells = [
+        Cell("toy_model", "torch", "cpu", "pass", "cpu"),
+        Cell("toy_model", "torch", "gpu", "not available here", "no GPU visible to torch here"),
+        Cell("picture", "torch", "cpu", "fail", "cpu: AssertionError: wrong picture"),
+        Cell("picture", "torch", "gpu", "not available here", "no GPU visible to torch here"),
+    ]
+    text = markdown(cells)
+    assert text.splitlines()[:4] == [
+        "| case | torch cpu | torch gpu |",
+        "|---|---|---|",
+        "| toy_model | pass | n/a |",
+        "| picture | FAIL | n/a |",
+    ]
+    assert "- torch gpu: not available here: no GPU visible to torch here" in text
+    assert "- FAIL picture on torch cpu: AssertionError: wrong picture" in text
+    assert text.endswith("1 passed, 1 failed, 2 not available here")
+    assert json.loads(as_json(cells))[2] == {
+        "case": "picture",
+        "backend": "torch",
+        "device": "cpu",
+        "status": "fail",
+        "detail": "cpu: AssertionError: wrong picture",
+    }
