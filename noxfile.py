@@ -42,9 +42,9 @@ def core(session: nox.Session) -> None:
 
 @nox.session
 def torch(session: nox.Session) -> None:
-    """Unit tests of the core and the torch adapter, and the conformance suite on torch."""
+    """Unit tests of the torch adapter, and the conformance suite on torch."""
     session.install("-e", ".[torch]", TORCH, "pytest", "ml_dtypes")
-    session.run("pytest", "tests", "conformance", *session.posargs, env=_env("torch"))
+    session.run("pytest", "tests/torch", "conformance", *session.posargs, env=_env("torch"))
 
 
 @nox.session

@@ -68,6 +68,24 @@ def run(names: list[str], device: str | None = None, strict: bool = True) -> lis
     return cells
 
 
+def versions(names: list[str]) -> str:
+    """One line naming what the matrix ran on."""
+    import platform
+
+    import numpy
+
+    import unitree
+
+    parts = [f"unitree {unitree.__version__}"]
+    for name in names:
+        try:
+            parts.append(f"{name} {backends.load(name).version}")
+        except ImportError:
+            parts.append(f"{name} not installed")
+    parts += [f"numpy {numpy.__version__}", f"python {platform.python_version()}"]
+    return ", ".join(parts)
+
+
 def _column(device: str) -> str:
     return "cpu" if device.startswith("cpu") else "gpu"
 

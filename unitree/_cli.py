@@ -95,7 +95,7 @@ def conformance(backend: list[str] | None, device: str | None, report: str | Non
 
     named = backend or backends.named()
     cells = matrix.run(named or list(backends.BUILDERS), device, strict=named is not None)
-    text = matrix.markdown(cells)
+    text = matrix.markdown(cells) + "\n" + matrix.versions(named or list(backends.BUILDERS))
     print(text)
     if report:
         Path(report).parent.mkdir(parents=True, exist_ok=True)

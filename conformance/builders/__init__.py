@@ -5,6 +5,7 @@ does on that framework, runs them, and reads a value back through the
 framework's own API, so the cases can check unitree against the framework.
 
     name: str                                   the backend name ``ut.wrap(...).backend`` reports
+    version: str                                the framework's version, for the report
     names: dict[str, str]                       native class names for the picture
     devices() -> list[str]                      every device the framework sees here
     deck_mlp(device, X) -> model                Dense(8), ReLU, Dense(1), after its first call on X

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 name = "torch"
+version = torch.__version__
 names = {"sequential": "Sequential", "dense": "Linear", "relu": "ReLU"}
 
 

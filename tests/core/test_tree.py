@@ -302,3 +302,12 @@ def test_summary_draws_with_rich(make, tied):
     console.print(ut.summary(make(tied)))
     text = console.export_text()
     assert "4.weight" in text and "parameters: 121" in text
+
+
+def test_third_party_adapters_register_by_entry_point(monkeypatch, adapter):
+    from unitree import _adapter
+
+    Model = type("Model", (), {"__module__": "myframework.nn"})
+    monkeypatch.setattr(_adapter, "_entry_points", lambda: {"myframework": "my_adapter_module"})
+    monkeypatch.setitem(_adapter._loaded, "my_adapter_module", adapter)
+    assert _adapter.adapter_for(Model()) is adapter

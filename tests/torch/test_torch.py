@@ -312,3 +312,59 @@ def test_unitree_conformance_writes_the_matrix(tmp_path, capsys):
     cells = json.loads(report.read_text())
     assert {c["status"] for c in cells} == {"pass"} and len(cells) >= 10
     assert "| toy_model | pass |" in capsys.readouterr().out
+
+
+NET_PICTURE = """\
+Net
+├─ scratch (2,) [buffer]
+├─ wte: Embedding
+│  └─ weight (10, 6)
+├─ blocks: ModuleList
+│  ├─ 0: Block
+│  │  ├─ attn: Linear
+│  │  │  ├─ weight (6, 6)
+│  │  │  └─ bias (6,)
+│  │  └─ norm: LayerNorm
+│  │     ├─ weight (6,)
+│  │     └─ bias (6,)
+│  └─ 1: Block
+│     ├─ attn: Linear
+│     │  ├─ weight (6, 6)
+│     │  └─ bias (6,)
+│     └─ norm: LayerNorm
+│        ├─ weight (6,)
+│        └─ bias (6,)
+├─ heads: ModuleDict
+│  ├─ cls: Linear
+│  │  ├─ weight (3, 6)
+│  │  └─ bias (3,)
+│  └─ bn: BatchNorm1d
+│     ├─ weight (6,)
+│     ├─ bias (6,)
+│     ├─ running_mean (6,) [buffer]
+│     ├─ running_var (6,) [buffer]
+│     └─ num_batches_tracked () [buffer]
+└─ lm_head: Linear
+   └─ weight (10, 6) = wte.weight"""
+
+
+def test_picture_of_a_nested_model():
+    tree = ut.wrap(Net())
+    assert str(tree) == NET_PICTURE
+    assert str(tree.blocks[1]) == "\n".join(
+        [
+            "Block",
+            "├─ attn: Linear",
+            "│  ├─ weight (6, 6)",
+            "│  └─ bias (6,)",
+            "└─ norm: LayerNorm",
+            "   ├─ weight (6,)",
+            "   └─ bias (6,)",
+        ]
+    )
+
+
+def test_load_torch_state_dict_of_a_tied_model():
+    src, dst = Net(), Net()
+    ut.wrap(dst).load_state_dict(src.state_dict())  # torch lists the tied weight under both paths
+    assert torch.equal(dst.lm_head.weight, src.wte.weight) and dst.lm_head.weight is dst.wte.weight
