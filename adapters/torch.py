@@ -82,8 +82,9 @@ class TorchAdapter(Adapter):
         return super().root(obj, *state)
 
     # -- structure -----------------------------------------------------------------
-    def children(self, module: nn.Module) -> list[tuple[str, nn.Module]]:
-        return [(k, m) for k, m in module._modules.items() if m is not None]
+    def children(self, module: nn.Module) -> Sequence[tuple[str, nn.Module]]:
+        modules = module._modules
+        return [(k, m) for k, m in modules.items() if m is not None] if modules else ()
 
     def child(self, module: nn.Module, segment: str) -> Any:
         return module._modules.get(segment)

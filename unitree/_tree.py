@@ -46,7 +46,6 @@ class Param:
     __slots__ = (
         "__weakref__",
         "_adapter",
-        "_ident",
         "_is_param",
         "_name",
         "_owner",
@@ -60,7 +59,6 @@ class Param:
         adapter: Adapter,
         owner: Any,
         name: str,
-        ident: Hashable,
         rule: Rule | None,
         is_param: bool,
         persistent: bool,
@@ -68,7 +66,6 @@ class Param:
         self._adapter = adapter
         self._owner = owner  # the native module holding it at its first path
         self._name = name  # its native name there
-        self._ident = ident
         self._rule = rule
         self._is_param = is_param
         self._persistent = persistent
@@ -386,10 +383,10 @@ class Node:
         tree = self._tree
         tree._sync()
         if not self.path and not prefix and remove_duplicate:  # the common case, precomputed
-            yield from tree._unique_params if is_param else tree._unique_buffers
-            return
+            return iter(tree._unique_params if is_param else tree._unique_buffers)
         pre = prefix + "." if prefix else ""
         seen: set[int] = set()
+        out = []
         for path, p in self._relative(tree._flat):
             if p._is_param is not is_param:
                 continue
@@ -397,7 +394,8 @@ class Node:
                 if id(p) in seen:
                     continue
                 seen.add(id(p))
-            yield pre + path, p
+            out.append((pre + path, p))
+        return iter(out)
 
     def named_modules(
         self, prefix: str = "", remove_duplicate: bool = True
@@ -665,28 +663,20 @@ class ParamTree(Node):
 
     def _read(self) -> None:
         adapter, backend = self._adapter, self._adapter.name
-        identity = id if type(adapter).identity is Adapter.identity else adapter.identity
-        kind_of = adapter.kind if has_rules(backend) else lambda native: None
+        same = type(adapter).identity is Adapter.identity  # identity is id(): no call
+        with_rules = has_rules(backend)
         old, by_ident = self._by_ident, {}
         flat: list[Entry] = []
         modules: list[tuple[str, Any]] = []
         params: list[Entry] = []
         buffers: list[Entry] = []
         fp: list[int] = []  # what adapter.fingerprint() returns for an unchanged model
-        active: set[int] = set()
 
         # The hot loop of the first traversal: kept flat, it runs once per module and leaf.
         def visit(native: Any, pre: str) -> None:
-            key = id(native)
-            if key in active:
-                raise UnitreeError(
-                    f"The model contains itself at {pre.rstrip('.')!r}: a module tree cannot have cycles."
-                )
-            active.add(key)
-            fp.append(key)
+            fp.append(id(native))
             leaves = adapter.leaves(native)
-            kind = kind_of(native)
-            table = rules(backend, kind) if kind else None
+            table = rules(backend, adapter.kind(native)) if with_rules else None
             if table:
                 fp.extend([id(leaf[1]) for leaf in leaves])
                 leaves = _canonical_order(leaves, table)
@@ -697,23 +687,25 @@ class ParamTree(Node):
                 else:
                     rule, path = None, pre + native_name
                     fp.append(id(obj))
-                ident = identity(obj)
+                ident = id(obj) if same else adapter.identity(obj)
                 p = by_ident.get(ident)
                 if p is None:
                     p = old.get(ident) if old else None  # keep Param identity across re-reads
                     if p is None:
-                        p = Param(adapter, native, native_name, ident, rule, is_param, persistent)
+                        p = Param(adapter, native, native_name, rule, is_param, persistent)
                     else:
-                        p.__init__(adapter, native, native_name, ident, rule, is_param, persistent)
+                        p.__init__(adapter, native, native_name, rule, is_param, persistent)
                     by_ident[ident] = p
-                    (params if is_param else buffers).append((path, p))
+                    entry = (path, p)
+                    (params if is_param else buffers).append(entry)
+                else:
+                    entry = (path, p)
                 p._paths.append(path)
-                flat.append((path, p))
+                flat.append(entry)
             for seg, child in adapter.children(native):
                 path = pre + seg
                 modules.append((path, child))
                 visit(child, path + ".")
-            active.discard(key)
 
         # Pause the cyclic GC: the build allocates tens of thousands of objects, all
         # reachable, and each collection would walk the whole model graph again.
@@ -721,6 +713,10 @@ class ParamTree(Node):
         gc.disable()
         try:
             visit(self._native, "")
+        except RecursionError:
+            raise UnitreeError(
+                f"The {backend} model is nested too deeply to read, or contains itself: a module tree cannot have cycles."
+            ) from None
         finally:
             if paused:
                 gc.enable()
