@@ -148,13 +148,19 @@ def tying(b: ModuleType, device: str) -> None:
     assert b.native_value(net, j, "weight")[0, 0] == 100  # the framework sees it too
 
 
-@case
-def tied_gradients(b: ModuleType, device: str) -> None:
-    """Gradients accumulate over both uses: tied grad == sum of an untied copy's grads at both positions."""
+def tied_and_untied(b: ModuleType, device: str) -> tuple:
+    """The deck's shared-layer model, and a copy with two separate layers holding the same values."""
     tied, (i, j) = b.deck_tied(device, X)
     untied, _ = b.deck_tied(device, X, tied=False)
     t, u = ut.wrap(tied), ut.wrap(untied)
     u.load_state_dict({path: t[path].numpy() for path, _ in u.named_parameters()})
+    return tied, untied, t, u, (i, j)
+
+
+@case
+def tied_gradients(b: ModuleType, device: str) -> None:
+    """Gradients accumulate over both uses: tied grad == sum of an untied copy's grads at both positions."""
+    tied, untied, t, u, (i, j) = tied_and_untied(b, device)
     np.testing.assert_allclose(b.forward(untied, X), b.forward(tied, X), rtol=1e-6)
     t.backward(b.loss, X)
     u.backward(b.loss, X)
@@ -170,10 +176,7 @@ def tied_gradients(b: ModuleType, device: str) -> None:
 @case
 def tie(b: ModuleType, device: str) -> None:
     """``tree.tie(i, j)`` turns the untied copy into the deck's shared-layer model, natively."""
-    tied, (i, j) = b.deck_tied(device, X)
-    untied, _ = b.deck_tied(device, X, tied=False)
-    t, u = ut.wrap(tied), ut.wrap(untied)
-    u.load_state_dict({path: t[path].numpy() for path, _ in u.named_parameters()})
+    tied, untied, t, u, (i, j) = tied_and_untied(b, device)
     u[j].weight[0, 0] = -5  # j's own values are dropped: it takes i's
     u.tie(i, j)
     assert u[i].weight is u[j].weight and u.ties() == t.ties()

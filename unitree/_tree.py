@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import gc
 import threading
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -477,7 +477,6 @@ class Node:
         get: Callable[[str], np.ndarray],
         strict: bool,
         problems: list[str] | None = None,
-        cast: str = "same_kind",
     ) -> LoadResult:
         """Validate every entry against the tree, then write them all or none."""
         problems = list(problems or [])
@@ -506,7 +505,8 @@ class Node:
                 continue
             np_dtype = np.dtype(dtype)
             if not (
-                np_dtype.kind in "biufcV" and np.can_cast(np_dtype, p._np_dtype(), casting=cast)
+                np_dtype.kind in "biufcV"
+                and np.can_cast(np_dtype, p._np_dtype(), casting="same_kind")
             ):
                 problems.append(
                     f"{keys[0]}: dtype {np_dtype} in the source, {p.dtype} in the model"
@@ -598,7 +598,7 @@ def _join(base: str, path: str) -> str:
     return f"{base}.{path}" if base and path else base or path
 
 
-def _write_all(writes: Any) -> None:
+def _write_all(writes: Iterable[tuple[Param, Callable[[], np.ndarray]]]) -> None:
     """Write (Param, value thunk) pairs; if any write fails, put back every value written so far."""
     done: list[tuple[Param, np.ndarray]] = []
     try:
@@ -739,7 +739,11 @@ class ParamTree(Node):
             p = self._by_ident.get(adapter.identity(obj))
             if p is None:  # a leaf we have not seen: the model changed since the last read
                 self._build()
-                return self._leaf_items(native)
+                p = self._by_ident.get(adapter.identity(obj))
+                if p is None:
+                    raise PathError(
+                        f"A {adapter.type_name(native)} module is no longer part of the model."
+                    )
             out.append((rule.canonical if rule else native_name, native_name, p))
         return out
 
@@ -784,7 +788,7 @@ class ParamTree(Node):
             self._sync()
             known = [p for p, _ in self._flat] + [p for p, _ in self._modules]
             raise PathError.missing(full, f"{self.type_name} (the {self.backend} model)", known)
-        return found[1] or self._node(full)
+        return self._node(full) if found[1] is None else found[1]
 
     def backward(self, loss_fn: Callable[[Any], Any], *inputs: Any) -> float:
         """Run the model on ``inputs``, ``loss_fn`` on its native output, and differentiate natively.

@@ -59,23 +59,10 @@ def test_ties_and_identity(make, tied):
     assert tree[2].weight is tree[4].weight
     assert tree.ties() == [("2.weight", "4.weight"), ("2.bias", "4.bias")]
     assert tree[4].weight.paths == ("2.weight", "4.weight")
-    assert [k for k, _ in tree.named_parameters()] == [
-        "0.weight",
-        "0.bias",
-        "2.weight",
-        "2.bias",
-        "6.weight",
-        "6.bias",
-    ]
+    once = ["0.weight", "0.bias", "2.weight", "2.bias", "6.weight", "6.bias"]
+    assert [k for k, _ in tree.named_parameters()] == once
     assert len(list(tree.named_parameters(remove_duplicate=False))) == 8
-    assert list(tree.state_dict()) == [
-        "0.weight",
-        "0.bias",
-        "2.weight",
-        "2.bias",
-        "6.weight",
-        "6.bias",
-    ]
+    assert list(tree.state_dict()) == once
     assert [n for n, _ in tree.named_modules()] == ["", "0", "1", "2", "3", "5", "6"]
     tree[4].weight[0, 1] = 5.0
     assert tree[2].weight[0, 1] == 5.0

@@ -287,6 +287,11 @@ def test_bfloat16_round_trip():
     p = ut.wrap(net)["weight"]
     assert p.dtype == "bfloat16"
     np.testing.assert_array_equal(p.numpy().astype(np.float32), net.weight.float().detach().numpy())
+    p[0, 1] = 1.5  # a float value into bfloat16: same kind of number
+    assert net.weight[0, 1].item() == 1.5
+    sd = ut.wrap(net).state_dict()
+    ut.wrap(net).load_state_dict({k: v.astype(np.float32) * 0 for k, v in sd.items()})
+    assert net.weight.abs().sum().item() == 0
 
 
 def test_concurrent_readers_agree():
