@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from unitree._adapter import Adapter, Leaf
-from unitree._errors import PathError, UninitializedError, UnsupportedModelError
+from unitree._errors import PathError, UninitializedError, UnsupportedModelError, ValueTypeError
 
 _KINDS: dict[type, str] = {
     nn.Linear: "dense",
@@ -191,7 +191,7 @@ class TorchAdapter(Adapter):
         args = [self._input(x, device, floating) for x in inputs]
         loss = loss_fn(root(*args))
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            raise TypeError(
+            raise ValueTypeError(
                 f"loss_fn must return a torch scalar, got {type(loss).__name__} {getattr(loss, 'shape', '')}."
             )
         loss.backward()

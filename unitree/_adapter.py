@@ -44,7 +44,7 @@ class Adapter(ABC):
     def root(self, obj: Any, *state: Any) -> Any:
         """The native root module; ``state`` is for frameworks that keep it apart (flax linen)."""
         if state:
-            raise TypeError(
+            raise UnsupportedModelError(
                 f"wrap() takes extra arguments only for flax linen; got {len(state)} for a {self.name} model."
             )
         return obj

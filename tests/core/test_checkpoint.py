@@ -74,3 +74,23 @@ def test_show_and_diff(make, tied, tmp_path, capsys):
     assert main(["diff", str(a), str(a)]) == 0
     assert main(["show", str(tmp_path / "absent")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_a_failed_save_keeps_the_old_file_and_leaves_no_temporary(
+    make, model, tmp_path, monkeypatch
+):
+    path = tmp_path / "m.safetensors"
+    tree = make(model)
+    ut.save(tree, path)
+    before = path.read_bytes()
+    tree["0.bias"][0] = 42
+
+    def broken(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("safetensors.numpy.save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        ut.save(tree, path)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["m.safetensors"]

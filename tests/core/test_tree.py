@@ -237,6 +237,11 @@ def test_errors_derive_from_builtins():
     assert str(ut.PathError("plain message")) == "plain message"  # not KeyError's quoted repr
 
 
+def test_wrap_returns_a_tree_as_is(make, model):
+    tree = make(model)
+    assert ut.wrap(tree) is tree
+
+
 def test_wrap_rejects_unknown_objects():
     with pytest.raises(
         TypeError, match=r"builtins\.object.*torch\.nn\.Module.*unitree-params\[torch\]"
