@@ -46,10 +46,11 @@ class Param:
     __slots__ = (
         "__weakref__",
         "_adapter",
+        "_aliases",
         "_is_param",
         "_name",
         "_owner",
-        "_paths",
+        "_path",
         "_persistent",
         "_rule",
     )
@@ -59,6 +60,7 @@ class Param:
         adapter: Adapter,
         owner: Any,
         name: str,
+        path: str,
         rule: Rule | None,
         is_param: bool,
         persistent: bool,
@@ -69,18 +71,21 @@ class Param:
         self._rule = rule
         self._is_param = is_param
         self._persistent = persistent
-        self._paths: list[str] = []
+        self._path = path  # the first path it appears at
+        self._aliases: list[str] | None = (
+            None  # the others, when tied (a list only then: fewer objects)
+        )
 
     # -- where it is --------------------------------------------------------------
     @property
     def path(self) -> str:
         """The first path it appears at."""
-        return self._paths[0]
+        return self._path
 
     @property
     def paths(self) -> tuple[str, ...]:
         """Every path it appears at, first first: ``("2.weight", "4.weight")`` when tied."""
-        return tuple(self._paths)
+        return (self._path, *self._aliases) if self._aliases else (self._path,)
 
     @property
     def native(self) -> Any:
@@ -232,7 +237,7 @@ class Param:
 
     def __repr__(self) -> str:
         shape = self.shape
-        extra = "" if len(self._paths) < 2 else f", tied={self.paths}"
+        extra = f", tied={self.paths}" if self._aliases else ""
         kind = "Buffer" if not self._is_param else "Param"
         return f"{kind}({self.path!r}, shape={'unknown' if shape is None else shape}, dtype={self.dtype!r}, device={self.device!r}{extra})"
 
@@ -692,15 +697,18 @@ class ParamTree(Node):
                 if p is None:
                     p = old.get(ident) if old else None  # keep Param identity across re-reads
                     if p is None:
-                        p = Param(adapter, native, native_name, rule, is_param, persistent)
+                        p = Param(adapter, native, native_name, path, rule, is_param, persistent)
                     else:
-                        p.__init__(adapter, native, native_name, rule, is_param, persistent)
+                        p.__init__(adapter, native, native_name, path, rule, is_param, persistent)
                     by_ident[ident] = p
                     entry = (path, p)
                     (params if is_param else buffers).append(entry)
                 else:
                     entry = (path, p)
-                p._paths.append(path)
+                    if p._aliases is None:
+                        p._aliases = [path]
+                    else:
+                        p._aliases.append(path)
                 flat.append(entry)
             for seg, child in adapter.children(native):
                 path = pre + seg
