@@ -32,20 +32,15 @@ def run(names: list[str], device: str | None = None, strict: bool = True) -> lis
         except ImportError as e:
             if strict:
                 raise
-            cells += [
-                Cell(c.__name__, name, col, "not available here", f"{e}")
-                for c in cases.CASES
-                for col in COLUMNS
-            ]
+            cells += [cell for col in COLUMNS for cell in _unavailable(name, col, str(e))]
             continue
         seen = [d for d in b.devices() if device in (None, d, _column(d))]
         for col in COLUMNS if device is None else (_column(device),):
             here = [d for d in seen if _column(d) == col]
             if not here:
-                reason = f"no {device or col.upper()} visible to {name} here"
-                cells += [
-                    Cell(c.__name__, name, col, "not available here", reason) for c in cases.CASES
-                ]
+                cells += _unavailable(
+                    name, col, f"no {device or col.upper()} visible to {name} here"
+                )
                 continue
             for d in here:
                 for c in cases.CASES:
@@ -66,6 +61,10 @@ def run(names: list[str], device: str | None = None, strict: bool = True) -> lis
                     else:
                         cells.append(Cell(c.__name__, name, col, "pass", d))
     return cells
+
+
+def _unavailable(backend: str, column: str, reason: str) -> list[Cell]:
+    return [Cell(c.__name__, backend, column, "not available here", reason) for c in cases.CASES]
 
 
 def versions(names: list[str]) -> str:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
+from ._dtypes import numpy_dtype
 from ._errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -29,15 +30,6 @@ _DTYPES = {
     "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8",
     "BOOL": "bool", "C64": "complex64",
 }  # fmt: skip
-
-
-def _np_dtype(name: str) -> np.dtype:
-    try:
-        return np.dtype(name)
-    except TypeError:  # bfloat16: numpy knows it only through ml_dtypes
-        import ml_dtypes
-
-        return np.dtype(getattr(ml_dtypes, name))
 
 
 def save(tree: Node, path: PathLike, *, metadata: dict[str, str] | None = None) -> None:
@@ -99,7 +91,7 @@ class Checkpoint:
                 view = self._file.get_slice(key)
                 self.header[key] = (
                     tuple(view.get_shape()),
-                    _np_dtype(_DTYPES.get(view.get_dtype(), view.get_dtype())),
+                    numpy_dtype(_DTYPES.get(view.get_dtype(), view.get_dtype())),
                 )
         except CheckpointError:
             raise

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from ._dtypes import numpy_dtype
 
 if TYPE_CHECKING:
     from ._tree import Node, ParamTree
@@ -82,18 +83,14 @@ class Summary:
         owners = {path: n.type_name for path, n in node.named_modules(remove_duplicate=False)}
         for paths, p in node._unique():
             shape = p.shape
-            count = 1
-            for d in shape or ():
-                count *= d
-            if shape is None:
-                count = 0
+            count = 0 if shape is None else math.prod(shape)
             kind = owners.get(paths[0].rpartition(".")[0], "")
             if p.is_buffer:
                 kind += " [buffer]"
                 self.buffers += count
             else:
                 self.params += count
-            self.bytes += count * _itemsize(p.dtype)
+            self.bytes += count * numpy_dtype(p.dtype).itemsize
             self.rows.append(
                 (paths[0], kind, shape_text(shape), p.dtype, f"{count:,}", ", ".join(paths[1:]))
             )
@@ -118,13 +115,6 @@ class Summary:
         for row in self.rows:
             table.add_row(*row)
         return table
-
-
-def _itemsize(dtype: str) -> int:
-    try:
-        return np.dtype(dtype).itemsize
-    except TypeError:  # a dtype numpy knows only through ml_dtypes
-        return 2 if "16" in dtype else 1
 
 
 def _human(n: int) -> str:

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import _picture
 from ._adapter import Adapter, Leaf, adapter_for
+from ._dtypes import numpy_dtype
 from ._errors import (
     PathError,
     ShapeError,
@@ -132,12 +133,6 @@ class Param:
     def is_buffer(self) -> bool:
         """Non-trainable state (running statistics, counters) rather than a parameter."""
         return not self._is_param
-
-    def _np_dtype(self) -> np.dtype:
-        try:
-            return np.dtype(self.dtype)
-        except TypeError:  # bfloat16 and friends: numpy knows them only through ml_dtypes
-            return self.numpy().dtype
 
     # -- reading ----------------------------------------------------------------------
     def _native_checked(self) -> Any:
@@ -511,7 +506,7 @@ class Node:
             np_dtype = np.dtype(dtype)
             if not (
                 np_dtype.kind in "biufcV"
-                and np.can_cast(np_dtype, p._np_dtype(), casting="same_kind")
+                and np.can_cast(np_dtype, numpy_dtype(p.dtype), casting="same_kind")
             ):
                 problems.append(
                     f"{keys[0]}: dtype {np_dtype} in the source, {p.dtype} in the model"
@@ -536,7 +531,8 @@ class Node:
                 + "\n  ".join(problems)
             )
         _write_all(
-            (p, lambda key=key, p=p: get(key).astype(p._np_dtype(), copy=False)) for p, key in plan
+            (p, lambda key=key, p=p: get(key).astype(numpy_dtype(p.dtype), copy=False))
+            for p, key in plan
         )
         return LoadResult(missing, unexpected)
 
