@@ -1,9 +1,15 @@
 """One session per backend environment; `nox` runs them all (DESIGN §8).
 
-nox -s conformance      the conformance matrix (case x backend x device)
-nox                     every test session: lint, core, torch, conformance
+nox                     every test session, then the conformance matrix of all environments
+nox -s conformance      the conformance cases on every environment, then the matrix
+nox -s torch            one environment: its unit tests and the conformance suite
 nox -s bench            the performance ratios of DESIGN §7
 nox -r ...              reuse the environments already installed
+
+Each backend session also writes its column of the matrix to .nox/reports/parts/;
+the `matrix` session draws them as one table. The environments share a folder of
+checkpoints, so the save/load case loads what the environments before it wrote:
+gluon (numpy 1.23) reads torch's, and keras and flax (numpy 2) read gluon's.
 """
 
 from __future__ import annotations
@@ -12,18 +18,36 @@ import os
 
 import nox
 
-nox.options.sessions = ["lint", "core", "torch", "conformance"]
-
-# A CPU build on this machine's disk; a looser pin pulls a CUDA build of several GB.
+# Pinned: a CPU build of torch lies on this machine's disk (a looser pin pulls a CUDA build
+# of several GB); the others so that a new release cannot turn CI red overnight.
 TORCH = "torch==2.13.0"
+KERAS = "keras==3.15.1"
+KERAS_BACKENDS = {"tensorflow": "tensorflow-cpu==2.21.0", "jax": "jax==0.10.2", "torch": TORCH}
+FLAX = ("flax==0.12.8", "jax==0.10.2")
+GLUON = ("mxnet==1.9.1", "numpy<1.24")  # MXNet 1.9.1 imports only with numpy < 1.24
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-# Checkpoints one environment writes and the next reads (the cross-backend save/load case).
 CHECKPOINTS = os.path.join(HERE, ".nox", "checkpoints")
-REPORTS = os.path.join(HERE, ".nox", "reports")
+PARTS = os.path.join(HERE, ".nox", "reports", "parts")
+ENVIRONMENTS = ["torch", "gluon", *(f"keras-{b}" for b in KERAS_BACKENDS), "flax"]
+
+nox.options.sessions = ["lint", "core", *ENVIRONMENTS, "matrix"]
 
 
-def _env(backends: str) -> dict[str, str]:
-    return {"UNITREE_BACKENDS": backends, "UNITREE_CHECKPOINTS": CHECKPOINTS}
+def _suite(session: nox.Session, tests: str, backends: str, **env: str) -> None:
+    """The matrix column of this environment, then its unit tests and the conformance suite.
+
+    ``posargs`` replace the pytest arguments (``nox -s torch -- -k tie``); ``bench``
+    runs this environment's benchmarks instead.
+    """
+    env = {"UNITREE_BACKENDS": backends, "UNITREE_CHECKPOINTS": CHECKPOINTS, **env}
+    if session.posargs[:1] == ["bench"]:
+        backend = session.name.partition("-")[0]
+        session.run("python", "benchmarks/run.py", backend, *session.posargs[1:], env=env)
+        return
+    part = os.path.join(PARTS, f"{session.name}.json")
+    session.run("unitree", "conformance", "--report", part, env=env, success_codes=[0, 1])
+    session.run("pytest", *(session.posargs or [tests, "conformance"]), env=env)
 
 
 @nox.session
@@ -42,21 +66,57 @@ def core(session: nox.Session) -> None:
 
 @nox.session
 def torch(session: nox.Session) -> None:
-    """Unit tests of the torch adapter, and the conformance suite on torch."""
+    """The torch adapter's tests, and the conformance suite on torch."""
     session.install("-e", ".[torch]", TORCH, "pytest", "ml_dtypes")
-    session.run("pytest", "tests/torch", "conformance", *session.posargs, env=_env("torch"))
+    _suite(session, "tests/torch", "torch")
 
 
 @nox.session
+def gluon(session: nox.Session) -> None:
+    """MXNet Gluon 1.9.1 in its own environment: it imports only with numpy < 1.24."""
+    session.install("-e", ".", *GLUON, "pytest")
+    _suite(session, "tests/gluon", "gluon")
+
+
+def _keras(backend: str) -> None:
+    @nox.session(name=f"keras-{backend}")
+    def keras(session: nox.Session) -> None:
+        """Keras 3 on one of its backends: KERAS_BACKEND is read once, at import."""
+        session.install("-e", ".", KERAS, KERAS_BACKENDS[backend], "pytest")
+        home = os.path.join(HERE, ".nox", f"keras-home-{backend}")  # Keras writes its config here
+        env = {"KERAS_BACKEND": backend, "KERAS_HOME": home, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        _suite(session, "tests/keras", "keras", **env)
+
+
+for _backend in KERAS_BACKENDS:
+    _keras(_backend)
+
+
+@nox.session
+def flax(session: nox.Session) -> None:
+    """Flax linen and NNX on jax."""
+    session.install("-e", ".", *FLAX, "pytest")
+    _suite(session, "tests/flax", "flax-linen,flax-nnx")
+
+
+@nox.session
+def matrix(session: nox.Session) -> None:
+    """One table from the columns the backend sessions wrote: case x backend x device."""
+    session.install("-e", ".")
+    report = os.path.join(HERE, ".nox", "reports", "conformance.md")
+    session.run("unitree", "conformance", "--merge", PARTS, "--report", report)
+
+
+@nox.session(venv_backend="none")
 def conformance(session: nox.Session) -> None:
-    """Print the matrix: every deck case on every backend of this environment and every device."""
-    session.install("-e", ".[torch]", TORCH)
-    report = os.path.join(REPORTS, "conformance.md")
-    session.run("unitree", "conformance", "--report", report, *session.posargs, env=_env("torch"))
+    """The conformance suite alone on every environment, then the matrix."""
+    for name in ENVIRONMENTS:
+        session.notify(name, posargs=["conformance"])
+    session.notify("matrix")
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def bench(session: nox.Session) -> None:
-    """The ratios of DESIGN §7, measured side by side with the framework's own operation."""
-    session.install("-e", ".[torch]", TORCH)
-    session.run("python", "benchmarks/run.py", *session.posargs)
+    """The ratios of DESIGN §7, each measured in its framework's environment (nox -s bench)."""
+    for name in ENVIRONMENTS:
+        session.notify(name, posargs=["bench", *session.posargs])

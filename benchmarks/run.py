@@ -1,20 +1,22 @@
 """The performance figures of DESIGN §7, each a ratio against the framework's own operation
 measured side by side in this run. Run by ``nox -s bench``; never a timed test.
 
-    python benchmarks/run.py [--repeat N]
+    python benchmarks/run.py [BACKEND] [--repeat N]
+
+BACKEND (torch, keras, flax, gluon) adds that framework's figures, from
+``bench_<backend>.py``, run in that framework's own environment.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
 import sys
 import time
 from typing import Callable
-
-import numpy as np
 
 FRAMEWORKS = ["torch", "tensorflow", "keras", "jax", "flax", "mxnet"]
 
@@ -57,6 +59,7 @@ def report(name: str, ours: float, theirs: float, target: float, what: str) -> N
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("backend", nargs="?", choices=["torch", "keras", "flax", "gluon"])
     parser.add_argument("--repeat", type=int, default=15)
     args = parser.parse_args()
 
@@ -71,31 +74,9 @@ def main() -> None:
     )
     print(f"{'frameworks imported by import unitree':<44} {pulled or 'none'}")
 
-    import torch
-    from torch import nn
-
-    import unitree as ut
-
-    layers = 5000  # a weight and a bias each: 10,000 tensors
-    model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(layers)])
-    n = len(list(model.parameters()))
-    native = best(lambda: list(model.named_parameters()), args.repeat)
-    first = best(lambda: list(ut.wrap(model).named_parameters()), args.repeat)
-    tree = ut.wrap(model)
-    again = best(lambda: list(tree.named_parameters()), args.repeat)
-    report(
-        f"wrap + named_parameters, {n:,} tensors",
-        first,
-        native,
-        2.0,
-        f"{first * 1e3:.1f} ms vs torch {native * 1e3:.1f} ms",
-    )
-    report("second traversal (cached) / torch", again, native, 2.0, f"{again * 1e3:.1f} ms")
-
-    p = ut.wrap(nn.Linear(256, 256))["weight"]
-    shared = np.shares_memory(p.numpy(), p.native.detach().numpy())
-    print(f"{'p.numpy() shares memory with the torch tensor':<44} {shared}")
-    print(f"torch {torch.__version__}, numpy {np.__version__}, python {sys.version.split()[0]}")
+    if args.backend:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        importlib.import_module(f"bench_{args.backend}").main(args.repeat)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ from types import ModuleType
 
 BUILDERS = {
     "torch": "conformance.builders.torch",
+    "keras": "conformance.builders.keras",  # on whichever backend KERAS_BACKEND names
+    "flax-linen": "conformance.builders.flax_linen",
+    "flax-nnx": "conformance.builders.flax_nnx",
+    "gluon": "conformance.builders.gluon",
 }
 
 

@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import Callable
 
 import numpy as np
+import pytest
 
 import unitree as ut
 
@@ -53,68 +54,72 @@ def mlp_gradients(
     A = np.maximum(H, 0)
     Y = A @ W2.T + b2
     dH = np.ones_like(Y) @ W2 * (H > 0)
-    grads = {
-        "0.weight": dH.T @ X,
-        "0.bias": dH.sum(0),
-        "2.weight": A.sum(0, keepdims=True),
-        "2.bias": np.full(b2.shape, len(X), np.float64),
-    }
+    grads = [dH.T @ X, dH.sum(0), A.sum(0, keepdims=True), np.full(b2.shape, len(X), np.float64)]
     return float(Y.sum()), grads
+
+
+def deck_paths(b: ModuleType) -> list[str]:
+    """The four parameter paths of the deck's toy model on ``b``: its two dense layers' positions."""
+    i, j = b.deck_layers
+    return [f"{i}.weight", f"{i}.bias", f"{j}.weight", f"{j}.bias"]
 
 
 @case
 def toy_model(b: ModuleType, device: str) -> None:
     """The deck's first example: ``net(X).shape`` is (2, 1); the tree wraps that net."""
-    net = b.deck_mlp(device, X)
-    assert b.forward(net, X).shape == (2, 1)
-    tree = ut.wrap(net)
+    tree = b.wrap(b.deck_mlp(device, X))
+    assert b.forward(tree, X).shape == (2, 1)
     assert tree.backend == b.name
-    assert tree.native is net
     assert {p.device for p in tree.parameters()} == {device}
 
 
 @case
 def picture(b: ModuleType, device: str) -> None:
-    """``print(tree)`` draws the deck's picture of the toy model."""
-    tree = ut.wrap(b.deck_mlp(device, X))
+    """``print(tree)`` draws the deck's picture of the toy model (dense, ReLU, dense)."""
+    tree = b.wrap(b.mlp(device, X))
     assert str(tree) == PICTURE.format(**b.names), str(tree)
 
 
 @case
 def direct_access(b: ModuleType, device: str) -> None:
-    """``net[2].state_dict()``: the two leaves of layer 2, reached by position, name or path."""
-    net = b.deck_mlp(device, X)
-    tree = ut.wrap(net)
-    layer = tree[2]
-    assert layer is tree["2"] and layer.path == "2" and layer.type_name == b.names["dense"]
-    assert layer.weight is tree["2.weight"] is tree[2]["weight"]
+    """``net[2].state_dict()``: the leaves of the last layer, reached by position, name or path."""
+    tree = b.wrap(b.deck_mlp(device, X))
+    j = b.deck_layers[1]
+    layer = tree[j]
+    assert layer is tree[str(j)] and layer.path == str(j) and layer.type_name == b.names["dense"]
+    assert layer.weight is tree[f"{j}.weight"] is tree[j]["weight"]
     sd = layer.state_dict()
     assert [(k, v.shape) for k, v in sd.items()] == [("weight", (1, 8)), ("bias", (1,))]
     for leaf in ("weight", "bias"):
-        np.testing.assert_array_equal(sd[leaf], b.native_value(net, 2, leaf))
+        np.testing.assert_array_equal(sd[leaf], b.native_value(tree, j, leaf))
         assert getattr(layer, leaf).dtype == "float32"
-    assert list(tree[1].named_parameters()) == []
+    for k in range(len(tree)):
+        if k not in b.deck_layers:  # ReLU, Flatten: no parameters of their own
+            assert list(tree[k].named_parameters()) == [], k
 
 
 @case
 def tensor_inside(b: ModuleType, device: str) -> None:
     """``type(net[2].bias), net[2].bias.data``: the framework's parameter, and the tensor in it."""
-    net = b.deck_mlp(device, X)
-    bias = ut.wrap(net)[2].bias
+    tree = b.wrap(b.deck_mlp(device, X))
+    j = b.deck_layers[1]
+    bias = tree[j].bias
     assert b.is_parameter(bias.native), type(bias.native)
     assert b.is_tensor(bias.data), type(bias.data)
-    np.testing.assert_array_equal(bias.numpy(), b.native_value(net, 2, "bias"))
+    np.testing.assert_array_equal(bias.numpy(), b.native_value(tree, j, "bias"))
     assert bias.trainable and not bias.numpy().flags.writeable
 
 
 @case
 def gradients(b: ModuleType, device: str) -> None:
     """``.grad`` is None before backward, and after it holds the gradient computed by hand."""
-    tree = ut.wrap(b.deck_mlp(device, X))
+    tree = b.wrap(b.deck_mlp(device, X))
     assert all(p.grad is None for p in tree.parameters())
-    want_loss, want = mlp_gradients(*(p.numpy() for p in tree.parameters()), X)
+    want_loss, grads = mlp_gradients(*(p.numpy() for p in tree.parameters()), X)
+    want = dict(zip(deck_paths(b), grads))
     loss = tree.backward(b.loss, X)
     np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    assert [path for path, _ in tree.named_parameters()] == list(want)
     for path, p in tree.named_parameters():
         assert p.grad is not None and p.grad.shape == p.shape, path
         np.testing.assert_allclose(p.grad, want[path], rtol=1e-5, atol=1e-6, err_msg=path)
@@ -122,20 +127,28 @@ def gradients(b: ModuleType, device: str) -> None:
 
 @case
 def traversal(b: ModuleType, device: str) -> None:
-    """``named_parameters()`` walks the tree: the deck's four dotted paths and shapes."""
-    tree = ut.wrap(b.deck_mlp(device, X))
-    assert [(k, p.shape) for k, p in tree.named_parameters()] == TRAVERSAL
+    """``named_parameters()`` walks the tree: four dotted paths and shapes, in the model's order.
+
+    The deck's own model is numbered by its own positions (Keras puts a Flatten first, Gluon
+    puts the activation inside Dense); dense, ReLU, dense reads exactly as the deck prints it
+    on every backend.
+    """
+    want = list(zip(deck_paths(b), [s for _, s in TRAVERSAL]))
+    tree = b.wrap(b.deck_mlp(device, X))
+    assert [(k, p.shape) for k, p in tree.named_parameters()] == want
     assert list(tree.parameters()) == [p for _, p in tree.named_parameters()]
-    assert [(k, v.shape) for k, v in tree.state_dict().items()] == TRAVERSAL
-    assert [p.path for p in tree.select("*.bias")] == ["0.bias", "2.bias"]
+    assert [(k, v.shape) for k, v in tree.state_dict().items()] == want
+    assert [p.path for p in tree.select("*.bias")] == [want[1][0], want[3][0]]
     assert list(tree.named_buffers()) == [] and tree.ties() == []
+    tree = b.wrap(b.mlp(device, X))
+    assert [(k, p.shape) for k, p in tree.named_parameters()] == TRAVERSAL
 
 
 @case
 def tying(b: ModuleType, device: str) -> None:
     """The shared layer: one parameter set at both positions; a write through one is seen through both."""
     net, (i, j) = b.deck_tied(device, X)
-    tree = ut.wrap(net)
+    tree = b.wrap(net)
     assert tree[i].weight is tree[j].weight and tree[i].bias is tree[j].bias
     assert (f"{i}.weight", f"{j}.weight") in tree.ties() and (
         f"{i}.bias",
@@ -145,23 +158,23 @@ def tying(b: ModuleType, device: str) -> None:
     assert f"{j}.weight" not in dict(tree.named_parameters())
     tree[i].weight[0, 0] = 100
     assert tree[j].weight[0, 0] == 100
-    assert b.native_value(net, j, "weight")[0, 0] == 100  # the framework sees it too
+    assert b.native_value(tree, j, "weight")[0, 0] == 100  # the framework sees it too
 
 
 def tied_and_untied(b: ModuleType, device: str) -> tuple:
     """The deck's shared-layer model, and a copy with two separate layers holding the same values."""
     tied, (i, j) = b.deck_tied(device, X)
     untied, _ = b.deck_tied(device, X, tied=False)
-    t, u = ut.wrap(tied), ut.wrap(untied)
+    t, u = b.wrap(tied), b.wrap(untied)
     u.load_state_dict({path: t[path].numpy() for path, _ in u.named_parameters()})
-    return tied, untied, t, u, (i, j)
+    return t, u, (i, j)
 
 
 @case
 def tied_gradients(b: ModuleType, device: str) -> None:
     """Gradients accumulate over both uses: tied grad == sum of an untied copy's grads at both positions."""
-    tied, untied, t, u, (i, j) = tied_and_untied(b, device)
-    np.testing.assert_allclose(b.forward(untied, X), b.forward(tied, X), rtol=1e-6)
+    t, u, (i, j) = tied_and_untied(b, device)
+    np.testing.assert_allclose(b.forward(u, X), b.forward(t, X), rtol=1e-6)
     t.backward(b.loss, X)
     u.backward(b.loss, X)
     for leaf in ("weight", "bias"):
@@ -176,14 +189,20 @@ def tied_gradients(b: ModuleType, device: str) -> None:
 @case
 def tie(b: ModuleType, device: str) -> None:
     """``tree.tie(i, j)`` turns the untied copy into the deck's shared-layer model, natively."""
-    tied, untied, t, u, (i, j) = tied_and_untied(b, device)
+    t, u, (i, j) = tied_and_untied(b, device)
+    if not b.can_tie:  # flax linen: sharing is in the module definition, not in the values
+        before = u.state_dict()
+        with pytest.raises(NotImplementedError, match="definition"):
+            u.tie(i, j)
+        assert u.ties() == [] and all(np.array_equal(v, u[k].numpy()) for k, v in before.items())
+        return
     u[j].weight[0, 0] = -5  # j's own values are dropped: it takes i's
     u.tie(i, j)
     assert u[i].weight is u[j].weight and u.ties() == t.ties()
     assert [k for k, _ in u.named_parameters()] == [k for k, _ in t.named_parameters()]
-    np.testing.assert_allclose(b.forward(untied, X), b.forward(tied, X), rtol=1e-6)
+    np.testing.assert_allclose(b.forward(u, X), b.forward(t, X), rtol=1e-6)
     u[i].bias[0] = 7
-    assert b.native_value(untied, j, "bias")[0] == 7
+    assert b.native_value(u, j, "bias")[0] == 7
 
 
 def checkpoint_dir() -> Path:
@@ -207,16 +226,16 @@ def save_load(b: ModuleType, device: str) -> None:
     """A checkpoint written on this backend loads onto a fresh model here, and so does every
     checkpoint another backend left in the shared folder: the same outputs on the same input."""
     folder = checkpoint_dir()
-    net = b.deck_mlp(device, X)
-    stem = f"deck-mlp-{b.name}-{device.replace(':', '')}"
-    ut.save(ut.wrap(net), folder / f"{stem}.safetensors")
-    expected = {"X": X.tolist(), "Y": b.forward(net, X).tolist()}
+    tree = b.wrap(b.mlp(device, X))
+    stem = f"deck-mlp-{b.label}-{device.replace(':', '')}"
+    ut.save(tree, folder / f"{stem}.safetensors")
+    expected = {"X": X.tolist(), "Y": b.forward(tree, X).tolist()}
     (folder / f"{stem}.json").write_text(json.dumps(expected))
     loaded = []
     for path in sorted(folder.glob("deck-mlp-*.safetensors")):
         record = json.loads(path.with_suffix(".json").read_text())
-        fresh = b.deck_mlp(device, X)
-        assert ut.load(ut.wrap(fresh), path) == ([], [])
+        fresh = b.wrap(b.mlp(device, X))
+        assert ut.load(fresh, path) == ([], [])
         Xs = np.asarray(record["X"], np.float32)
         np.testing.assert_allclose(
             b.forward(fresh, Xs), np.asarray(record["Y"]), rtol=1e-5, atol=1e-6, err_msg=path.name

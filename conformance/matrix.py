@@ -34,6 +34,7 @@ def run(names: list[str], device: str | None = None, strict: bool = True) -> lis
                 raise
             cells += [cell for col in COLUMNS for cell in _unavailable(name, col, str(e))]
             continue
+        name = b.label  # the column: one environment may hold several (keras on jax, flax nnx)
         seen = [d for d in b.devices() if device in (None, d, _column(d))]
         for col in COLUMNS if device is None else (_column(device),):
             here = [d for d in seen if _column(d) == col]
@@ -120,5 +121,16 @@ def markdown(cells: list[Cell]) -> str:
     return "\n".join([*lines, "", *notes, "", summary])
 
 
-def as_json(cells: list[Cell]) -> str:
-    return json.dumps([c._asdict() for c in cells], indent=1)
+def as_json(cells: list[Cell], versions: str = "") -> str:
+    return json.dumps({"versions": versions, "cells": [c._asdict() for c in cells]}, indent=1)
+
+
+def merge(parts: list[str]) -> tuple[list[Cell], str]:
+    """The cells and version lines of JSON reports written by separate environments (nox sessions)."""
+    cells: list[Cell] = []
+    lines: list[str] = []
+    for text in parts:
+        part = json.loads(text)
+        cells += [Cell(**c) for c in part["cells"]]
+        lines.append(part["versions"])
+    return cells, "\n".join(dict.fromkeys(lines))

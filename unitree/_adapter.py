@@ -147,6 +147,12 @@ class Adapter(ABC):
         """Make ``dst_owner.dst_name`` the very leaf ``src_owner.src_name`` (native sharing)."""
         raise self.unsupported("tie")
 
+    def variables(self, root: Any) -> Any:
+        """The current variables of a framework that keeps them apart from the module (flax linen)."""
+        raise NotImplementedError(
+            f"tree.variables is for flax linen, which keeps variables apart; a {self.name} model holds its own."
+        )
+
     def unsupported(self, capability: str) -> NotImplementedError:
         return NotImplementedError(f"{capability} is not supported by the {self.name} adapter.")
 
@@ -154,6 +160,13 @@ class Adapter(ABC):
 # The type's top-level module name -> (adapter module, what it wraps, the extra to install).
 ADAPTERS: dict[str, tuple[str, str, str]] = {
     "torch": ("unitree.adapters.torch", "torch.nn.Module", "torch"),
+    "keras": ("unitree.adapters.keras", "keras.Layer (Keras 3)", "keras"),
+    "flax": (
+        "unitree.adapters.flax",
+        "flax nnx.Module, or a linen Module with its variables",
+        "flax",
+    ),
+    "mxnet": ("unitree.adapters.gluon", "mxnet.gluon.Block", "gluon"),
 }
 
 # Frameworks that stop the MRO walk even without an adapter here: a Keras 3 model

@@ -89,17 +89,30 @@ def _suite_root() -> Path:
     )
 
 
-def conformance(backend: list[str] | None, device: str | None, report: str | None) -> int:
+def conformance(
+    backend: list[str] | None, device: str | None, report: str | None, merge: str | None = None
+) -> int:
     sys.path.insert(0, str(_suite_root()))
     from conformance import backends, matrix
 
-    named = backend or backends.named()
-    cells = matrix.run(named or list(backends.BUILDERS), device, strict=named is not None)
-    text = matrix.markdown(cells) + "\n" + matrix.versions(named or list(backends.BUILDERS))
+    if merge:
+        parts = sorted(Path(merge).glob("*.json"))
+        if not parts:
+            raise UnitreeError(
+                f"No conformance reports (*.json) in {merge}: run the backend sessions first."
+            )
+        cells, versions = matrix.merge([p.read_text() for p in parts])
+    else:
+        named = backend or backends.named()
+        cells = matrix.run(named or list(backends.BUILDERS), device, strict=named is not None)
+        versions = matrix.versions(named or list(backends.BUILDERS))
+    text = matrix.markdown(cells) + "\n" + versions
     print(text)
     if report:
         Path(report).parent.mkdir(parents=True, exist_ok=True)
-        Path(report).write_text(matrix.as_json(cells) if report.endswith(".json") else text + "\n")
+        Path(report).write_text(
+            matrix.as_json(cells, versions) if report.endswith(".json") else text + "\n"
+        )
     return 1 if any(c.status == "fail" for c in cells) else 0
 
 
@@ -126,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--report", help="also write the matrix to this file: Markdown, or JSON if it ends in .json"
     )
+    p.add_argument(
+        "--merge",
+        metavar="DIR",
+        help="draw one matrix from the JSON reports in DIR, one per environment, instead of running",
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "show":
@@ -135,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             text, same = diff(args.a, args.b)
             print(text)
             return 0 if same else 1
-        return conformance(args.backend, args.device, args.report)
+        return conformance(args.backend, args.device, args.report, args.merge)
     except UnitreeError as e:
         print(f"unitree: {e}", file=sys.stderr)
         return 2

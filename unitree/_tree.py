@@ -649,6 +649,15 @@ class ParamTree(Node):
         """``"torch"``, ``"keras"``, ``"flax"`` or ``"gluon"``."""
         return self._adapter.name
 
+    @property
+    def variables(self) -> Any:
+        """Flax linen only: the current variables dict, with every write made so far.
+
+        Linen arrays are immutable, so a write builds new variables; pass these
+        to ``module.apply``.
+        """
+        return self._adapter.variables(self._native)
+
     def _sync(self) -> bool:
         """Re-read the structure if the model changed; True if it did."""
         with self._lock:

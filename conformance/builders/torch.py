@@ -6,9 +6,13 @@ import numpy as np
 import torch
 from torch import nn
 
-name = "torch"
+import unitree as ut
+
+name = label = "torch"
 version = torch.__version__
 names = {"sequential": "Sequential", "dense": "Linear", "relu": "ReLU"}
+can_tie = True
+deck_layers = (0, 2)
 
 
 def devices() -> list[str]:
@@ -25,6 +29,9 @@ def deck_mlp(device: str, X: np.ndarray) -> nn.Module:
     return _run(nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(1)), X, device)
 
 
+mlp = deck_mlp  # the deck's torch model is already dense, ReLU, dense
+
+
 def deck_tied(device: str, X: np.ndarray, tied: bool = True) -> tuple[nn.Module, tuple[int, int]]:
     shared = nn.LazyLinear(8)
     other = shared if tied else nn.LazyLinear(8)
@@ -34,7 +41,11 @@ def deck_tied(device: str, X: np.ndarray, tied: bool = True) -> tuple[nn.Module,
     return _run(net, X, device), (2, 4)
 
 
-def forward(net: nn.Module, X: np.ndarray) -> np.ndarray:
+wrap = ut.wrap
+
+
+def forward(tree: ut.ParamTree, X: np.ndarray) -> np.ndarray:
+    net = tree.native
     device = next(net.parameters()).device
     with torch.no_grad():
         return net(torch.as_tensor(X, device=device)).cpu().numpy()
@@ -44,8 +55,8 @@ def loss(y: torch.Tensor) -> torch.Tensor:
     return y.sum()
 
 
-def native_value(net: nn.Module, i: int, leaf: str) -> np.ndarray:
-    return getattr(net[i], leaf).detach().cpu().numpy()
+def native_value(tree: ut.ParamTree, i: int, leaf: str) -> np.ndarray:
+    return getattr(tree.native[i], leaf).detach().cpu().numpy()
 
 
 def is_parameter(obj: object) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conformance.matrix import Cell, as_json, markdown
+from conformance.matrix import Cell, as_json, markdown, merge
 
 
 def test_markdown_marks_each_cell_and_gives_the_reasons():
@@ -24,10 +24,19 @@ def test_markdown_marks_each_cell_and_gives_the_reasons():
     assert "- torch gpu: not available here: no GPU visible to torch here" in text
     assert "- FAIL picture on torch cpu: AssertionError: wrong picture" in text
     assert text.endswith("1 passed, 1 failed, 2 not available here")
-    assert json.loads(as_json(cells))[2] == {
+    assert json.loads(as_json(cells, "torch 2.13"))["cells"][2] == {
         "case": "picture",
         "backend": "torch",
         "device": "cpu",
         "status": "fail",
         "detail": "cpu: AssertionError: wrong picture",
     }
+
+
+def test_merge_joins_the_reports_of_separate_environments():
+    torch = [Cell("toy_model", "torch", "cpu", "pass", "cpu")]
+    gluon = [Cell("toy_model", "gluon", "cpu", "fail", "cpu: AssertionError")]
+    cells, versions = merge([as_json(torch, "torch 2.13"), as_json(gluon, "mxnet 1.9.1")])
+    assert cells == torch + gluon
+    assert versions == "torch 2.13\nmxnet 1.9.1"
+    assert markdown(cells).splitlines()[2] == "| toy_model | pass | FAIL |"

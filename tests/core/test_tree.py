@@ -250,12 +250,12 @@ def test_wrap_rejects_unknown_objects():
 
 
 def test_a_framework_without_adapter_is_not_taken_for_another():
-    # a Keras 3 model on the torch backend is also a torch.nn.Module: the most derived class decides
+    # the most derived framework decides: a tf.Module that is also a torch module is TensorFlow's
     TorchModule = type("Module", (), {"__module__": "torch.nn.modules.module"})
-    KerasLayer = type("Layer", (TorchModule,), {"__module__": "keras.src.layers.layer"})
-    Mine = type("MyModel", (KerasLayer,), {"__module__": "__main__"})
+    TFModule = type("Module", (TorchModule,), {"__module__": "tensorflow.python.module.module"})
+    Mine = type("MyModel", (TFModule,), {"__module__": "__main__"})
     with pytest.raises(
-        ut.UnsupportedModelError, match=r"__main__\.MyModel: Keras 3 has no adapter"
+        ut.UnsupportedModelError, match=r"__main__\.MyModel: TensorFlow has no adapter"
     ):
         ut.wrap(Mine())
 

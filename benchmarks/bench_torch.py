@@ -1,0 +1,35 @@
+"""wrap + traversal of a 10,000-tensor torch model against ``named_parameters``; zero-copy reads."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+from run import best, report
+from torch import nn
+
+import unitree as ut
+
+
+def main(repeat: int) -> None:
+    layers = 5000  # a weight and a bias each: 10,000 tensors
+    model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(layers)])
+    n = len(list(model.parameters()))
+    native = best(lambda: list(model.named_parameters()), repeat)
+    first = best(lambda: list(ut.wrap(model).named_parameters()), repeat)
+    tree = ut.wrap(model)
+    again = best(lambda: list(tree.named_parameters()), repeat)
+    report(
+        f"wrap + named_parameters, {n:,} tensors",
+        first,
+        native,
+        2.0,
+        f"{first * 1e3:.1f} ms vs torch {native * 1e3:.1f} ms",
+    )
+    report("second traversal (cached) / torch", again, native, 2.0, f"{again * 1e3:.1f} ms")
+
+    p = ut.wrap(nn.Linear(256, 256))["weight"]
+    shared = np.shares_memory(p.numpy(), p.native.detach().numpy())
+    print(f"{'p.numpy() shares memory with the torch tensor':<44} {shared}")
+    print(f"torch {torch.__version__}, numpy {np.__version__}, python {sys.version.split()[0]}")
