@@ -46,6 +46,8 @@ def _suite(session: nox.Session, tests: str, backends: str, **env: str) -> None:
         session.run("python", "benchmarks/run.py", backend, *session.posargs[1:], env=env)
         return
     part = os.path.join(PARTS, f"{session.name}.json")
+    if os.path.exists(part):
+        os.remove(part)  # a column from an earlier run must never stand in for this one
     session.run("unitree", "conformance", "--report", part, env=env, success_codes=[0, 1])
     session.run("pytest", *(session.posargs or [tests, "conformance"]), env=env)
 
@@ -102,6 +104,9 @@ def flax(session: nox.Session) -> None:
 @nox.session
 def matrix(session: nox.Session) -> None:
     """One table from the columns the backend sessions wrote: case x backend x device."""
+    missing = [n for n in ENVIRONMENTS if not os.path.exists(os.path.join(PARTS, f"{n}.json"))]
+    if missing:
+        session.error(f"No matrix column from {missing}: run those sessions (they failed or did not run).")
     session.install("-e", ".")
     report = os.path.join(HERE, ".nox", "reports", "conformance.md")
     session.run("unitree", "conformance", "--merge", PARTS, "--report", report)
