@@ -106,7 +106,9 @@ def matrix(session: nox.Session) -> None:
     """One table from the columns the backend sessions wrote: case x backend x device."""
     missing = [n for n in ENVIRONMENTS if not os.path.exists(os.path.join(PARTS, f"{n}.json"))]
     if missing:
-        session.error(f"No matrix column from {missing}: run those sessions (they failed or did not run).")
+        session.error(
+            f"No matrix column from {missing}: run those sessions (they failed or did not run)."
+        )
     session.install("-e", ".")
     report = os.path.join(HERE, ".nox", "reports", "conformance.md")
     session.run("unitree", "conformance", "--merge", PARTS, "--report", report)
