@@ -65,6 +65,17 @@ class Adapter(ABC):
         """The current child of ``module`` at ``segment``, or None."""
         return dict(self.children(module)).get(segment)
 
+    def segment(self, module: Any, key: str) -> str:
+        """The path segment of the child ``key`` names: ``key``, unless it is an alias the adapter
+        accepts in :meth:`child` (a Keras layer's own name), whose child has a segment of its own."""
+        return key
+
+    def native(self, obj: Any) -> Any:
+        """What ``.native`` shows for the root, a module or a leaf object of this adapter: the
+        object itself, unless the adapter stands its own objects in for the framework's
+        (flax linen: the module, and the leaf's current array)."""
+        return obj
+
     def identity(self, leaf: Any) -> Hashable:
         """Two leaves with the same identity are one tied parameter."""
         return id(leaf)
@@ -146,6 +157,11 @@ class Adapter(ABC):
     def share(self, src_owner: Any, src_name: str, dst_owner: Any, dst_name: str) -> None:
         """Make ``dst_owner.dst_name`` the very leaf ``src_owner.src_name`` (native sharing)."""
         raise self.unsupported("tie")
+
+    def shared(self, root: Any) -> None:
+        """Called once after :meth:`share` made ``tree.tie``'s leaves one, with the whole model, so
+        the adapter can drop what the framework cached about the old ones (Keras: compiled functions)."""
+        return None  # most frameworks cache nothing that holds the old leaves
 
     def variables(self, root: Any) -> Any:
         """The current variables of a framework that keeps them apart from the module (flax linen)."""

@@ -91,12 +91,17 @@ class Param:
     @property
     def native(self) -> Any:
         """The framework's own parameter object, untouched."""
+        return self._adapter.native(self._leaf)
+
+    @property
+    def _leaf(self) -> Any:
+        """The adapter's object for this leaf, read live (what the adapter's methods take)."""
         return self._adapter.leaf(self._owner, self._name)
 
     @property
     def data(self) -> Any:
         """The framework's own tensor, native layout, no copy."""
-        return self._adapter.data(self.native)
+        return self._adapter.data(self._leaf)
 
     # -- what it is -----------------------------------------------------------------
     def _perm(self, ndim: int) -> tuple[int, ...] | None:
@@ -108,7 +113,7 @@ class Param:
     @property
     def shape(self) -> tuple[int, ...] | None:
         """Canonical shape; None while the framework has not decided it (lazy initialization)."""
-        shape = self._adapter.shape(self.native)
+        shape = self._adapter.shape(self._leaf)
         if shape is None:
             return None
         perm = self._perm(len(shape))
@@ -117,17 +122,17 @@ class Param:
     @property
     def dtype(self) -> str:
         """The dtype as numpy spells it: ``"float32"`` on every backend."""
-        return self._adapter.dtype(self.native)
+        return self._adapter.dtype(self._leaf)
 
     @property
     def device(self) -> str:
         """``"cpu"``, ``"cuda:0"``, ..."""
-        return self._adapter.device(self.native)
+        return self._adapter.device(self._leaf)
 
     @property
     def trainable(self) -> bool:
         """False for buffers and for parameters the framework computes no gradient for."""
-        return self._is_param and self._adapter.trainable(self.native)
+        return self._is_param and self._adapter.trainable(self._leaf)
 
     @property
     def is_buffer(self) -> bool:
@@ -136,7 +141,7 @@ class Param:
 
     # -- reading ----------------------------------------------------------------------
     def _native_checked(self) -> Any:
-        leaf = self.native
+        leaf = self._leaf
         if self._adapter.shape(leaf) is None:
             raise UninitializedError(
                 f"{self.path} is not initialized yet: its shape is decided by the first forward pass. "
@@ -162,7 +167,7 @@ class Param:
     @property
     def grad(self) -> np.ndarray | None:
         """The gradient, canonical layout, read-only; None before any backward pass."""
-        g = self._adapter.grad(self.native)
+        g = self._adapter.grad(self._leaf)
         if g is None:
             return None
         perm = self._perm(g.ndim)
@@ -201,7 +206,7 @@ class Param:
                 f"Cannot write a value of shape {value.shape} into {where}, of shape {np.shape(target)}. Nothing was written."
             ) from None
         if self._perm(current.ndim) is None:
-            self._adapter.write(self.native, value, index)
+            self._adapter.write(self._leaf, value, index)
         else:
             full = current.copy()
             full[index] = value
@@ -228,7 +233,7 @@ class Param:
         """Write a validated canonical value of the right shape and dtype."""
         perm = self._perm(value.ndim)
         native = np.ascontiguousarray(value.transpose(inverse(perm))) if perm else value
-        self._adapter.write(self.native, native, None)
+        self._adapter.write(self._leaf, native, None)
 
     def __repr__(self) -> str:
         shape = self.shape
@@ -273,24 +278,29 @@ class Node:
     @property
     def native(self) -> Any:
         """The framework's own module."""
+        return self._tree._adapter.native(self._module)
+
+    @property
+    def _module(self) -> Any:
+        """The adapter's object for this module, read live (what the adapter's methods take)."""
         return self._tree._module_at(self.path)
 
     @property
     def type_name(self) -> str:
         """The native class name: ``"Linear"``, ``"Dense"``."""
-        return self._tree._adapter.type_name(self.native)
+        return self._tree._adapter.type_name(self._module)
 
     @property
     def kind(self) -> str | None:
         """The layer kind of the canonical tables (``"dense"``, ``"conv"``...) or None."""
-        return self._tree._adapter.kind(self.native)
+        return self._tree._adapter.kind(self._module)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path or '(root)'!r}: {self.type_name}>"
 
     def __str__(self) -> str:
         self._tree._sync()
-        return _picture.draw(self._tree, self.native)
+        return _picture.draw(self._tree, self._module)
 
     # -- lookup -----------------------------------------------------------------------------
     def __getitem__(self, key: int | str) -> Node | Param:
@@ -309,7 +319,7 @@ class Node:
         return True
 
     def _segments(self) -> list[str]:
-        return [seg for seg, _ in self._tree._adapter.children(self.native)]
+        return [seg for seg, _ in self._tree._adapter.children(self._module)]
 
     def __iter__(self) -> Iterator[Node]:
         """The children, in order."""
@@ -582,6 +592,7 @@ class Node:
         for _, p, (q, owner, name) in pairs:
             if p is not q:
                 self._tree._adapter.share(p._owner, p._name, owner, name)
+        self._tree._adapter.shared(self._tree._native)
         self._tree._fp = None  # the tie pattern changed: rebuild on next use
 
     def _occurrences(self) -> dict[str, tuple[Param, Any, str]]:
@@ -642,6 +653,10 @@ class ParamTree(Node):
     @property
     def native(self) -> Any:
         """The wrapped model."""
+        return self._adapter.native(self._native)
+
+    @property
+    def _module(self) -> Any:
         return self._native
 
     @property
@@ -801,7 +816,18 @@ class ParamTree(Node):
             self._sync()
             known = [p for p, _ in self._flat] + [p for p, _ in self._modules]
             raise PathError.missing(full, f"{self.type_name} (the {self.backend} model)", known)
-        return self._node(full) if found[1] is None else found[1]
+        return self._node(self._canonical(full)) if found[1] is None else found[1]
+
+    def _canonical(self, path: str) -> str:
+        """``path`` with each alias (a Keras layer's own name) replaced by its child's segment."""
+        adapter = self._adapter
+        if not path or type(adapter).segment is Adapter.segment:
+            return path
+        native, out = self._native, []
+        for seg in path.split("."):
+            out.append(adapter.segment(native, seg))
+            native = adapter.child(native, seg)
+        return ".".join(out)
 
     def backward(self, loss_fn: Callable[[Any], Any], *inputs: Any) -> float:
         """Run the model on ``inputs``, ``loss_fn`` on its native output, and differentiate natively.
