@@ -1,0 +1,69 @@
+"""wrap + traversal of 10,000-tensor flax models against the framework's own traversals:
+``jax.tree_util.tree_flatten_with_path`` of linen variables, ``nnx.state`` of an NNX model;
+zero-copy reads."""
+
+from __future__ import annotations
+
+import sys
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from flax import nnx
+from run import best, report
+
+import unitree as ut
+
+LAYERS = 5000  # a kernel and a bias each: 10,000 tensors
+
+
+def linen(repeat: int) -> None:
+    net = nn.Sequential([nn.Dense(4) for _ in range(LAYERS)])
+    # shapes without running 5,000 initializers, then small real arrays
+    shapes = jax.eval_shape(net.init, jax.random.key(0), jnp.ones((1, 4)))
+    variables = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    n = len(jax.tree_util.tree_leaves(variables))
+    native = best(lambda: jax.tree_util.tree_flatten_with_path(variables), repeat)
+    first = best(lambda: list(ut.wrap(net, variables).named_parameters()), repeat)
+    tree = ut.wrap(net, variables)
+    list(tree.named_parameters())
+    again = best(lambda: list(tree.named_parameters()), repeat)
+    what = f"{first * 1e3:.1f} ms vs tree_flatten_with_path {native * 1e3:.1f} ms"
+    report(f"linen: wrap + named_parameters, {n:,} tensors", first, native, 2.0, what)
+    report("linen: second traversal (cached)", again, native, 2.0, f"{again * 1e3:.1f} ms")
+
+    layer = nn.Dense(256)
+    small = layer.init(jax.random.key(0), jnp.ones((1, 256)))
+    p = ut.wrap(layer, small)["weight"]
+    shared = np.shares_memory(p.numpy(), np.asarray(small["params"]["kernel"]))
+    print(f"{'linen: p.numpy() shares memory with the array':<44} {shared}")
+
+
+def nnx_model(repeat: int) -> None:
+    rngs = nnx.Rngs(0)
+    model = nnx.Sequential(*[nnx.Linear(4, 4, rngs=rngs) for _ in range(LAYERS)])
+    n = len(jax.tree_util.tree_leaves(nnx.state(model)))
+    native = best(lambda: nnx.state(model), max(3, repeat // 5))  # slow: fewer rounds
+    first = best(lambda: list(ut.wrap(model).named_parameters()), max(3, repeat // 5))
+    tree = ut.wrap(model)
+    list(tree.named_parameters())
+    again = best(lambda: list(tree.named_parameters()), repeat)
+    what = f"{first * 1e3:.1f} ms vs nnx.state {native * 1e3:.1f} ms"
+    report(f"nnx: wrap + named_parameters, {n:,} tensors", first, native, 2.0, what)
+    report("nnx: second traversal (cached)", again, native, 2.0, f"{again * 1e3:.1f} ms")
+
+    layer = nnx.Linear(256, 256, rngs=rngs)
+    p = ut.wrap(layer)["weight"]
+    shared = np.shares_memory(p.numpy(), np.asarray(layer.kernel[...]))
+    print(f"{'nnx: p.numpy() shares memory with the array':<44} {shared}")
+
+
+def main(repeat: int) -> None:
+    linen(repeat)
+    nnx_model(repeat)
+    print(
+        f"flax {flax.__version__}, jax {jax.__version__}, numpy {np.__version__}, "
+        f"python {sys.version.split()[0]}"
+    )
