@@ -1,0 +1,598 @@
+"""Keras 3: ``keras.Layer`` trees, on whichever backend ``KERAS_BACKEND`` names (tensorflow, jax, torch).
+
+Paths are structural, never Keras's automatic names (``dense_3``), which count
+every layer the process has built:
+
+- ``Sequential`` and functional models are numbered by position in
+  ``model.layers``, input layers not counted: the deck's ``net.layers[i]``.
+  A layer's own name is accepted as an alias when indexing (``tree["encoder"]``)
+  but never used in a path.
+- Subclassed models and layers: attribute names in assignment order; a list
+  or tuple of layers is a node of its own (``blocks.0``), a dict too
+  (``heads.cls``), as torch's ``ModuleList`` and ``ModuleDict``.
+- Leaves are a layer's own variables under their Keras names (``kernel``,
+  ``moving_mean``): trainable ones are parameters, the others (batch-norm
+  moving statistics) buffers. A variable Keras named automatically
+  (``add_weight`` without a name gives ``variable_7``) is called by the
+  attribute that holds it instead.
+
+A tie is one ``keras.Variable`` object reached from two places: Keras shares
+parameters by reusing a layer instance, which appears at every position it is
+used. Values are read and written through the backend tensor behind the
+variable (``variable.value``), writes through ``Variable.assign``. A layer not
+built yet holds no variables: a layer whose variables are known by kind
+(dense, conv, embedding, normalization) shows them with an unknown shape
+until the model is called once.
+
+``tree.backward`` calls the model as ``model(*inputs)`` does (no ``training``
+argument: Keras's inference behaviour, as in the deck) under the backend's
+autodiff: a ``GradientTape`` on tensorflow, ``jax.grad`` over
+``stateless_call`` on jax (what the call changed in non-trainable state is
+assigned back), autograd on torch, where the gradient stays on the tensor
+(``variable.value.grad``) as torch keeps it. Elsewhere the adapter keeps the
+sums, keyed by variable. A parameter the loss does not use has no gradient on
+tensorflow and torch, and zeros on jax, as each computes it.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Callable
+
+import keras
+import numpy as np
+from keras.src.models.functional import Functional  # no public name; stable across Keras 3
+
+from unitree._adapter import Adapter, Leaf
+from unitree._errors import PathError, UninitializedError, UnsupportedModelError, ValueTypeError
+
+BACKEND = keras.backend.backend()
+
+_KINDS: dict[type, str] = {
+    keras.layers.Dense: "dense",
+    keras.layers.Conv1D: "conv",
+    keras.layers.Conv2D: "conv",
+    keras.layers.Conv3D: "conv",
+    keras.layers.Embedding: "embedding",
+    keras.layers.LayerNormalization: "layer_norm",
+    keras.layers.BatchNormalization: "batch_norm",
+}
+_kind_of: dict[type, str | None] = {}  # filled per class on first sight
+
+# Keras's automatic variable names: "variable", "variable_12" (a process-global counter).
+_AUTO_NAME = re.compile(r"variable(_\d+)?")
+_PLAIN: set[str] = set()  # variable names seen to be neither automatic nor dotted
+
+# Attributes that hold layers for Keras's (or, on the torch backend, torch's) own bookkeeping.
+_INTERNAL = frozenset(
+    {
+        "_layers",
+        "_tracker",
+        "_inbound_nodes",
+        "_outbound_nodes",
+        "_modules",
+        "_parameters",
+        "_buffers",
+    }
+)
+
+
+class Unbuilt:
+    """A variable a layer creates when it is built: its name is known, its shape is not."""
+
+    __slots__ = ("name", "trainable")
+
+    def __init__(self, name: str, trainable: bool) -> None:
+        self.name = name
+        self.trainable = trainable
+
+    def __repr__(self) -> str:
+        return f"<Unbuilt {self.name}: the layer is built on its first call>"
+
+
+def _pending(layer: keras.Layer, kind: str | None) -> list[tuple[str, bool]]:
+    """(name, trainable) of the variables ``layer`` will create, for the kinds whose build we know."""
+    if kind in ("dense", "conv"):
+        return [("kernel", True)] + ([("bias", True)] if layer.use_bias else [])
+    if kind == "embedding":
+        return [("embeddings", True)]
+    if kind in ("layer_norm", "batch_norm"):
+        out = [("gamma", True)] if layer.scale else []
+        out += [("beta", True)] if layer.center else []
+        if kind == "batch_norm":
+            out += [("moving_mean", False), ("moving_variance", False)]
+        return out
+    return []
+
+
+class Container:
+    """A list, tuple or dict of layers held by a layer attribute: a node of its own.
+
+    It reads its items live from its owner, so a reassigned attribute shows
+    the new items; one object per (owner, key) keeps the tree's identities stable.
+    """
+
+    __slots__ = ("__weakref__", "_key", "_owner", "_subs")
+
+    def __init__(self, owner: Any, key: Any) -> None:
+        self._owner = owner  # a Layer, or the Container this one is an item of
+        self._key = key
+        self._subs: dict[Any, Container] = {}
+
+    @property
+    def value(self) -> Any:
+        owner = self._owner
+        if isinstance(owner, Container):
+            return owner.value[self._key]
+        return _attributes_of(owner)[self._key]
+
+    def sub(self, key: Any) -> Container:
+        found = self._subs.get(key)
+        if found is None:
+            found = self._subs[key] = Container(self, key)
+        return found
+
+
+def _attributes_of(layer: Any) -> dict[str, Any]:
+    """A layer's attributes; on the torch backend, sublayers live in ``_modules`` instead."""
+    attrs = vars(layer)
+    modules = attrs.get("_modules")
+    if BACKEND == "torch" and modules:
+        return {**attrs, **modules}
+    return attrs
+
+
+def _is_sequence(value: Any) -> bool:
+    # Not a namedtuple: that is a record (TensorFlow keeps its tracking references in them).
+    # TensorFlow wraps a tuple attribute in a proxy that passes isinstance(value, tuple).
+    return isinstance(value, list) or (isinstance(value, tuple) and not hasattr(value, "_fields"))
+
+
+def _has_layer(value: Any) -> bool:
+    if isinstance(value, keras.Layer):
+        return True
+    if _is_sequence(value):
+        return any(_has_layer(v) for v in value)
+    if isinstance(value, Mapping):
+        return any(_has_layer(v) for v in value.values())
+    return False
+
+
+def _items(value: Any) -> Iterable[tuple[Any, Any]]:
+    if isinstance(value, Mapping):
+        return value.items()
+    return enumerate(value)
+
+
+def _first_layer(value: Any, order: Mapping[int, int]) -> int:
+    """Where the first layer inside ``value`` was tracked: the assignment order of its attribute."""
+    if isinstance(value, keras.Layer):
+        return order.get(id(value), len(order))
+    return min(
+        (_first_layer(v, order) for _, v in _items(value) if _has_layer(v)), default=len(order)
+    )
+
+
+def _to_numpy(t: Any) -> np.ndarray:
+    """The backend tensor's values; a view of its memory where the backend allows it."""
+    if BACKEND == "jax":
+        return np.asarray(t)  # a read-only view on CPU
+    if BACKEND == "tensorflow":
+        if isinstance(t, tf.Variable):
+            t = t.read_value()  # a snapshot: TensorFlow copies on the next write
+        return np.asarray(t)
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    try:
+        return t.numpy()  # a view of a CPU tensor
+    except TypeError:  # bfloat16, float8: numpy knows them only through ml_dtypes
+        import ml_dtypes
+
+        name = str(t.dtype).rpartition(".")[2]
+        bits = {1: torch.uint8, 2: torch.int16}[t.element_size()]
+        return t.view(bits).numpy().view(getattr(ml_dtypes, name))
+
+
+if BACKEND == "tensorflow":
+    import tensorflow as tf
+elif BACKEND == "jax":
+    import jax
+else:
+    import torch
+
+
+class KerasAdapter(Adapter):
+    name = "keras"
+
+    def __init__(self) -> None:
+        # Gradients live outside Keras, which stores none: id(variable) -> (weak ref, sum so far).
+        self._grads: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+        self._unbuilt: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._containers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def root(self, obj: Any, *state: Any) -> Any:
+        if not isinstance(obj, keras.Layer):
+            raise UnsupportedModelError(
+                f"Expected a keras.Layer (a layer or a model), got {type(obj).__module__}.{type(obj).__qualname__}."
+            )
+        return super().root(obj, *state)
+
+    # -- structure ------------------------------------------------------------------
+    @staticmethod
+    def _positional(module: Any) -> list[Any] | None:
+        """The layers of a Sequential or functional model, input layers not counted; else None."""
+        if isinstance(module, keras.Sequential):
+            return module.layers
+        if isinstance(module, Functional):
+            return [
+                layer for layer in module.layers if not isinstance(layer, keras.layers.InputLayer)
+            ]
+        return None
+
+    def children(self, module: Any) -> Sequence[tuple[str, Any]]:
+        if type(module) is Container:
+            return [
+                (str(k), v if isinstance(v, keras.Layer) else module.sub(k))
+                for k, v in _items(module.value)
+                if _has_layer(v)
+            ]
+        if not module._layers:  # no sublayers: every leaf layer ends here
+            return ()
+        layers = self._positional(module)
+        if layers is not None:
+            return [(str(i), layer) for i, layer in enumerate(layers)]
+        return self._attribute_children(module)
+
+    def _attribute_children(self, layer: Any) -> list[tuple[str, Any]]:
+        """(attribute, layer or Container) in assignment order: the order Keras tracked them in."""
+        order = {id(x): i for i, x in enumerate(layer._layers)}
+        found = []
+        for name, value in _attributes_of(layer).items():
+            if name in _INTERNAL or name.startswith("_self_") or not _has_layer(value):
+                continue
+            if isinstance(value, keras.Layer):
+                found.append((_first_layer(value, order), name, value))
+                continue
+            if not (_is_sequence(value) or isinstance(value, Mapping)):
+                continue
+            containers = self._containers.setdefault(layer, {})
+            box = containers.get(name)
+            if box is None:
+                box = containers[name] = Container(layer, name)
+            found.append((_first_layer(value, order), name, box))
+        found.sort(key=lambda item: item[0])
+        return [(name, value) for _, name, value in found]
+
+    def child(self, module: Any, segment: str) -> Any:
+        if type(module) is Container:
+            return dict(self.children(module)).get(segment)
+        if not module._layers:
+            return None
+        layers = self._positional(module)
+        if layers is not None:
+            if segment.isdigit():
+                i = int(segment)
+                return layers[i] if i < len(layers) else None
+            return next((x for x in layers if x.name == segment), None)
+        found = dict(self._attribute_children(module))
+        if segment in found:
+            return found[segment]
+        return next(
+            (x for x in found.values() if isinstance(x, keras.Layer) and x.name == segment), None
+        )
+
+    def segment(self, module: Any, key: str) -> str:
+        """A layer's own name (an alias) -> the path segment of its first position."""
+        if key.isdigit() and key == str(int(key)) and self._positional(module) is not None:
+            return key  # a position: the common case, without listing the children
+        children = self.children(module)
+        if any(seg == key for seg, _ in children):
+            return key
+        target = self.child(module, key)
+        return next((seg for seg, c in children if c is target), key)
+
+    def _objects(self, module: Any) -> list[Any]:
+        """The module's own variables in leaf order, or the Unbuilt stand-ins of a layer not built yet."""
+        if type(module) is Container:
+            return []
+        own = module._trainable_variables + module._non_trainable_variables
+        if own or module.built:
+            return own
+        stand_ins = self._unbuilt.get(module)
+        if stand_ins is None:
+            pending = _pending(module, self.kind(module))
+            stand_ins = self._unbuilt[module] = [Unbuilt(n, t) for n, t in pending]
+        return stand_ins
+
+    def leaves(self, module: Any) -> list[Leaf]:
+        # the hot path of every wrap: one call per layer, kept to plain tuples in Leaf's shape
+        if type(module) is Container:
+            return []
+        trainable, other = module._trainable_variables, module._non_trainable_variables
+        out = [(v.name, v, True, True) for v in trainable]
+        if other:
+            out += [(v.name, v, False, True) for v in other]
+        elif not out:
+            return (
+                []
+                if module.built
+                else [(u.name, u, u.trainable, True) for u in self._objects(module)]
+            )
+        # names Keras chose automatically, twice or with a dot are replaced; checked cheaply for
+        # the common one- and two-variable layers, whose names are almost always plain
+        if len(out) == 2:
+            a, b = out[0][0], out[1][0]
+            plain = a != b and a in _PLAIN and b in _PLAIN
+        else:
+            names = {leaf[0] for leaf in out}
+            plain = len(names) == len(out) and names <= _PLAIN
+        return out if plain else self._renamed(module, out)
+
+    @staticmethod
+    def _renamed(module: Any, leaves: list[Leaf]) -> list[Leaf]:
+        """Leaves whose Keras names are automatic, repeated or dotted, named by their attributes."""
+        names = [leaf[0] for leaf in leaves]
+        _PLAIN.update(n for n in names if "." not in n and not _AUTO_NAME.fullmatch(n))
+        if all(names.count(n) == 1 for n in names) and set(names) <= _PLAIN:
+            return leaves
+        holders = _holders(module)
+        out: list[str] = []
+        for i, (n, v, *_) in enumerate(leaves):
+            if names.count(n) > 1 or "." in n or _AUTO_NAME.fullmatch(n):
+                n = next(
+                    (a for a in holders.get(id(v), []) if a not in names and a not in out),
+                    f"var_{i}",
+                )
+            out.append(n)
+        return [(n, *leaf[1:]) for n, leaf in zip(out, leaves)]
+
+    def leaf(self, module: Any, name: str) -> Any:
+        for leaf in self.leaves(module):
+            if leaf[0] == name:
+                return leaf[1]
+        raise PathError(f"The {type(module).__name__} layer no longer has a variable {name!r}.")
+
+    def native(self, obj: Any) -> Any:
+        return obj.value if type(obj) is Container else obj  # the list or dict itself
+
+    def type_name(self, module: Any) -> str:
+        if type(module) is Container:
+            # __class__, not type(): TensorFlow's proxies answer with the class they wrap
+            return module.value.__class__.__name__.removeprefix("Tracked").lower()
+        return type(module).__name__
+
+    def kind(self, module: Any) -> str | None:
+        cls = type(module)
+        if cls not in _kind_of:
+            _kind_of[cls] = next((_KINDS[base] for base in cls.__mro__ if base in _KINDS), None)
+        return _kind_of[cls]
+
+    def fingerprint(self, root: Any) -> Any:
+        # the same ids, in the same order, as the core's build reads through leaves() and children()
+        ids: list[int] = []
+        add, extend = ids.append, ids.extend
+        objects, children = self._objects, self.children
+
+        def visit(module: Any) -> None:
+            add(id(module))
+            extend([id(v) for v in objects(module)])
+            for _, c in children(module):
+                visit(c)
+
+        visit(root)
+        return ids
+
+    # -- one leaf -----------------------------------------------------------------------
+    def shape(self, leaf: Any) -> tuple[int, ...] | None:
+        if type(leaf) is Unbuilt:
+            return None
+        return tuple(int(d) for d in leaf.shape)
+
+    def dtype(self, leaf: Any) -> str:
+        if type(leaf) is Unbuilt:
+            return keras.config.floatx()
+        return leaf.dtype
+
+    def device(self, leaf: Any) -> str:
+        if type(leaf) is Unbuilt:  # where Keras will create it: the first GPU, if any
+            devices = self.devices()
+            return devices[1] if len(devices) > 1 else "cpu"
+        t = leaf.value
+        if BACKEND == "jax":
+            d = next(iter(t.devices()))
+            return "cpu" if d.platform == "cpu" else f"gpu:{d.id}"
+        if BACKEND == "tensorflow":
+            kind, _, index = t.device.rpartition("device:")[2].partition(":")
+            return "cpu" if kind == "CPU" else f"{kind.lower()}:{index}"
+        return "cpu" if t.device.type == "cpu" else f"gpu:{t.device.index or 0}"
+
+    def trainable(self, leaf: Any) -> bool:
+        return bool(leaf.trainable)
+
+    def read(self, leaf: Any) -> np.ndarray:
+        return _to_numpy(leaf.value)
+
+    def write(self, leaf: Any, value: np.ndarray, index: Any = None) -> None:
+        if index is not None:  # Keras variables take whole values only
+            full = np.array(self.read(leaf))
+            full[index] = value
+            value = full
+        # Variable.assign: in place on tensorflow and torch, a new array on jax; every alias
+        # sees it, being the same Keras variable
+        leaf.assign(value)
+
+    def data(self, leaf: Any) -> Any:
+        return leaf.value
+
+    def grad(self, leaf: Any) -> np.ndarray | None:
+        if type(leaf) is Unbuilt:
+            return None
+        if BACKEND == "torch":  # autograd keeps it on the tensor, and accumulates it there
+            g = leaf.value.grad
+            return None if g is None else _to_numpy(g)
+        entry = self._grads.get(id(leaf))
+        if entry is None or entry[0]() is not leaf:
+            return None
+        return entry[1]
+
+    def asarray(self, value: Any) -> np.ndarray:
+        if isinstance(value, keras.Variable):
+            return self.read(value)
+        if keras.ops.is_tensor(value):
+            return _to_numpy(value)
+        return np.asarray(value)
+
+    # -- the whole model ------------------------------------------------------------------
+    def devices(self) -> list[str]:
+        if BACKEND == "tensorflow":
+            gpus = len(tf.config.list_logical_devices("GPU"))
+        elif BACKEND == "jax":
+            try:
+                gpus = len(jax.devices("gpu"))
+            except RuntimeError:  # no GPU backend in this jax
+                gpus = 0
+        else:
+            gpus = torch.cuda.device_count()
+        return ["cpu"] + [f"gpu:{i}" for i in range(gpus)]
+
+    def backward(self, root: Any, loss_fn: Callable[[Any], Any], inputs: Sequence[Any]) -> float:
+        floating = next(
+            (v.dtype for v in root.trainable_variables if "float" in v.dtype), keras.config.floatx()
+        )
+        args = [self._input(x, floating) for x in inputs]
+        if BACKEND == "torch":
+            loss = _scalar(loss_fn(root(*args)))
+            loss.backward()
+            return float(loss.item())
+        if BACKEND == "tensorflow":
+            trainable = root.trainable_variables
+            with tf.GradientTape() as tape:
+                tape.watch([v.value for v in trainable])
+                loss = _scalar(loss_fn(root(*args)))
+            grads = tape.gradient(loss, [v.value for v in trainable])
+            self._accumulate(
+                trainable, [None if g is None else tf.convert_to_tensor(g) for g in grads]
+            )
+            return float(np.asarray(loss).reshape(()))
+        if not root.built:  # stateless_call needs the variables: build them as a first call would
+            root(*args)
+        trainable, non_trainable = root.trainable_variables, root.non_trainable_variables
+
+        def f(values: list, state: list) -> tuple[Any, list]:
+            y, state = root.stateless_call(values, state, *args)
+            return _scalar(loss_fn(y)).reshape(()), state
+
+        (loss, state), grads = jax.value_and_grad(f, has_aux=True)(
+            [v.value for v in trainable], [v.value for v in non_trainable]
+        )
+        for v, value in zip(non_trainable, state):  # what the call changed, as an eager call would
+            v.assign(value)
+        self._accumulate(trainable, grads)
+        return float(loss)  # a jax scalar
+
+    @staticmethod
+    def _input(x: Any, floating: str) -> Any:
+        if isinstance(x, np.ndarray) or np.isscalar(x):
+            a = np.asarray(x)
+            return keras.ops.convert_to_tensor(a, dtype=floating if a.dtype.kind == "f" else None)
+        return x
+
+    def _accumulate(self, variables: Sequence[Any], grads: Sequence[Any]) -> None:
+        for v, g in zip(variables, grads):
+            if g is None:  # TensorFlow: the loss does not depend on it
+                continue
+            g = np.array(_to_numpy(g))
+            entry = self._grads.get(id(v))
+            if entry is not None and entry[0]() is v:
+                self._grads[id(v)] = (entry[0], entry[1] + g)  # a new array: grads read before stay
+            else:
+                key = id(v)
+                ref = weakref.ref(v, lambda r, key=key: self._drop(key, r))
+                self._grads[key] = (ref, g)
+
+    def _drop(self, key: int, ref: weakref.ref) -> None:
+        entry = self._grads.get(key)
+        if entry is not None and entry[0] is ref:
+            del self._grads[key]
+
+    def share(self, src_owner: Any, src_name: str, dst_owner: Any, dst_name: str) -> None:
+        new, old = self.leaf(src_owner, src_name), self.leaf(dst_owner, dst_name)
+        if type(new) is Unbuilt or type(old) is Unbuilt:
+            raise UninitializedError(
+                "Cannot tie layers that are not built yet: their variables do not exist. "
+                "Call the model once on an input, then tie."
+            )
+        if self.shape(new) != self.shape(old):
+            raise NotImplementedError(
+                f"tie is not supported by the keras adapter between {type(src_owner).__name__}.{src_name} "
+                f"{self.shape(new)} and {type(dst_owner).__name__}.{dst_name} {self.shape(old)}: "
+                "one Keras variable cannot serve two layouts. Reuse one layer instance instead, "
+                "or a layer that reads the other's variable in its own layout."
+            )
+        # Every variable of the layer must sit in an attribute we can point elsewhere: checked for
+        # the whole layer at its first leaf, so that a tie Keras cannot make changes nothing.
+        holders = _holders(dst_owner)
+        objects = self._objects(dst_owner)
+        hidden = [v.name for v in objects if id(v) not in holders]
+        if hidden:
+            raise NotImplementedError(
+                f"tie is not supported by the keras adapter for {type(dst_owner).__name__}: it keeps "
+                f"{hidden} outside its attributes, so it cannot be pointed at another layer's variables. "
+                "Keras shares parameters by reusing the layer instance: put the same layer at both "
+                "places in the model definition."
+            )
+        # Keras's own tracker helpers compare with ==, which Variables answer elementwise: by identity here.
+        tracker = dst_owner._tracker
+        store = next(k for k, ids in tracker.stored_ids.items() if id(old) in ids)
+        tracked = tracker.config[store][1]
+        i = next(i for i, v in enumerate(tracked) if v is old)
+        if tracker.is_in_store(store, new):  # it already holds it under another name
+            del tracked[i]
+        else:
+            tracked[i] = new
+            tracker.stored_ids[store].add(id(new))
+        tracker.stored_ids[store].discard(id(old))
+        for attr in holders[id(old)]:
+            setattr(dst_owner, attr, new)  # tracked already: Keras keeps it where it is
+        dst_owner._post_untrack_variable(old)  # torch backend: the layer's torch parameters
+        dst_owner._post_track_variable(new)
+
+    def shared(self, root: Any) -> None:
+        """Drop what Keras compiled against the old variables; torch: re-list every layer's parameters."""
+        layers = root._flatten_layers()
+        # a Sequential runs through a functional twin of itself, with caches of its own
+        layers += [
+            x._functional
+            for x in layers
+            if isinstance(getattr(x, "_functional", None), keras.Layer)
+        ]
+        for layer in layers:
+            for fn in ("train_function", "test_function", "predict_function"):
+                if getattr(layer, fn, None) is not None:
+                    setattr(layer, fn, None)
+            if BACKEND == "torch" and "_torch_params" in layer._modules:
+                layer._track_variables()
+
+
+def _holders(layer: Any) -> dict[int, list[str]]:
+    """id(variable) -> the layer's attributes holding it."""
+    out: dict[int, list[str]] = {}
+    for name, value in vars(layer).items():
+        if isinstance(value, keras.Variable):
+            out.setdefault(id(value), []).append(name)
+    return out
+
+
+def _scalar(loss: Any) -> Any:
+    if not keras.ops.is_tensor(loss) or int(np.prod(loss.shape)) != 1:
+        raise ValueTypeError(
+            f"loss_fn must return a scalar {BACKEND} tensor (keras.ops.sum(y), for example), "
+            f"got {type(loss).__name__} {getattr(loss, 'shape', '')}."
+        )
+    return loss
+
+
+adapter = KerasAdapter()

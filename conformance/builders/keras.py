@@ -1,0 +1,111 @@
+"""The deck's models in Keras 3, as ../shared/deck/tensorflow-keras.txt builds them.
+
+The backend is the one ``KERAS_BACKEND`` names (tensorflow, jax or torch): one
+matrix column each.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+import numpy as np
+from keras import layers
+
+import unitree as ut
+
+name = "keras"
+label = f"keras-{keras.backend.backend()}"
+version = keras.__version__
+names = {"sequential": "Sequential", "dense": "Dense", "relu": "ReLU"}
+can_tie = True
+deck_layers = (1, 2)  # the deck puts a Flatten first
+
+
+def devices() -> list[str]:
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = len(tf.config.list_logical_devices("GPU"))
+    elif backend == "jax":
+        import jax
+
+        gpus = sum(d.platform == "gpu" for d in jax.devices())
+    else:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    return ["cpu"] + [f"gpu:{i}" for i in range(gpus)]
+
+
+def _run(build: Callable[[], keras.Model], device: str, X: np.ndarray) -> keras.Model:
+    with keras.device(device):  # variables are created on the first call, under this scope
+        net = build()
+        net(X)
+    return net
+
+
+def deck_mlp(device: str, X: np.ndarray) -> keras.Model:
+    return _run(
+        lambda: keras.Sequential(
+            [layers.Flatten(), layers.Dense(8, activation="relu"), layers.Dense(1)]
+        ),
+        device,
+        X,
+    )
+
+
+def mlp(device: str, X: np.ndarray) -> keras.Model:
+    return _run(
+        lambda: keras.Sequential([layers.Dense(8), layers.ReLU(), layers.Dense(1)]), device, X
+    )
+
+
+def deck_tied(device: str, X: np.ndarray, tied: bool = True) -> tuple[keras.Model, tuple[int, int]]:
+    def build() -> keras.Model:
+        # the deck's shared layer: one Dense instance at two positions of net.layers
+        shared = layers.Dense(8, activation="relu")
+        other = shared if tied else layers.Dense(8, activation="relu")
+        return keras.Sequential(
+            [layers.Flatten(), layers.Dense(8, activation="relu"), shared, other, layers.Dense(1)]
+        )
+
+    return _run(build, device, X), (2, 3)
+
+
+wrap = ut.wrap
+
+
+def _numpy(t: object) -> np.ndarray:
+    """A backend tensor as numpy, through the backend's own API (keras.ops.convert_to_numpy
+    warns under numpy 2 on the jax and torch backends)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return t.numpy()
+    if backend == "jax":
+        return np.asarray(t)
+    return t.detach().cpu().numpy()
+
+
+def forward(tree: ut.ParamTree, X: np.ndarray) -> np.ndarray:
+    return _numpy(tree.native(X))
+
+
+def loss(y: object) -> object:
+    return keras.ops.sum(y)
+
+
+def native_value(tree: ut.ParamTree, i: int, leaf: str) -> np.ndarray:
+    layer = tree.native.layers[i]
+    if leaf == "weight":
+        return _numpy(layer.kernel.value).T  # kernel (in, out) -> weight (out, in)
+    return _numpy(getattr(layer, leaf).value)
+
+
+def is_parameter(obj: object) -> bool:
+    return isinstance(obj, keras.Variable)
+
+
+def is_tensor(obj: object) -> bool:
+    return keras.ops.is_tensor(obj) and not isinstance(obj, keras.Variable)
