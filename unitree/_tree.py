@@ -697,39 +697,44 @@ class ParamTree(Node):
         buffers: list[Entry] = []
         fp: list[int] = []  # what adapter.fingerprint() returns for an unchanged model
 
+        plans: dict[tuple[Any, ...], list[tuple[int, str, Rule | None]]] = {}
+
         # The hot loop of the first traversal: kept flat, it runs once per module and leaf.
         def visit(native: Any, pre: str) -> None:
             fp.append(id(native))
             leaves = adapter.leaves(native)
-            table = rules(backend, adapter.kind(native)) if with_rules else None
-            if table:
+            if leaves:
                 fp.extend([id(leaf[1]) for leaf in leaves])
-                leaves = _canonical_order(leaves, table)
-            for native_name, obj, is_param, persistent in leaves:
-                if table:
-                    rule = table.get(native_name)
-                    path = pre + (rule.canonical if rule else native_name)
-                else:
-                    rule, path = None, pre + native_name
-                    fp.append(id(obj))
-                ident = id(obj) if same else adapter.identity(obj)
-                p = by_ident.get(ident)
-                if p is None:
-                    p = old.get(ident) if old else None  # keep Param identity across re-reads
+                # the same kind with the same leaf names maps the same way: work it out once
+                key = (adapter.kind(native) if with_rules else None, *[leaf[0] for leaf in leaves])
+                plan = plans.get(key)
+                if plan is None:
+                    plan = plans[key] = _plan(leaves, rules(backend, key[0]))
+                for i, name, rule in plan:
+                    native_name, obj, is_param, persistent = leaves[i]
+                    path = pre + name
+                    ident = id(obj) if same else adapter.identity(obj)
+                    p = by_ident.get(ident)
                     if p is None:
-                        p = Param(adapter, native, native_name, path, rule, is_param, persistent)
+                        p = old.get(ident) if old else None  # keep Param identity across re-reads
+                        if p is None:
+                            p = Param(
+                                adapter, native, native_name, path, rule, is_param, persistent
+                            )
+                        else:
+                            p.__init__(
+                                adapter, native, native_name, path, rule, is_param, persistent
+                            )
+                        by_ident[ident] = p
+                        entry = (path, p)
+                        (params if is_param else buffers).append(entry)
                     else:
-                        p.__init__(adapter, native, native_name, path, rule, is_param, persistent)
-                    by_ident[ident] = p
-                    entry = (path, p)
-                    (params if is_param else buffers).append(entry)
-                else:
-                    entry = (path, p)
-                    if p._aliases is None:
-                        p._aliases = [path]
-                    else:
-                        p._aliases.append(path)
-                flat.append(entry)
+                        entry = (path, p)
+                        if p._aliases is None:
+                            p._aliases = [path]
+                        else:
+                            p._aliases.append(path)
+                    flat.append(entry)
             for seg, child in adapter.children(native):
                 path = pre + seg
                 modules.append((path, child))
@@ -756,14 +761,10 @@ class ParamTree(Node):
     def _leaf_items(self, native: Any) -> list[tuple[str, str, Param]]:
         """(canonical name, native name, Param) of one module's own leaves, read live."""
         adapter = self._adapter
-        kind = adapter.kind(native)
-        table = rules(adapter.name, kind) if kind else None
         leaves = adapter.leaves(native)
-        if table:
-            leaves = _canonical_order(leaves, table)
         out = []
-        for native_name, obj, *_ in leaves:
-            rule = table.get(native_name) if table else None
+        for i, name, _ in _plan(leaves, rules(adapter.name, adapter.kind(native))):
+            native_name, obj = leaves[i][:2]
             p = self._by_ident.get(adapter.identity(obj))
             if p is None:  # a leaf we have not seen: the model changed since the last read
                 self._build()
@@ -772,7 +773,7 @@ class ParamTree(Node):
                     raise PathError(
                         f"A {adapter.type_name(native)} module is no longer part of the model."
                     )
-            out.append((rule.canonical if rule else native_name, native_name, p))
+            out.append((name, native_name, p))
         return out
 
     def _node(self, path: str) -> Node:
@@ -841,9 +842,22 @@ class ParamTree(Node):
         return float(self._adapter.backward(self._native, loss_fn, inputs))
 
 
-def _canonical_order(leaves: list[Leaf], table: Mapping[str, Rule]) -> list[Leaf]:
+def _plan(
+    leaves: list[Leaf], table: Mapping[str, Rule] | None
+) -> list[tuple[int, str, Rule | None]]:
+    """(index in ``leaves``, canonical name, rule) in canonical leaf order."""
+    if not table:
+        return [(i, leaf[0], None) for i, leaf in enumerate(leaves)]
     order = list(table)
-    return sorted(leaves, key=lambda leaf: order.index(leaf[0]) if leaf[0] in order else len(order))
+    ranked = sorted(
+        range(len(leaves)),
+        key=lambda i: order.index(leaves[i][0]) if leaves[i][0] in order else len(order),
+    )
+    out: list[tuple[int, str, Rule | None]] = []
+    for i in ranked:
+        rule = table.get(leaves[i][0])
+        out.append((i, rule.canonical if rule else leaves[i][0], rule))
+    return out
 
 
 def wrap(model: Any, *state: Any) -> ParamTree:

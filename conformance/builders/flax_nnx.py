@@ -14,6 +14,7 @@ import numpy as np
 from flax import nnx
 
 import unitree as ut
+from conformance.builders import flax_linen
 
 name = "flax"
 label = "flax-nnx"
@@ -21,21 +22,9 @@ version = f"{flax.__version__} (jax {jax.__version__})"
 names = {"sequential": "Sequential", "dense": "Linear", "relu": "relu"}
 can_tie = True
 deck_layers = (0, 2)
+devices, _device = flax_linen.devices, flax_linen._device  # the same jax devices
 
 _rngs = nnx.Rngs(0)
-
-
-def devices() -> list[str]:
-    try:
-        gpus = jax.devices("gpu")
-    except RuntimeError:
-        gpus = []
-    return ["cpu"] + [f"gpu:{d.id}" for d in gpus]
-
-
-def _device(device: str) -> jax.Device:
-    platform, _, index = device.partition(":")
-    return jax.devices(platform)[int(index or 0)]
 
 
 def _built(device: str, X: np.ndarray, layers: Callable[[], tuple]) -> nnx.Sequential:
