@@ -79,7 +79,8 @@ def versions(names: list[str]) -> str:
     parts = [f"unitree {unitree.__version__}"]
     for name in names:
         try:
-            parts.append(f"{name} {backends.load(name).version}")
+            b = backends.load(name)
+            parts.append(f"{b.label} {b.version}")
         except ImportError:
             parts.append(f"{name} not installed")
     parts += [f"numpy {numpy.__version__}", f"python {platform.python_version()}"]

@@ -14,9 +14,16 @@ from keras import layers
 
 import unitree as ut
 
+
+def _backend_version() -> str:
+    import importlib
+
+    return importlib.import_module(keras.backend.backend()).__version__
+
+
 name = "keras"
 label = f"keras-{keras.backend.backend()}"
-version = keras.__version__
+version = f"{keras.__version__} ({keras.backend.backend()} {_backend_version()})"
 names = {"sequential": "Sequential", "dense": "Dense", "relu": "ReLU"}
 can_tie = True
 deck_layers = (1, 2)  # the deck puts a Flatten first
