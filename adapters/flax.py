@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gc
 import re
 import sys
 import threading
@@ -574,15 +573,7 @@ def _linen_root(module: nn.Module, state: tuple[Any, ...]) -> _Root:
     if module.scope is not None:  # a bound module: read its definition
         module = module.clone(parent=None)
     root = _Root(module, variables)
-    # Pause the cyclic GC, as the core does while reading: the build allocates an object or
-    # three per module and leaf, all reachable, and each collection would walk them again.
-    paused = gc.isenabled()
-    gc.disable()
-    try:
-        _LinenBuilder(root).build()
-    finally:
-        if paused:
-            gc.enable()
+    _LinenBuilder(root).build()  # the core pauses the cyclic GC around root()
     if "params" not in variables and (
         any(_AUTO_NAME.match(c) for c in variables)
         or set(variables) & {child.scope[0] for _, child in _walk(root) if child.scope}

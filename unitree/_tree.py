@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import gc
 import threading
@@ -740,19 +741,13 @@ class ParamTree(Node):
                 modules.append((path, child))
                 visit(child, path + ".")
 
-        # Pause the cyclic GC: the build allocates tens of thousands of objects, all
-        # reachable, and each collection would walk the whole model graph again.
-        paused = gc.isenabled()
-        gc.disable()
         try:
-            visit(self._native, "")
+            with _gc_paused():
+                visit(self._native, "")
         except RecursionError:
             raise UnitreeError(
                 f"The {backend} model is nested too deeply to read, or contains itself: a module tree cannot have cycles."
             ) from None
-        finally:
-            if paused:
-                gc.enable()
         self._by_ident, self._flat, self._modules = by_ident, flat, modules
         self._unique_params, self._unique_buffers = params, buffers
         self._nodes = {}
@@ -872,4 +867,23 @@ def wrap(model: Any, *state: Any) -> ParamTree:
     if isinstance(model, ParamTree):
         return model
     adapter = adapter_for(model)
-    return ParamTree(adapter, adapter.root(model, *state))
+    with _gc_paused():  # an adapter may read the whole structure here (flax linen)
+        root = adapter.root(model, *state)
+    return ParamTree(adapter, root)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while reading a model's structure.
+
+    A read allocates tens of thousands of small objects, all reachable; each
+    collection it triggers would walk the whole model graph (and the
+    framework's heap) again, for nothing: it often doubled the time of a wrap.
+    """
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
