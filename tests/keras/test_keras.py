@@ -687,3 +687,17 @@ def test_devices_are_named_the_keras_way():
     adapter = ut.wrap(mlp())._adapter
     assert adapter.devices()[0] == "cpu"
     assert all(d.startswith("gpu:") for d in adapter.devices()[1:])
+
+
+def test_a_keras_model_is_keras_on_every_backend():
+    model = keras.Sequential([keras.layers.Dense(2)])
+    model.build((None, 3))
+    if keras.backend.backend() == "torch":
+        import torch
+
+        assert isinstance(model, torch.nn.Module)  # also a torch module, yet not read as one
+    tree = ut.wrap(model)
+    assert tree.backend == "keras" and [k for k, _ in tree.named_parameters()] == [
+        "0.weight",
+        "0.bias",
+    ]
