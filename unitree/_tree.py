@@ -698,7 +698,7 @@ class ParamTree(Node):
         buffers: list[Entry] = []
         fp: list[int] = []  # what adapter.fingerprint() returns for an unchanged model
 
-        plans: dict[tuple[Any, ...], list[tuple[int, str, Rule | None]]] = {}
+        plans: dict[Any, list[tuple[int, str, Rule | None]]] = {}
 
         # The hot loop of the first traversal: kept flat, it runs once per module and leaf.
         def visit(native: Any, pre: str) -> None:
@@ -706,14 +706,19 @@ class ParamTree(Node):
             leaves = adapter.leaves(native)
             if leaves:
                 fp.extend([id(leaf[1]) for leaf in leaves])
-                # the same kind with the same leaf names maps the same way: work it out once
-                key = (adapter.kind(native) if with_rules else None, *[leaf[0] for leaf in leaves])
-                plan = plans.get(key)
-                if plan is None:
-                    plan = plans[key] = _plan(leaves, rules(backend, key[0]))
+                if with_rules:
+                    # the same kind with the same leaf names maps the same way: work it out once
+                    key = (adapter.kind(native), *[leaf[0] for leaf in leaves])
+                    plan = plans.get(key)
+                    if plan is None:
+                        plan = plans[key] = _plan(leaves, rules(backend, key[0]))
+                else:  # native names and order: the plan depends on the count alone
+                    plan = plans.get(len(leaves))
+                    if plan is None:
+                        plan = plans[len(leaves)] = [(i, "", None) for i in range(len(leaves))]
                 for i, name, rule in plan:
                     native_name, obj, is_param, persistent = leaves[i]
-                    path = pre + name
+                    path = pre + (name or native_name)
                     ident = id(obj) if same else adapter.identity(obj)
                     p = by_ident.get(ident)
                     if p is None:
