@@ -37,8 +37,9 @@ nox.options.sessions = ["lint", "core", *ENVIRONMENTS, "matrix"]
 def _suite(session: nox.Session, tests: str, backends: str, **env: str) -> None:
     """The matrix column of this environment, then its unit tests and the conformance suite.
 
-    ``posargs`` replace the pytest arguments (``nox -s torch -- -k tie``); ``bench``
-    runs this environment's benchmarks instead.
+    ``posargs`` go to pytest: options are added to this environment's test paths
+    (``nox -s torch -- -k tie``), paths replace them (``nox -s torch -- conformance``);
+    ``bench`` runs this environment's benchmarks instead.
     """
     env = {"UNITREE_BACKENDS": backends, "UNITREE_CHECKPOINTS": CHECKPOINTS, **env}
     if session.posargs[:1] == ["bench"]:
@@ -49,7 +50,10 @@ def _suite(session: nox.Session, tests: str, backends: str, **env: str) -> None:
     if os.path.exists(part):
         os.remove(part)  # a column from an earlier run must never stand in for this one
     session.run("unitree", "conformance", "--report", part, env=env, success_codes=[0, 1])
-    session.run("pytest", *(session.posargs or [tests, "conformance"]), env=env)
+    args = session.posargs
+    if not (args and os.path.exists(args[0])):  # no paths given: this environment's tests
+        args = [tests, "conformance", *args]
+    session.run("pytest", *args, env=env)
 
 
 @nox.session
