@@ -11,6 +11,7 @@ import pytest
 from mxnet import autograd, gluon, npx
 from mxnet.gluon import nn
 from safetensors.numpy import save_file
+from unitree_checks import assert_read_once
 
 import unitree as ut
 from conformance.cases import mlp_gradients
@@ -665,18 +666,7 @@ def test_devices_and_structure_changes(api):
 
 def test_second_traversal_is_cached(api, monkeypatch):
     model = net()
-    tree = ut.wrap(model)
-    builds = []
-    original = ut.ParamTree._build
-    monkeypatch.setattr(ut.ParamTree, "_build", lambda self: builds.append(1) or original(self))
-    list(tree.named_parameters())
-    list(tree.named_parameters())
-    tree.state_dict()
-    str(tree)
-    assert builds == [1]
-    assert (
-        tree._fp == tree._adapter.fingerprint(model) == ut.Adapter.fingerprint(tree._adapter, model)
-    )
+    assert_read_once(ut.wrap(model), monkeypatch)
 
 
 def test_summary_and_lstm_native_names(api):

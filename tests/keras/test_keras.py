@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 from keras import layers
+from unitree_checks import assert_read_once
 
 import unitree as ut
 
@@ -662,19 +663,7 @@ def test_wrap_rejects_what_is_not_a_layer():
 
 def test_second_traversal_is_cached(monkeypatch):
     model = net()
-    tree = ut.wrap(model)
-    builds = []
-    original = ut.ParamTree._build
-    monkeypatch.setattr(ut.ParamTree, "_build", lambda self: builds.append(1) or original(self))
-    list(tree.named_parameters())
-    list(tree.named_parameters())
-    tree.state_dict()
-    str(tree)
-    assert builds == [1]
-    # the Keras fingerprint is the core's generic one, computed faster
-    assert (
-        tree._fp == tree._adapter.fingerprint(model) == ut.Adapter.fingerprint(tree._adapter, model)
-    )
+    assert_read_once(ut.wrap(model), monkeypatch)
     sequential = mlp()
     tree = ut.wrap(sequential)
     old = tree[2].weight

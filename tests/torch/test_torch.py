@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from unitree_checks import assert_read_once
 
 import unitree as ut
 
@@ -245,17 +246,7 @@ def test_structure_changes_are_seen():
 def test_second_traversal_is_cached(monkeypatch):
     net = Net()
     net.heads.cls.bias = None  # a None entry in _parameters
-    tree = ut.wrap(net)
-    builds = []
-    original = ut.ParamTree._build
-    monkeypatch.setattr(ut.ParamTree, "_build", lambda self: builds.append(1) or original(self))
-    list(tree.named_parameters())  # the first traversal reads the structure
-    list(tree.named_parameters())
-    tree.state_dict()
-    str(tree)
-    assert builds == [1]
-    # the torch fingerprint is the core's generic one, computed faster
-    assert tree._fp == tree._adapter.fingerprint(net) == ut.Adapter.fingerprint(tree._adapter, net)
+    assert_read_once(ut.wrap(net), monkeypatch)
 
 
 def test_wrap_rejects_a_tensor():

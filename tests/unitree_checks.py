@@ -1,0 +1,26 @@
+"""Checks every adapter's tests make the same way."""
+
+from __future__ import annotations
+
+import pytest
+
+import unitree as ut
+
+
+def assert_read_once(tree: ut.ParamTree, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Traversals after the first reuse the structure read once, and the adapter's own (faster)
+    fingerprint is the core's generic one: the cache notices exactly the changes it should."""
+    builds = []
+    original = ut.ParamTree._build
+    monkeypatch.setattr(ut.ParamTree, "_build", lambda self: builds.append(1) or original(self))
+    list(tree.named_parameters())  # the first traversal reads the structure
+    list(tree.named_parameters())
+    tree.state_dict()
+    str(tree)
+    assert builds == [1]
+    native = tree._native
+    assert (
+        tree._fp
+        == tree._adapter.fingerprint(native)
+        == ut.Adapter.fingerprint(tree._adapter, native)
+    )
