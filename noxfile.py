@@ -14,6 +14,7 @@ gluon (numpy 1.23) reads torch's, and keras and flax (numpy 2) read gluon's.
 
 from __future__ import annotations
 
+import json
 import os
 
 import nox
@@ -115,9 +116,30 @@ def matrix(session: nox.Session) -> None:
         session.error(
             f"No matrix column from {missing}: run those sessions (they failed or did not run)."
         )
+    _crossed_numpy_boundary(session)
     session.install("-e", ".")
     report = os.path.join(HERE, ".nox", "reports", "conformance.md")
     session.run("unitree", "conformance", "--merge", PARTS, "--report", report)
+
+
+def _crossed_numpy_boundary(session: nox.Session) -> None:
+    """Gluon (numpy 1.23) loaded torch's checkpoint, and every numpy-2 environment after it
+    loaded Gluon's: the save/load case's records in the shared folder say so."""
+
+    def loaded_by(label: str) -> list[str]:
+        path = os.path.join(CHECKPOINTS, f"loaded-by-{label}-cpu.json")
+        return json.loads(open(path).read()) if os.path.exists(path) else []
+
+    later = ["keras-tensorflow", "keras-jax", "keras-torch", "flax-linen", "flax-nnx"]
+    missing = [
+        f"{label} did not load {source}'s checkpoint"
+        for label, source in [("gluon", "torch"), *((x, "gluon") for x in later)]
+        if f"deck-mlp-{source}-cpu.safetensors" not in loaded_by(label)
+    ]
+    if missing:
+        session.error(
+            "Checkpoints did not cross the numpy 1 / numpy 2 boundary: " + "; ".join(missing)
+        )
 
 
 @nox.session(venv_backend="none")

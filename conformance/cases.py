@@ -245,3 +245,5 @@ def save_load(b: ModuleType, device: str) -> None:
         )
         loaded.append(path.name)
     assert f"{stem}.safetensors" in loaded
+    # what crossed between environments, for the run to check (nox's matrix session does)
+    (folder / f"loaded-by-{b.label}-{device.replace(':', '')}.json").write_text(json.dumps(loaded))
