@@ -806,6 +806,12 @@ class FlaxAdapter(Adapter):
             g = hit[1] if hit is not None and hit[0] is leaf else None
         return None if g is None else np.asarray(g)
 
+    def zero_grad(self, leaf: Any) -> None:
+        if isinstance(leaf, _Var):
+            leaf.grad = None
+        else:
+            self._grads.pop(id(leaf), None)
+
     def asarray(self, value: Any) -> np.ndarray:
         if isinstance(value, nnx.Variable):
             value = _get(value)

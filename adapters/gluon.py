@@ -244,6 +244,14 @@ class GluonAdapter(Adapter):
             total += g.asnumpy()
         return total
 
+    def zero_grad(self, leaf: Parameter) -> None:
+        # Gluon's own buffers hold the sum (see backward): clear them, as param.zero_grad() would
+        if leaf._grad is not None:
+            with autograd.pause():
+                for g in leaf._grad:
+                    g[:] = 0
+        self._touched.discard(leaf)
+
     def asarray(self, value: Any) -> np.ndarray:
         if isinstance(value, mx.nd.NDArray):  # mx.np.ndarray too: it subclasses NDArray
             return value.asnumpy()

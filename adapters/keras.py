@@ -500,6 +500,14 @@ class KerasAdapter(Adapter):
             return keras.ops.convert_to_tensor(a, dtype=floating if a.dtype.kind == "f" else None)
         return x
 
+    def zero_grad(self, leaf: Any) -> None:
+        if type(leaf) is Unbuilt:
+            return
+        if BACKEND == "torch":
+            leaf.value.grad = None
+        else:
+            self._grads.pop(id(leaf), None)
+
     def _accumulate(self, variables: Sequence[Any], grads: Sequence[Any]) -> None:
         for v, g in zip(variables, grads):
             if g is None:  # TensorFlow: the loss does not depend on it

@@ -171,6 +171,9 @@ class TorchAdapter(Adapter):
     def grad(self, leaf: torch.Tensor) -> np.ndarray | None:
         return None if leaf.grad is None else _to_numpy(leaf.grad)
 
+    def zero_grad(self, leaf: torch.Tensor) -> None:
+        leaf.grad = None  # torch's zero_grad(set_to_none=True)
+
     def asarray(self, value: Any) -> np.ndarray:
         if isinstance(value, torch.Tensor):
             return _to_numpy(value)

@@ -122,6 +122,19 @@ def gradients(b: ModuleType, device: str) -> None:
     for path, p in tree.named_parameters():
         assert p.grad is not None and p.grad.shape == p.shape, path
         np.testing.assert_allclose(p.grad, want[path], rtol=1e-5, atol=1e-6, err_msg=path)
+    # as in torch: a second backward adds to the gradients, zero_grad() forgets them
+    tree.backward(b.loss, X)
+    for path, p in tree.named_parameters():
+        np.testing.assert_allclose(p.grad, 2 * want[path], rtol=1e-5, atol=1e-6, err_msg=path)
+    j = b.deck_layers[1]
+    tree[j].zero_grad()  # a subtree: only its own
+    cleared = list(tree[j].parameters())
+    assert all((p.grad is None) == (p in cleared) for p in tree.parameters())
+    tree.zero_grad()
+    assert all(p.grad is None for p in tree.parameters())
+    tree.backward(b.loss, X)
+    for path, p in tree.named_parameters():
+        np.testing.assert_allclose(p.grad, want[path], rtol=1e-5, atol=1e-6, err_msg=path)
 
 
 @case

@@ -142,6 +142,10 @@ class Adapter(ABC):
         """The gradient in native layout, or None before any backward pass."""
         raise self.unsupported("reading gradients")
 
+    def zero_grad(self, leaf: Any) -> None:
+        """Forget the leaf's gradient: :meth:`grad` is None until the next backward pass."""
+        raise self.unsupported("zero_grad")
+
     def asarray(self, value: Any) -> np.ndarray:
         """A numpy array from a value given by the user: numpy, a scalar, or a native tensor."""
         return np.asarray(value)

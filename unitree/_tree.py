@@ -548,6 +548,13 @@ class Node:
         return LoadResult(missing, unexpected)
 
     # -- changing the structure ------------------------------------------------------------
+    def zero_grad(self) -> None:
+        """Forget every gradient below this node, as torch's ``zero_grad()``: ``p.grad`` is None
+        until the next ``backward``. ``backward`` adds to the gradients until then."""
+        adapter = self._tree._adapter
+        for _, p in self.named_parameters():
+            adapter.zero_grad(p._leaf)
+
     def tie(self, src: int | str, dst: int | str) -> None:
         """Make ``dst`` use ``src``'s storage: every leaf of module ``dst`` becomes the leaf of
         module ``src`` at the same relative path (or, given two leaf paths, that one leaf).

@@ -303,3 +303,13 @@ def test_third_party_adapters_register_by_entry_point(monkeypatch, adapter):
     monkeypatch.setattr(_adapter, "_entry_points", lambda: {"myframework": "my_adapter_module"})
     monkeypatch.setitem(_adapter._loaded, "my_adapter_module", adapter)
     assert _adapter.adapter_for(Model()) is adapter
+
+
+def test_a_capability_an_adapter_lacks_is_named(make, model):
+    tree = make(model)  # the fake adapter keeps no gradients and runs no backward
+    with pytest.raises(NotImplementedError, match="zero_grad is not supported by the flax adapter"):
+        tree.zero_grad()
+    with pytest.raises(NotImplementedError, match="backward is not supported"):
+        tree.backward(lambda y: y, None)
+    with pytest.raises(NotImplementedError, match=r"tree\.variables is for flax linen"):
+        tree.variables  # noqa: B018
