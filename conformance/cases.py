@@ -174,10 +174,18 @@ def tying(b: ModuleType, device: str) -> None:
 
 
 def tied_and_untied(b: ModuleType, device: str) -> tuple:
-    """The deck's shared-layer model, and a copy with two separate layers holding the same values."""
+    """The deck's shared-layer model, and a copy with two separate layers holding the same values.
+
+    The values are positive, as X is: every ReLU is active, so both uses of the shared layer
+    contribute a gradient (a random init can leave the second use dead, and its part zero).
+    """
     tied, (i, j) = b.deck_tied(device, X)
     untied, _ = b.deck_tied(device, X, tied=False)
     t, u = b.wrap(tied), b.wrap(untied)
+    rng = np.random.default_rng(1)
+    t.load_state_dict(
+        {path: rng.uniform(0.1, 0.5, p.shape).astype(p.dtype) for path, p in t.named_parameters()}
+    )
     u.load_state_dict({path: t[path].numpy() for path, _ in u.named_parameters()})
     return t, u, (i, j)
 
