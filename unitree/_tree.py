@@ -684,6 +684,8 @@ class ParamTree(Node):
     def _sync(self) -> bool:
         """Re-read the structure if the model changed; True if it did."""
         with self._lock:
+            if type(self._fp) is _Seen:
+                self._fp = self._fp.ids()
             if self._fp is not None and self._adapter.fingerprint(self._native) == self._fp:
                 return False
             self._build()
@@ -703,16 +705,15 @@ class ParamTree(Node):
         modules: list[tuple[str, Any]] = []
         params: list[Entry] = []
         buffers: list[Entry] = []
-        fp: list[int] = []  # what adapter.fingerprint() returns for an unchanged model
+        seen: list[tuple[Any, Any]] = []  # (module, its leaves): the fingerprint, made when needed
 
         plans: dict[Any, list[tuple[int, str, Rule | None]]] = {}
 
         # The hot loop of the first traversal: kept flat, it runs once per module and leaf.
         def visit(native: Any, pre: str) -> None:
-            fp.append(id(native))
             leaves = adapter.leaves(native)
+            seen.append((native, leaves))
             if leaves:
-                fp.extend([id(leaf[1]) for leaf in leaves])
                 if with_rules:
                     # the same kind with the same leaf names maps the same way: work it out once
                     key = (adapter.kind(native), *[leaf[0] for leaf in leaves])
@@ -763,7 +764,7 @@ class ParamTree(Node):
         self._by_ident, self._flat, self._modules = by_ident, flat, modules
         self._unique_params, self._unique_buffers = params, buffers
         self._nodes = {}
-        self._fp = fp
+        self._fp = _Seen(seen)
 
     def _leaf_items(self, native: Any) -> list[tuple[str, str, Param]]:
         """(canonical name, native name, Param) of one module's own leaves, read live."""
@@ -847,6 +848,24 @@ class ParamTree(Node):
         a tied parameter gets the sum over its uses. Returns the loss.
         """
         return float(self._adapter.backward(self._native, loss_fn, inputs))
+
+
+class _Seen:
+    """What a read saw, from which the fingerprint is made on the next check, not on the read:
+    the first traversal does not pay for it. The leaves hold the very objects the read saw."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self, seen: list[tuple[Any, Any]]) -> None:
+        self.seen = seen
+
+    def ids(self) -> list[int]:
+        """What :meth:`Adapter.fingerprint` returns for the model as it was read."""
+        fp: list[int] = []
+        for native, leaves in self.seen:
+            fp.append(id(native))
+            fp.extend([id(leaf[1]) for leaf in leaves])
+        return fp
 
 
 def _plan(

@@ -192,6 +192,16 @@ def test_structure_change_is_seen(make, model):
     assert dict((k, p.shape) for k, p in tree.named_parameters())["6.weight"] == (3, 8)
 
 
+def test_a_change_right_after_the_first_read_is_seen(make, model):
+    # the fingerprint of the first read is made on the next check, from what that read saw
+    tree = make(model)
+    first = dict(tree.named_parameters())
+    model.children["6"] = dense(8, 3, 9)
+    after = dict(tree.named_parameters())
+    assert after["6.weight"].shape == (3, 8) and after["6.weight"] is not first["6.weight"]
+    assert after["0.weight"] is first["0.weight"]
+
+
 def test_params_survive_a_reread(make, model):
     tree = make(model)
     p = tree["0.weight"]

@@ -341,6 +341,7 @@ def test_writes_build_new_variables_that_apply_uses():
     before = np.asarray(variables["params"]["layers_2"]["kernel"]).copy()
     tree = ut.wrap(net, variables)
     list(tree.named_parameters())
+    list(tree.named_parameters())  # checks the fingerprint of what the first traversal read
     fp = tree._fp
     tree[2].weight[0, 3] = 100.0
     tree[2].bias.set(np.array([5.0]))
