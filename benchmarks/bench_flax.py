@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 from flax import nnx
-from run import best, report
+from run import traversal
 
 import unitree as ut
 
@@ -25,14 +25,13 @@ def linen(repeat: int) -> None:
     shapes = jax.eval_shape(net.init, jax.random.key(0), jnp.ones((1, 4)))
     variables = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     n = len(jax.tree_util.tree_leaves(variables))
-    native = best(lambda: jax.tree_util.tree_flatten_with_path(variables), repeat)
-    first = best(lambda: list(ut.wrap(net, variables).named_parameters()), repeat)
-    tree = ut.wrap(net, variables)
-    list(tree.named_parameters())
-    again = best(lambda: list(tree.named_parameters()), repeat)
-    what = f"{first * 1e3:.1f} ms vs tree_flatten_with_path {native * 1e3:.1f} ms"
-    report(f"linen: wrap + named_parameters, {n:,} tensors", first, native, 2.0, what)
-    report("linen: second traversal (cached)", again, native, 2.0, f"{again * 1e3:.1f} ms")
+    traversal(
+        f"linen, {n:,} tensors: ",
+        "tree_flatten_with_path",
+        lambda: jax.tree_util.tree_flatten_with_path(variables),
+        lambda: ut.wrap(net, variables),
+        repeat,
+    )
 
     layer = nn.Dense(256)
     small = layer.init(jax.random.key(0), jnp.ones((1, 256)))
@@ -45,14 +44,9 @@ def nnx_model(repeat: int) -> None:
     rngs = nnx.Rngs(0)
     model = nnx.Sequential(*[nnx.Linear(4, 4, rngs=rngs) for _ in range(LAYERS)])
     n = len(jax.tree_util.tree_leaves(nnx.state(model)))
-    native = best(lambda: nnx.state(model), max(3, repeat // 5))  # slow: fewer rounds
-    first = best(lambda: list(ut.wrap(model).named_parameters()), max(3, repeat // 5))
-    tree = ut.wrap(model)
-    list(tree.named_parameters())
-    again = best(lambda: list(tree.named_parameters()), repeat)
-    what = f"{first * 1e3:.1f} ms vs nnx.state {native * 1e3:.1f} ms"
-    report(f"nnx: wrap + named_parameters, {n:,} tensors", first, native, 2.0, what)
-    report("nnx: second traversal (cached)", again, native, 2.0, f"{again * 1e3:.1f} ms")
+    native = lambda: nnx.state(model)  # noqa: E731
+    slow = max(3, repeat // 5)  # nnx.state takes half a second: fewer rounds
+    traversal(f"nnx, {n:,} tensors: ", "nnx.state", native, lambda: ut.wrap(model), repeat, slow)
 
     layer = nnx.Linear(256, 256, rngs=rngs)
     p = ut.wrap(layer)["weight"]

@@ -7,7 +7,7 @@ import sys
 import mxnet as mx
 import numpy as np
 from mxnet.gluon import nn
-from run import best, report
+from run import best, traversal
 
 import unitree as ut
 
@@ -18,19 +18,9 @@ def main(repeat: int) -> None:
     model.add(*[nn.Dense(4, in_units=4) for _ in range(layers)])
     model.initialize()
     n = len(list(model.collect_params()))
-    native = best(lambda: list(model.collect_params().items()), repeat)
+    native = lambda: list(model.collect_params().items())  # noqa: E731
+    traversal(f"gluon, {n:,} tensors: ", "collect_params", native, lambda: ut.wrap(model), repeat)
     structural = best(lambda: list(model._collect_params_with_prefix().items()), repeat)
-    first = best(lambda: list(ut.wrap(model).named_parameters()), repeat)
-    tree = ut.wrap(model)
-    again = best(lambda: list(tree.named_parameters()), repeat)
-    report(
-        f"wrap + named_parameters, {n:,} tensors",
-        first,
-        native,
-        2.0,
-        f"{first * 1e3:.1f} ms vs gluon collect_params {native * 1e3:.1f} ms",
-    )
-    report("second traversal (cached) / gluon", again, native, 2.0, f"{again * 1e3:.1f} ms")
     print(
         f"{'(gluon _collect_params_with_prefix)':<44} {structural * 1e3:.1f} ms: the structural"
         " names, unitree's paths"

@@ -6,7 +6,7 @@ import sys
 
 import keras
 import numpy as np
-from run import best, report
+from run import best, traversal
 
 import unitree as ut
 
@@ -32,21 +32,10 @@ def main(repeat: int) -> None:
         blocks.append(keras.Sequential(dense))
     model = keras.Sequential(blocks)
     n = len(model.weights)
-    native = best(lambda: list(model.weights), repeat)
-    first = best(lambda: list(ut.wrap(model).named_parameters()), repeat)
-    tree = ut.wrap(model)
-    list(tree.named_parameters())
-    again = best(lambda: list(tree.named_parameters()), repeat)
     backend = keras.backend.backend()
-    report(
-        f"keras-{backend}: wrap + named_parameters, {n:,} variables",
-        first,
-        native,
-        2.0,
-        f"{first * 1e3:.1f} ms vs model.weights {native * 1e3:.1f} ms",
-    )
-    report(
-        f"keras-{backend}: second traversal (cached)", again, native, 2.0, f"{again * 1e3:.1f} ms"
+    label = f"keras-{backend}, {n:,} variables: "
+    first = traversal(
+        label, "model.weights", lambda: list(model.weights), lambda: ut.wrap(model), repeat
     )
     # for scale: Keras's own listing with the names it would save under
     named = best(lambda: [(v.path, v) for v in model.weights], repeat)

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import torch
-from run import best, report
+from run import traversal
 from torch import nn
 
 import unitree as ut
@@ -16,18 +16,8 @@ def main(repeat: int) -> None:
     layers = 5000  # a weight and a bias each: 10,000 tensors
     model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(layers)])
     n = len(list(model.parameters()))
-    native = best(lambda: list(model.named_parameters()), repeat)
-    first = best(lambda: list(ut.wrap(model).named_parameters()), repeat)
-    tree = ut.wrap(model)
-    again = best(lambda: list(tree.named_parameters()), repeat)
-    report(
-        f"wrap + named_parameters, {n:,} tensors",
-        first,
-        native,
-        2.0,
-        f"{first * 1e3:.1f} ms vs torch {native * 1e3:.1f} ms",
-    )
-    report("second traversal (cached) / torch", again, native, 2.0, f"{again * 1e3:.1f} ms")
+    native = lambda: list(model.named_parameters())  # noqa: E731
+    traversal(f"torch, {n:,} tensors: ", "named_parameters", native, lambda: ut.wrap(model), repeat)
 
     p = ut.wrap(nn.Linear(256, 256))["weight"]
     shared = np.shares_memory(p.numpy(), p.native.detach().numpy())

@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
 FRAMEWORKS = ["torch", "tensorflow", "keras", "jax", "flax", "mxnet"]
 
@@ -55,6 +55,28 @@ def report(name: str, ours: float, theirs: float, target: float, what: str) -> N
     ratio = ours / theirs
     verdict = "within target" if ratio <= target else "OVER TARGET"
     print(f"{name:<44} {ratio:6.2f}x  (target <= {target}x, {verdict})   {what}")
+
+
+def traversal(
+    label: str,
+    baseline: str,
+    native: Callable[[], object],
+    wrap: Callable[[], Any],
+    repeat: int,
+    rounds: int | None = None,
+) -> float:
+    """wrap + named_parameters against the framework's own traversal (``baseline``), then a
+    second, cached traversal; ``rounds`` for the first two when they are slow. Returns the
+    time of wrap + named_parameters."""
+    t_native = best(native, rounds or repeat)
+    first = best(lambda: list(wrap().named_parameters()), rounds or repeat)
+    tree = wrap()
+    list(tree.named_parameters())
+    again = best(lambda: list(tree.named_parameters()), repeat)
+    what = f"{first * 1e3:.1f} ms vs {baseline} {t_native * 1e3:.1f} ms"
+    report(f"{label}wrap + named_parameters", first, t_native, 2.0, what)
+    report(f"{label}second traversal (cached)", again, t_native, 2.0, f"{again * 1e3:.1f} ms")
+    return first
 
 
 def main() -> None:
