@@ -116,6 +116,25 @@ class TorchAdapter(Adapter):
             _kind_of[cls] = next((_KINDS[base] for base in cls.__mro__ if base in _KINDS), None)
         return _kind_of[cls]
 
+    def settings(self, module: nn.Module) -> dict[str, Any]:
+        kind = self.kind(module)
+        if kind in ("conv", "conv_transpose"):
+            padding = module.padding
+            if isinstance(padding, str):
+                padding = "same" if padding == "same" else ((0, 0),) * len(module.kernel_size)
+            else:
+                padding = tuple((p, p) for p in padding)
+            out = {"stride": tuple(module.stride), "dilation": tuple(module.dilation)}
+            out |= {"groups": module.groups, "padding": padding}
+            if kind == "conv_transpose":
+                out["output_padding"] = tuple(module.output_padding)
+            return out
+        if kind in ("layer_norm", "group_norm"):
+            return {"eps": float(module.eps)}
+        if kind == "batch_norm":
+            return {"eps": float(module.eps), "momentum": module.momentum}
+        return {}
+
     def fingerprint(self, root: nn.Module) -> Any:
         # the same ids, in the same order, as the core's build reads through leaves() and children()
         ids: list[int] = []

@@ -14,6 +14,7 @@ from ._checkpoint import load, save
 from ._errors import (
     CheckpointError,
     PathError,
+    PortError,
     ShapeError,
     StateDictError,
     UninitializedError,
@@ -22,6 +23,7 @@ from ._errors import (
     ValueTypeError,
 )
 from ._picture import Summary, summary
+from ._port import Pair, PortReport, port
 from ._tree import LoadResult, Node, Param, ParamTree, wrap
 
 __version__ = "0.1.0"
@@ -32,9 +34,12 @@ __all__ = [
     "Leaf",
     "LoadResult",
     "Node",
+    "Pair",
     "Param",
     "ParamTree",
     "PathError",
+    "PortError",
+    "PortReport",
     "ShapeError",
     "StateDictError",
     "Summary",
@@ -43,6 +48,7 @@ __all__ = [
     "UnsupportedModelError",
     "ValueTypeError",
     "load",
+    "port",
     "save",
     "summary",
     "wrap",

@@ -134,6 +134,17 @@ class Adapter(ABC):
         The core validates shape and dtype first. Every alias of the leaf must see the write.
         """
 
+    def backup(self, leaf: Any) -> Any:
+        """What :meth:`restore` needs to put the leaf's value back after a failed write.
+
+        A copy by default; a framework whose arrays are immutable (jax) returns the array itself.
+        """
+        return self.read(leaf).copy()
+
+    def restore(self, leaf: Any, backup: Any) -> None:
+        """Put back the value :meth:`backup` returned."""
+        self.write(leaf, backup, None)
+
     def data(self, leaf: Any) -> Any:
         """The framework's own tensor behind the leaf, native layout, no copy."""
         return leaf
@@ -149,6 +160,22 @@ class Adapter(ABC):
     def asarray(self, value: Any) -> np.ndarray:
         """A numpy array from a value given by the user: numpy, a scalar, or a native tensor."""
         return np.asarray(value)
+
+    def settings(self, module: Any) -> dict[str, Any]:
+        """A layer's settings that change its results without being parameters, in one
+        vocabulary, so that ``ut.port`` can compare them across frameworks:
+
+        - ``eps`` (float): a norm's epsilon;
+        - ``momentum`` (float): batch norm's running-average update, as PyTorch counts it:
+          the weight of the new batch (Keras's, Flax's and Gluon's ``momentum`` is
+          the weight of the old value: 1 - theirs);
+        - ``padding``: ``"same"``, or a tuple of (before, after) per spatial axis
+          (``"valid"`` is zeros); ``stride``, ``dilation``: tuples per spatial axis;
+          ``groups`` (int); ``flatten`` (Gluon's Dense: True flattens N-d inputs).
+
+        Only what the framework exposes; {} for a layer with none.
+        """
+        return {}
 
     # -- the whole model ----------------------------------------------------------
     def devices(self) -> list[str]:

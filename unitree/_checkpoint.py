@@ -9,13 +9,14 @@ Nothing is ever unpickled.
 from __future__ import annotations
 
 import json
+import math
 import os
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 import numpy as np
 
 from ._dtypes import numpy_dtype
-from ._errors import CheckpointError
+from ._errors import CheckpointError, UninitializedError
 
 if TYPE_CHECKING:
     from ._tree import LoadResult, Node
@@ -32,34 +33,86 @@ _DTYPES = {
 }  # fmt: skip
 
 
+_CODES = {v: k for k, v in _DTYPES.items()} | {"float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}
+
+
 def save(tree: Node, path: PathLike, *, metadata: dict[str, str] | None = None) -> None:
     """Write ``tree``'s parameters and persistent buffers to a safetensors file, atomically.
 
-    The file is written under a temporary name in the same folder, flushed to
+    Canonical names and layouts; a tied parameter is stored once, under its
+    first path. The header is written first, then the tensors one at a time in
+    traversal order, so saving holds at most one tensor beyond the model (one
+    layer, for a layer whose canonical leaves are computed from several). The
+    file is written under a temporary name in the same folder, flushed to
     disk, then renamed over ``path``: a reader sees the old file or the new
     one, never a torn one. ``metadata`` adds string entries to the header.
     """
-    import tempfile
+    from ._canon import slots
 
-    from safetensors.numpy import save_file
-
-    state = {k: np.ascontiguousarray(v) for k, v in tree.state_dict().items()}
-    meta = {
+    entries = [s for s in slots(tree) if s.layer.persistent(s.leaf)]
+    header: dict[str, Any] = {}
+    offset = 0
+    for slot in entries:
+        shape = slot.layer.shapes()[slot.leaf]
+        if shape is None:
+            raise UninitializedError(
+                f"Cannot save {slot.keys[0]}: it is not initialized yet. Run the model once on an input first."
+            )
+        dtype = numpy_dtype(slot.layer.dtype(slot.leaf))
+        size = math.prod(shape) * dtype.itemsize
+        header[slot.keys[0]] = {
+            "dtype": _CODES[dtype.name],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    header["__metadata__"] = {
         **(metadata or {}),
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "backend": tree._tree.backend,
-        "ties": json.dumps(tree.ties()),
-        # safetensors sorts its header: this keeps the model's order, aliases included
-        "paths": json.dumps([path for path, p in tree._entries() if p._persistent]),
+        "ties": json.dumps([s.keys for s in entries if len(s.keys) > 1]),
+        # the model's order, aliases included (readers may sort the header)
+        "paths": json.dumps([k for s in entries for k in s.keys]),
     }
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
+
+    def write(f: Any) -> None:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        computed: dict[int, dict[str, np.ndarray]] = {}
+        for slot in entries:
+            layer = slot.layer
+            if layer.codec is None:
+                value = layer.params[slot.leaf].numpy()
+            else:  # one layer at a time: drop it once its last leaf is written
+                values = computed.setdefault(id(layer), layer.read())
+                value = values.pop(slot.leaf)
+                if not values:
+                    del computed[id(layer)]
+            want = header[slot.keys[0]]
+            if list(value.shape) != want["shape"]:
+                raise CheckpointError(
+                    f"{slot.keys[0]} changed shape while saving: {value.shape}, not {tuple(want['shape'])}."
+                )
+            value = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
+            f.write(value.reshape(-1).view(np.uint8).data)
+
+    atomic_write(path, write)
+
+
+def atomic_write(path: PathLike, write: Callable[[Any], None]) -> None:
+    """Call ``write(file)`` on a temporary file next to ``path``, fsync it, rename it to ``path``."""
+    import tempfile
+
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
-        os.close(fd)
-        save_file(state, tmp, metadata=meta)
-        with open(tmp, "rb+") as f:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -129,13 +182,97 @@ class Checkpoint:
         self._file.__exit__(*exc)
 
 
-def load(tree: Node, path: PathLike, strict: bool = True) -> LoadResult:
+class TorchFile:
+    """A PyTorch ``state_dict`` file (``torch.save``: ``.pt``, ``.pth``, ``.bin``), read with
+    ``weights_only=True`` (torch's restricted unpickler: tensors and plain containers, never
+    arbitrary objects) and memory-mapped, so tensors are read one at a time."""
+
+    metadata: dict[str, str] = {}
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise CheckpointError(f"{self.path}: no such checkpoint file.")
+        try:
+            import torch
+        except ImportError:
+            raise CheckpointError(
+                f"{self.path} is a PyTorch file: reading it needs torch (pip install torch)."
+            ) from None
+        try:
+            try:
+                state = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+                state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(
+                f"{self.path}: not a PyTorch state_dict file that loads with weights_only=True ({type(e).__name__}: {e})."
+            ) from None
+        if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+        ):
+            raise CheckpointError(
+                f"{self.path}: expected a state_dict (a dict of names to tensors), got {type(state).__name__}."
+            )
+        self._state = state
+        self.header = {
+            k: (tuple(t.shape), numpy_dtype(str(t.dtype).removeprefix("torch.")))
+            for k, t in state.items()
+        }
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        t = self._state[key].detach()
+        if t.dtype.is_floating_point and t.element_size() == 2 and str(t.dtype) == "torch.bfloat16":
+            import torch
+
+            return t.view(torch.int16).numpy().view(self.header[key][1])
+        return t.numpy()
+
+    def paths(self, aliases: bool = False) -> list[str]:
+        return list(self.header)
+
+    def aliases(self) -> dict[str, str]:
+        return {}
+
+    def ties(self) -> list[tuple[str, ...]]:
+        return []
+
+    def __enter__(self) -> TorchFile:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._state = {}
+
+
+def open_checkpoint(path: PathLike) -> Checkpoint | TorchFile:
+    """A safetensors checkpoint, or a PyTorch file (a zip archive, or named .pt/.pth/.bin)."""
+    name = os.fspath(path)
+    if name.endswith((".pt", ".pth", ".bin")):
+        return TorchFile(name)
+    try:
+        with open(name, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise CheckpointError(f"{name}: cannot read the checkpoint ({e.strerror}).") from None
+    return TorchFile(name) if magic == b"PK\x03\x04" else Checkpoint(name)
+
+
+def load(tree: Node, path: PathLike, strict: bool = True, *, cast: bool = False) -> LoadResult:
     """Read a checkpoint onto ``tree``, whatever backend wrote it: all or nothing.
 
-    Every entry is checked against the header (names, shapes, dtypes) before
-    anything is written; then tensors are read from the file one at a time.
-    Values are cast to the model's dtype only when the kind of number stays
-    the same. ``strict=False`` skips missing and unexpected keys and returns them.
+    ``path`` is a unitree (safetensors) checkpoint, any safetensors file with
+    canonical names, or a PyTorch ``state_dict`` file (read with
+    ``weights_only=True``, never a plain unpickle). Every entry is checked
+    against the header (names, shapes, dtypes) before anything is written;
+    then tensors are read from the file one at a time. A dtype is converted to
+    the model's only when no value can change (float16 -> float32), unless
+    ``cast=True``. ``strict=False`` skips missing and unexpected keys and returns them.
     """
-    with Checkpoint(path) as ckpt:
-        return tree._load(ckpt.header, ckpt.__getitem__, strict)
+    with open_checkpoint(path) as ckpt:
+        return tree._load(
+            ckpt.header,
+            ckpt.__getitem__,
+            strict,
+            casting="unsafe" if cast else "safe",
+            source=os.path.basename(ckpt.path),
+        )

@@ -46,6 +46,10 @@ class CheckpointError(UnitreeError, ValueError):
     """A checkpoint file that cannot be read safely."""
 
 
+class PortError(UnitreeError, ValueError):
+    """``ut.port`` found layers, shapes, dtypes, ties or settings that do not match."""
+
+
 class ValueTypeError(UnitreeError, TypeError):
     """A value that is not numeric, or whose dtype cannot be written without loss."""
 

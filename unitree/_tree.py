@@ -11,7 +11,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from . import _picture
+from . import _canon, _picture
 from ._adapter import Adapter, Leaf, adapter_for
 from ._dtypes import numpy_dtype
 from ._errors import (
@@ -22,7 +22,7 @@ from ._errors import (
     UnitreeError,
     ValueTypeError,
 )
-from .layouts import Rule, has_rules, inverse, rules
+from .layouts import CHANNELS_LAST, NORMS, Flattened, Rule, has_rules, rules
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -105,11 +105,9 @@ class Param:
         return self._adapter.data(self._leaf)
 
     # -- what it is -----------------------------------------------------------------
-    def _perm(self, ndim: int) -> tuple[int, ...] | None:
-        if self._rule is None or self._rule.perm is None:
-            return None
-        perm = self._rule.perm(ndim)
-        return None if perm == tuple(range(ndim)) else perm
+    @property
+    def _transform(self) -> Any:
+        return None if self._rule is None else self._rule.transform
 
     @property
     def shape(self) -> tuple[int, ...] | None:
@@ -117,8 +115,8 @@ class Param:
         shape = self._adapter.shape(self._leaf)
         if shape is None:
             return None
-        perm = self._perm(len(shape))
-        return tuple(shape[i] for i in perm) if perm else tuple(shape)
+        t = self._transform
+        return t.shape(shape) if t else tuple(shape)
 
     @property
     def dtype(self) -> str:
@@ -153,8 +151,8 @@ class Param:
     def numpy(self) -> np.ndarray:
         """The value, canonical layout, read-only; a view of the framework's memory where it can be."""
         a = self._adapter.read(self._native_checked())
-        perm = self._perm(a.ndim)
-        return _readonly(a.transpose(perm) if perm else a)
+        t = self._transform
+        return _readonly(t.to_canonical(a) if t else a)
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         a = self.numpy()
@@ -171,8 +169,8 @@ class Param:
         g = self._adapter.grad(self._leaf)
         if g is None:
             return None
-        perm = self._perm(g.ndim)
-        return _readonly(g.transpose(perm) if perm else g)
+        t = self._transform
+        return _readonly(t.to_canonical(g) if t else g)
 
     # -- writing ------------------------------------------------------------------------
     def __setitem__(self, index: Any, value: Any) -> None:
@@ -206,7 +204,7 @@ class Param:
             raise ShapeError(
                 f"Cannot write a value of shape {value.shape} into {where}, of shape {np.shape(target)}. Nothing was written."
             ) from None
-        if self._perm(current.ndim) is None:
+        if self._transform is None:
             self._adapter.write(self._leaf, value, index)
         else:
             full = current.copy()
@@ -232,8 +230,8 @@ class Param:
 
     def _write(self, value: np.ndarray) -> None:
         """Write a validated canonical value of the right shape and dtype."""
-        perm = self._perm(value.ndim)
-        native = np.ascontiguousarray(value.transpose(inverse(perm))) if perm else value
+        t = self._transform
+        native = np.ascontiguousarray(t.to_native(value)) if t else value
         self._adapter.write(self._leaf, native, None)
 
     def __repr__(self) -> str:
@@ -454,8 +452,11 @@ class Node:
 
         The arrays are read-only views of the live values where the framework
         allows it (as torch's ``state_dict`` shares storage): copy them to keep a snapshot.
+        For the few layers whose canonical leaves are computed from several native
+        ones (Keras's single LSTM bias, linen's per-gate cells), the keys are the
+        canonical leaves (``lstm.bias_hh_l0``), not the native paths.
         """
-        return {paths[0]: p.numpy() for paths, p in self._unique() if p._persistent}
+        return _canon.state(self)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> LoadResult:
         """Write every entry of ``state_dict`` (canonical layout) into the tree: all or nothing.
@@ -466,7 +467,7 @@ class Node:
         nothing is written. ``strict=False`` skips missing and unexpected keys
         and returns them; shapes and dtypes are always checked. Values are cast
         to the parameter's dtype when the kind of number stays the same
-        (float64 -> float32, not float -> int).
+        (float64 -> float32, not float -> int), as PyTorch's copy does.
         """
         arrays: dict[str, np.ndarray] = {}
         bad: list[str] = []
@@ -479,7 +480,11 @@ class Node:
                 continue
             arrays[key] = a
         return self._load(
-            {k: (a.shape, a.dtype) for k, a in arrays.items()}, arrays.__getitem__, strict, bad
+            {k: (a.shape, a.dtype) for k, a in arrays.items()},
+            arrays.__getitem__,
+            strict,
+            bad,
+            casting="same_kind",
         )
 
     def _load(
@@ -488,39 +493,42 @@ class Node:
         get: Callable[[str], np.ndarray],
         strict: bool,
         problems: list[str] | None = None,
+        casting: str = "safe",
+        source: str = "the source",
     ) -> LoadResult:
-        """Validate every entry against the tree, then write them all or none."""
+        """Validate every entry against the tree, then write them all or none.
+
+        ``casting`` is numpy's rule for a dtype change: "safe" (lossless only),
+        "same_kind", or "unsafe".
+        """
         problems = list(problems or [])
-        plan: list[tuple[Param, str]] = []
+        plan: dict[int, tuple[_canon.Layer, dict[str, Callable[[], np.ndarray]]]] = {}
         missing: list[str] = []
         used: set[str] = set()
-        for paths, p in self._unique():
-            if not p._persistent:
+        for slot in _canon.slots(self):
+            layer, leaf = slot.layer, slot.leaf
+            if not layer.persistent(leaf):
                 continue
-            keys = [k for k in paths if k in header]
+            keys = [k for k in slot.keys if k in header]
             used.update(keys)
             if not keys:
-                missing.append(paths[0])
+                missing.append(slot.keys[0])
                 continue
             shape, dtype = header[keys[0]]
-            want = p.shape
+            want = layer.shapes()[leaf]
             if want is None:
                 problems.append(
                     f"{keys[0]}: the model's parameter is not initialized yet; run the model once on an input first"
                 )
                 continue
             if tuple(shape) != want:
-                problems.append(
-                    f"{keys[0]}: shape {tuple(shape)} in the source, {want} in the model"
-                )
+                problems.append(f"{keys[0]}: shape {tuple(shape)} in {source}, {want} in the model")
                 continue
-            np_dtype = np.dtype(dtype)
-            if not (
-                np_dtype.kind in "biufcV"
-                and np.can_cast(np_dtype, numpy_dtype(p.dtype), casting="same_kind")
-            ):
+            np_dtype, model_dtype = np.dtype(dtype), numpy_dtype(layer.dtype(leaf))
+            if not (np_dtype.kind in "biufcV" and np.can_cast(np_dtype, model_dtype, casting)):
+                why = "" if casting != "safe" else " (a lossy cast: pass cast=True to allow it)"
                 problems.append(
-                    f"{keys[0]}: dtype {np_dtype} in the source, {p.dtype} in the model"
+                    f"{keys[0]}: dtype {np_dtype} in {source}, {model_dtype} in the model{why}"
                 )
                 continue
             if len(keys) > 1:
@@ -528,12 +536,14 @@ class Node:
                 for other in keys[1:]:
                     if not np.array_equal(first, get(other)):
                         problems.append(
-                            f"{keys[0]} and {other} are one tied parameter in the model but hold different values in the source"
+                            f"{keys[0]} and {other} are one tied parameter in the model but hold different values in {source}"
                         )
-            plan.append((p, keys[0]))
+            plan.setdefault(id(layer), (layer, {}))[1][leaf] = lambda key=keys[0], dt=model_dtype: (
+                get(key).astype(dt, copy=False)
+            )
         unexpected = [k for k in header if k not in used]
         if strict:
-            problems += [f"{k}: missing from the source" for k in missing]
+            problems += [f"{k}: missing from {source}" for k in missing]
             problems += [f"{k}: unexpected, the model has no such path" for k in unexpected]
         if problems:
             where = f" under {self.path!r}" if self.path else ""
@@ -541,10 +551,7 @@ class Node:
                 f"Cannot load into the {self._tree.backend} model{where}; nothing was written:\n  "
                 + "\n  ".join(problems)
             )
-        _write_all(
-            (p, lambda key=key, p=p: get(key).astype(numpy_dtype(p.dtype), copy=False))
-            for p, key in plan
-        )
+        _write_all(w for layer, values in plan.values() for w in layer.writes(values))
         return LoadResult(missing, unexpected)
 
     # -- changing the structure ------------------------------------------------------------
@@ -620,15 +627,16 @@ def _join(base: str, path: str) -> str:
 
 def _write_all(writes: Iterable[tuple[Param, Callable[[], np.ndarray]]]) -> None:
     """Write (Param, value thunk) pairs; if any write fails, put back every value written so far."""
-    done: list[tuple[Param, np.ndarray]] = []
+    done: list[tuple[Param, Any]] = []
     try:
         for p, value in writes:
-            old = p.numpy().copy()
+            leaf = p._leaf
+            old = p._adapter.backup(leaf)
             p._write(value())
             done.append((p, old))
     except BaseException:
         for p, old in reversed(done):
-            p._write(old)
+            p._adapter.restore(p._leaf, old)
         raise
 
 
@@ -708,6 +716,26 @@ class ParamTree(Node):
         seen: list[tuple[Any, Any]] = []  # (module, its leaves): the fingerprint, made when needed
 
         plans: dict[Any, list[tuple[int, str, Rule | None]]] = {}
+        channels_last = backend in CHANNELS_LAST
+        channels = 0  # of the last conv output, while a flatten of it may feed a dense layer
+
+        def flattened(
+            kind: str | None, leaves: list[Leaf], plan: list[tuple[int, str, Rule | None]]
+        ) -> list[tuple[int, str, Rule | None]]:
+            """The plan, with the dense kernel fed by a flattened conv output permuted."""
+            nonlocal channels
+            if kind == "conv":
+                shape = adapter.shape(leaves[plan[0][0]][1])  # the kernel: (*k, in, out)
+                channels = shape[-1] if shape else 0
+            elif kind == "dense" and channels:
+                i, name, _ = plan[0]
+                shape = adapter.shape(leaves[i][1])  # (in, out)
+                if shape and shape[0] > channels and shape[0] % channels == 0:
+                    plan = [(i, name, Rule(name, Flattened(channels))), *plan[1:]]
+                channels = 0
+            elif kind not in NORMS:
+                channels = 0
+            return plan
 
         # The hot loop of the first traversal: kept flat, it runs once per module and leaf.
         def visit(native: Any, pre: str) -> None:
@@ -720,6 +748,8 @@ class ParamTree(Node):
                     plan = plans.get(key)
                     if plan is None:
                         plan = plans[key] = _plan(leaves, rules(backend, key[0]))
+                    if channels_last:
+                        plan = flattened(key[0], leaves, plan)
                 else:  # native names and order: the plan depends on the count alone
                     plan = plans.get(len(leaves))
                     if plan is None:

@@ -85,12 +85,16 @@ def test_a_failed_save_keeps_the_old_file_and_leaves_no_temporary(
     before = path.read_bytes()
     tree["0.bias"][0] = 42
 
-    def broken(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"half a file")
-        raise OSError("disk full")
+    real = np.ascontiguousarray
+    calls = []
 
-    monkeypatch.setattr("safetensors.numpy.save_file", broken)
+    def broken(a, *args, **kwargs):  # fails on the third tensor, after half a file is written
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return real(a, *args, **kwargs)
+
+    monkeypatch.setattr("unitree._checkpoint.np.ascontiguousarray", broken)
     with pytest.raises(OSError, match="disk full"):
         ut.save(tree, path)
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["m.safetensors"]

@@ -1,0 +1,187 @@
+"""The canonical view of a tree, layer by layer: what checkpoints and ports read and write.
+
+Most layers map leaf to leaf (a Param's rule). A few layers have canonical
+leaves that are no single native leaf — Keras's one LSTM bias against
+PyTorch's two, linen's LSTM cell made of one dense layer per gate, attention
+projections kept apart or fused — so the canonical leaves of such a layer
+are computed from its whole subtree by a codec (``layouts.CODECS``). A
+checkpoint and ``state_dict()`` hold the canonical leaves; ``tree[path]``
+shows the native ones for those layers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from .layouts import Codec, codec_for, has_codecs
+
+if TYPE_CHECKING:
+    from ._tree import Node, Param
+
+
+def _join(base: str, path: str) -> str:
+    return f"{base}.{path}" if base and path else base or path
+
+
+class Layer:
+    """The leaves of one module occurrence, canonical: a plain layer or a codec's layer."""
+
+    __slots__ = ("codec", "module", "params", "path", "tree")
+
+    def __init__(self, tree: Any, path: str, module: Any, codec: Codec | None) -> None:
+        self.tree = tree
+        self.path = path  # relative to the node the layers were listed from
+        self.module = module
+        self.codec = codec
+        # plain: canonical leaf name -> Param; codec: path relative to the layer -> Param
+        self.params: dict[str, Param] = {}
+
+    @property
+    def kind(self) -> str | None:
+        return self.tree._adapter.kind(self.module)
+
+    @property
+    def type_name(self) -> str:
+        return self.tree._adapter.type_name(self.module)
+
+    def shapes(self) -> dict[str, tuple[int, ...] | None]:
+        """{canonical leaf: canonical shape}, in canonical order."""
+        if self.codec is None:
+            return {leaf: p.shape for leaf, p in self.params.items()}
+        native = {rel: p.shape for rel, p in self.params.items()}
+        if any(shape is None for shape in native.values()):
+            return dict.fromkeys(self.codec.leaves)
+        return self.codec.shapes(native)
+
+    def dtype(self, leaf: str) -> str:
+        p = self.params[leaf] if self.codec is None else next(iter(self.params.values()))
+        return p.dtype
+
+    def persistent(self, leaf: str) -> bool:
+        return self.codec is not None or self.params[leaf]._persistent
+
+    def is_buffer(self, leaf: str) -> bool:
+        return self.codec is None and self.params[leaf].is_buffer
+
+    def read(self) -> dict[str, np.ndarray]:
+        """{canonical leaf: value}: views where the layout allows, for a plain layer."""
+        if self.codec is None:
+            return {leaf: p.numpy() for leaf, p in self.params.items()}
+        return self.codec.to_canonical({rel: p.numpy() for rel, p in self.params.items()})
+
+    def writes(
+        self, values: dict[str, Callable[[], np.ndarray]]
+    ) -> list[tuple[Param, Callable[[], np.ndarray]]]:
+        """(Param, thunk of its canonical value) for the leaves in ``values`` (thunks: canonical
+        values of this layer's leaves). A codec's layer is computed at the first thunk called;
+        its leaves missing from ``values`` keep their current value."""
+        if self.codec is None:
+            return [(self.params[leaf], get) for leaf, get in values.items()]
+        codec, params = self.codec, self.params
+        cache: dict[str, np.ndarray] = {}
+
+        def native(rel: str) -> np.ndarray:
+            if not cache:
+                current = self.read() if set(values) != set(codec.leaves) else {}
+                full = {
+                    leaf: values[leaf]() if leaf in values else current[leaf]
+                    for leaf in codec.leaves
+                }
+                shapes = {r: p.shape for r, p in params.items()}
+                cache.update(codec.to_native(full, shapes))
+            return cache.pop(rel)
+
+        return [(p, lambda rel=rel: native(rel)) for rel, p in params.items()]
+
+
+def layers(node: Node) -> list[Layer]:
+    """Every module occurrence under ``node`` that holds leaves, in traversal order (a tied module
+    at each of its positions), with paths relative to ``node``."""
+    tree = node._tree
+    entries = node._entries()
+    modules = dict(node._relative([("", tree._native), *tree._modules]))
+    adapter = tree._adapter
+    codecs: dict[str, Codec] = {}
+    if has_codecs(adapter.name):
+        for path, module in modules.items():
+            codec = codec_for(adapter.name, adapter.kind(module))
+            if codec is not None and not any(
+                path.startswith(outer + ".") or not outer for outer in codecs
+            ):
+                codecs[path] = codec
+    out: list[Layer] = []
+    current: Layer | None = None
+    for path, p in entries:
+        owner, _, leaf = path.rpartition(".")
+        if codecs:
+            segments = path.split(".")
+            for n in range(len(segments)):
+                outer = ".".join(segments[:n])
+                if outer in codecs:
+                    owner, leaf = outer, ".".join(segments[n:])
+                    break
+        if current is None or current.path != owner:
+            current = Layer(tree, owner, modules[owner], codecs.get(owner))
+            out.append(current)
+        current.params[leaf] = p
+    return out
+
+
+class Slot:
+    """One canonical tensor: every key it has (tied: several), the layer that holds it first."""
+
+    __slots__ = ("keys", "layer", "leaf")
+
+    def __init__(self, key: str, layer: Layer, leaf: str) -> None:
+        self.keys = [key]
+        self.layer = layer
+        self.leaf = leaf
+
+
+def slots(node: Node) -> list[Slot]:
+    """Each canonical tensor once, in traversal order, with all its keys (ties)."""
+    out: list[Slot] = []
+    by_param: dict[int, Slot] = {}
+    by_codec: dict[int, dict[str, Slot]] = {}
+    for layer in layers(node):
+        if layer.codec is None:
+            for leaf, p in layer.params.items():
+                key = _join(layer.path, leaf)
+                slot = by_param.get(id(p))
+                if slot is None:
+                    slot = by_param[id(p)] = Slot(key, layer, leaf)
+                    out.append(slot)
+                else:
+                    slot.keys.append(key)
+            continue
+        ident = id(next(iter(layer.params.values())))
+        group = by_codec.get(ident)
+        if group is None:
+            group = by_codec[ident] = {}
+            for leaf in layer.codec.leaves:
+                group[leaf] = Slot(_join(layer.path, leaf), layer, leaf)
+                out.append(group[leaf])
+        else:
+            for leaf, slot in group.items():
+                slot.keys.append(_join(layer.path, leaf))
+    return out
+
+
+def state(node: Node) -> dict[str, np.ndarray]:
+    """{first key: canonical value} of every parameter and persistent buffer."""
+    out: dict[str, np.ndarray] = {}
+    computed: dict[int, dict[str, np.ndarray]] = {}
+    for slot in slots(node):
+        layer = slot.layer
+        if not layer.persistent(slot.leaf):
+            continue
+        if layer.codec is None:
+            out[slot.keys[0]] = layer.params[slot.leaf].numpy()
+            continue
+        values = computed.get(id(layer))
+        if values is None:
+            values = computed[id(layer)] = layer.read()
+        out[slot.keys[0]] = values[slot.leaf]
+    return out

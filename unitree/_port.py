@@ -1,0 +1,312 @@
+"""``ut.port``: copy every parameter and buffer of one model into another, across frameworks."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+from ._canon import Layer, Slot, _join, layers, slots
+from ._dtypes import numpy_dtype
+from ._errors import PortError
+from ._tree import Node, _write_all, wrap
+from .layouts import OPTIONAL
+
+
+class Pair(NamedTuple):
+    """One source layer matched to one destination layer, and the rule that matched them."""
+
+    src: str
+    dst: str
+    kind: str | None
+    rule: str  # "path", "rename" or "structure"
+    note: str = ""
+
+
+class PortReport:
+    """What ``ut.port`` matched, copied, and found different.
+
+    ``pairs``: every (source layer, destination layer) with the rule that
+    matched it; ``ties_kept`` / ``ties_split``: source tie groups that are (not)
+    one storage in the destination; ``settings``: layer settings that differ
+    (epsilons, momentum, padding...): under ``strict=True`` they are errors;
+    ``skipped``: what ``strict=False`` left out; ``notes``: conversions worth
+    knowing (a folded bias, a dropped counter).
+    """
+
+    def __init__(self, src: str, dst: str) -> None:
+        self.src, self.dst = src, dst
+        self.pairs: list[Pair] = []
+        self.tensors = 0
+        self.bytes = 0
+        self.ties_kept: list[tuple[str, ...]] = []
+        self.ties_split: list[tuple[str, ...]] = []
+        self.settings: list[str] = []
+        self.skipped: list[str] = []
+        self.notes: list[str] = []
+
+    @property
+    def rules(self) -> dict[str, int]:
+        """How many pairs each rule matched: {"path": 5, "structure": 2}."""
+        out: dict[str, int] = {}
+        for pair in self.pairs:
+            out[pair.rule] = out.get(pair.rule, 0) + 1
+        return out
+
+    def __str__(self) -> str:
+        lines = [
+            f"port {self.src} -> {self.dst}: {self.tensors} tensors, {self.bytes:,} bytes, "
+            f"{len(self.pairs)} layers ({', '.join(f'{n} by {r}' for r, n in self.rules.items()) or 'none'})"
+        ]
+        width = max((len(p.src) for p in self.pairs), default=0)
+        for p in self.pairs:
+            arrow = f"{p.src or '(root)':<{width}} -> {p.dst or '(root)'}"
+            lines.append(
+                f"  {arrow}  [{p.kind or '-'}, by {p.rule}]" + (f"  {p.note}" if p.note else "")
+            )
+        for title, items in (
+            ("ties kept", [" = ".join(t) for t in self.ties_kept]),
+            (
+                "ties split (one storage in the source, separate in the destination)",
+                [" = ".join(t) for t in self.ties_split],
+            ),
+            ("settings that differ", self.settings),
+            ("skipped", self.skipped),
+            ("notes", self.notes),
+        ):
+            if items:
+                lines.append(f"{title}:")
+                lines += [f"  {item}" for item in items]
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def port(
+    src: Any,
+    dst: Any,
+    strict: bool = True,
+    *,
+    rename: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+    cast: bool = False,
+) -> PortReport:
+    """Copy every parameter and buffer of ``src`` into ``dst``, whatever their frameworks.
+
+    Layers are matched by canonical path first; the layers left over are
+    matched by structure: in traversal order, each with the same kind and the
+    same canonical leaves and shapes (a Keras functional model against a
+    torch Sequential, Gluon's ``Dense(activation=...)`` against ``Linear`` +
+    ``ReLU``). ``rename`` maps regular expressions over source layer paths to
+    replacements (``{r"^features\\.(\\d+)$": r"conv\\1"}``), applied before the
+    path match. Everything is validated before anything is written: shapes,
+    dtypes (converted only when lossless, unless ``cast=True``), ties (a tie in
+    the source must be one storage in the destination), and layer settings
+    that change results without being parameters (norm epsilons, batch-norm
+    momentum, conv padding, stride, dilation, groups). ``strict=True`` raises
+    :class:`unitree.PortError` for any difference, naming every one, and
+    writes nothing; ``strict=False`` copies what matches and reports the rest.
+    Returns a :class:`PortReport`.
+    """
+    s_node, d_node = _node(src), _node(dst)
+    s_tree, d_tree = s_node._tree, d_node._tree
+    report = PortReport(s_tree.backend, d_tree.backend)
+    problems: list[str] = []
+    S, D = layers(s_node), layers(d_node)
+    renamed = _renamer(rename)
+
+    # 1. by path (after renaming), 2. the rest by structure, in order
+    by_path: dict[str, list[Layer]] = {}
+    for s in S:
+        by_path.setdefault(renamed(s.path), []).append(s)
+    matched: dict[int, tuple[Layer, str]] = {}  # id(dst layer) -> (src layer, rule)
+    taken: set[int] = set()
+    for d in D:
+        for s in by_path.get(d.path, []):
+            if id(s) not in taken and _fits(s, d):
+                matched[id(d)] = (s, "path" if renamed(s.path) == s.path else "rename")
+                taken.add(id(s))
+                break
+    rest_s = [s for s in S if id(s) not in taken]
+    rest_d = [d for d in D if id(d) not in matched]
+    for s, d in zip(rest_s, rest_d):
+        if not _fits(s, d):
+            problems.append(
+                f"by structure, {_describe(s, s_tree.backend)} does not fit {_describe(d, d_tree.backend)}"
+            )
+            break
+        matched[id(d)] = (s, "structure")
+        taken.add(id(s))
+    for s in S:
+        if id(s) not in taken:
+            problems.append(
+                f"source layer {_describe(s, s_tree.backend)}: no destination layer matches it"
+            )
+    for d in D:
+        if id(d) not in matched:
+            problems.append(
+                f"destination layer {_describe(d, d_tree.backend)}: no source layer matches it"
+            )
+    if not strict:
+        report.skipped, problems = problems, []
+    pairs = [(matched[id(d)][0], d, matched[id(d)][1]) for d in D if id(d) in matched]
+
+    # what each destination tensor takes, checked
+    s_slot = {key: slot for slot in slots(s_node) for key in slot.keys}
+    d_slots = slots(d_node)
+    d_slot = {key: slot for slot in d_slots for key in slot.keys}
+    takes: dict[int, list[tuple[Slot, str]]] = {}  # id(dst slot) -> [(src slot, src key)]
+    casting = "unsafe" if cast else "safe"
+    for s, d, rule in pairs:
+        s_shapes, d_shapes = s.shapes(), d.shapes()
+        notes = [n for n in (s.codec and s.codec.note, d.codec and d.codec.note) if n]
+        for leaf in d_shapes:
+            if leaf not in s_shapes:
+                notes.append(f"{leaf} kept: not in the {s_tree.backend} layer")
+                continue
+            want = numpy_dtype(d.dtype(leaf))
+            have = numpy_dtype(s.dtype(leaf))
+            if not np.can_cast(have, want, casting):
+                why = " (a lossy cast: pass cast=True to allow it)" if not cast else ""
+                problems.append(
+                    f"{_join(s.path, leaf)}: dtype {have} in the source, {want} in {_join(d.path, leaf)}{why}"
+                )
+            src_slot = s_slot[_join(s.path, leaf)]
+            takes.setdefault(id(d_slot[_join(d.path, leaf)]), []).append(
+                (src_slot, _join(s.path, leaf))
+            )
+        notes += [
+            f"{leaf} dropped: not in the {d_tree.backend} layer"
+            for leaf in s_shapes
+            if leaf not in d_shapes
+        ]
+        differences = _settings(s, d, s_tree, d_tree, report)
+        if strict:
+            problems += differences
+        report.pairs.append(Pair(s.path, d.path, d.kind or s.kind, rule, "; ".join(notes)))
+
+    # ties: a source storage must stay one storage; a destination storage must get one value
+    dst_of: dict[int, set[int]] = {}
+    for d_slot_ in d_slots:
+        for src_slot, _ in takes.get(id(d_slot_), []):
+            dst_of.setdefault(id(src_slot), set()).add(id(d_slot_))
+    for slot in slots(s_node):
+        if len(slot.keys) > 1 and id(slot) in dst_of:
+            (report.ties_kept if len(dst_of[id(slot)]) == 1 else report.ties_split).append(
+                tuple(slot.keys)
+            )
+    if report.ties_split and strict:
+        problems += [
+            f"tied in the source, separate in the destination: {' = '.join(t)} (pass strict=False to copy it into each)"
+            for t in report.ties_split
+        ]
+    for d_slot_ in d_slots:
+        sources = {id(s) for s, _ in takes.get(id(d_slot_), [])}
+        if len(sources) > 1:
+            keys = [k for _, k in takes[id(d_slot_)]]
+            first = _value(takes[id(d_slot_)][0][0])
+            if not all(np.array_equal(first, _value(s)) for s, _ in takes[id(d_slot_)][1:]):
+                problems.append(
+                    f"{' = '.join(d_slot_.keys)} are one storage in the destination but {', '.join(keys)} hold different values in the source"
+                )
+
+    if problems:
+        raise PortError(
+            f"Cannot port the {s_tree.backend} model into the {d_tree.backend} model; nothing was written:\n  "
+            + "\n  ".join(problems)
+        )
+
+    plan: dict[int, tuple[Layer, dict[str, Callable[[], np.ndarray]]]] = {}
+    cache: dict[int, dict[str, np.ndarray]] = {}
+    for d_slot_ in d_slots:
+        if id(d_slot_) not in takes:
+            continue
+        src_slot = takes[id(d_slot_)][0][0]
+        want = numpy_dtype(d_slot_.layer.dtype(d_slot_.leaf))
+        plan.setdefault(id(d_slot_.layer), (d_slot_.layer, {}))[1][d_slot_.leaf] = (
+            lambda s=src_slot, w=want: _value(s, cache).astype(w, copy=False)
+        )
+        shape = d_slot_.layer.shapes()[d_slot_.leaf] or ()
+        report.tensors += 1
+        report.bytes += math.prod(shape) * want.itemsize
+    _write_all(w for layer, values in plan.values() for w in layer.writes(values))
+    return report
+
+
+def _node(obj: Any) -> Node:
+    return obj if isinstance(obj, Node) else wrap(obj)
+
+
+def _renamer(rename: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> Callable[[str], str]:
+    if not rename:
+        return lambda path: path
+    patterns = [
+        (re.compile(p), r) for p, r in (rename.items() if isinstance(rename, Mapping) else rename)
+    ]
+
+    def renamed(path: str) -> str:
+        for pattern, replacement in patterns:
+            path = pattern.sub(replacement, path)
+        return path
+
+    return renamed
+
+
+def _fits(s: Layer, d: Layer) -> bool:
+    """Same kind (when both frameworks know it) and the same canonical leaves and shapes."""
+    if s.kind and d.kind and s.kind != d.kind:
+        return False
+    a, b = s.shapes(), d.shapes()
+    common = set(a) & set(b)
+    if not common or (set(a) ^ set(b)) - OPTIONAL:
+        return False
+    return all(a[leaf] == b[leaf] for leaf in common)
+
+
+def _describe(layer: Layer, backend: str) -> str:
+    shapes = ", ".join(f"{leaf} {shape}" for leaf, shape in layer.shapes().items())
+    return f"{layer.path or '(root)'} ({backend} {layer.type_name}: {shapes})"
+
+
+def _value(slot: Slot, cache: dict[int, dict[str, np.ndarray]] | None = None) -> np.ndarray:
+    layer = slot.layer
+    if layer.codec is None:
+        return layer.params[slot.leaf].numpy()
+    if cache is None:
+        return layer.read()[slot.leaf]
+    values = cache.get(id(layer))
+    if values is None:
+        values = cache[id(layer)] = layer.read()
+    return values[slot.leaf]
+
+
+def _settings(s: Layer, d: Layer, s_tree: Any, d_tree: Any, report: PortReport) -> list[str]:
+    """The settings both frameworks expose for the pair, compared; differences are reported."""
+    a = s_tree._adapter.settings(s.module)
+    b = d_tree._adapter.settings(d.module)
+    out = []
+    for name in a.keys() & b.keys():
+        x, y = a[name], b[name]
+        same = (
+            math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-12)
+            if isinstance(x, float) and isinstance(y, float)
+            else x == y
+        )
+        if not same:
+            out.append(
+                f"{d.path or '(root)'}: {name} is {x!r} in the {s_tree.backend} layer {s.path or '(root)'}, {y!r} in the {d_tree.backend} one"
+            )
+    for (one, tree, layer), other in (((a, s_tree, s), b), ((b, d_tree, d), a)):
+        for name, value in one.items():  # one-sided settings that change results (Gluon's flatten)
+            if name not in other and name in _ONE_SIDED and value != _ONE_SIDED[name]:
+                report.notes.append(
+                    f"{layer.path}: the {tree.backend} layer has {name}={value!r}, which the other framework does not have: same results only when its input is already flat"
+                )
+    report.settings += out
+    return out
+
+
+# Settings only one framework has, and the value the others behave as.
+_ONE_SIDED = {"flatten": False}
