@@ -25,4 +25,29 @@ framework's own API, so the cases can check unitree against the framework.
     native_value(tree, i, leaf) -> np.ndarray   canonical value of leaf "weight"/"bias" of layer i,
                                                 read with the framework's own API
     is_parameter(obj), is_tensor(obj) -> bool   the framework's parameter and tensor types
+
+The port matrix (``cases.PORT_CASES``) adds two names:
+
+    port_model(device) -> model                 the port model below, built natively with the
+                                                framework's own random init, and with random
+                                                batch-norm running statistics set through the
+                                                framework's API, ready for inference
+    port_forward(tree, X) -> np.ndarray         its output (2, 3) float32 on the int tokens X
+                                                (2, 6), in inference mode (batch norm uses its
+                                                running statistics), run natively
+
+The port model is the same function on every backend, with the same paths:
+
+    emb    Embedding(10, 8)                     (B, T) -> (B, T, 8)
+    lstm   LSTM 8 -> 8, one layer, one direction, the whole sequence out
+    norm   LayerNorm(8), eps 1e-5
+    conv   Conv1D 8 -> 4, kernel 3, valid padding (channels-first frameworks transpose
+           (B, T, C) -> (B, C, T) before it, as a user would)
+           flatten: (B, 16), each framework in its own order (no parameters)
+    fc     Dense 16 -> 8
+    bn     BatchNorm over 8 features, eps 1e-5, momentum 0.1 as torch counts it
+           (0.9 in Keras, Flax and Gluon), then ReLU
+    tied_a Dense 8 -> 8, then ReLU
+    tied_b the very same layer object as tied_a (a tie), then ReLU
+    out    Dense 8 -> 3
 """
