@@ -32,17 +32,34 @@ CHECKPOINTS = os.path.join(HERE, ".nox", "checkpoints")
 PARTS = os.path.join(HERE, ".nox", "reports", "parts")
 ENVIRONMENTS = ["torch", "gluon", *(f"keras-{b}" for b in KERAS_BACKENDS), "flax"]
 
+
+def _keras_env(backend: str) -> dict[str, str]:
+    """Keras reads KERAS_BACKEND once, at import, and writes its config under KERAS_HOME."""
+    home = os.path.join(HERE, ".nox", f"keras-home-{backend}")
+    return {"KERAS_BACKEND": backend, "KERAS_HOME": home, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+# What each environment tests (UNITREE_BACKENDS) and its variables. Torch is in every
+# environment and Keras in two more, so ports run in one process wherever frameworks can
+# share one: Keras on torch beside Gluon (numpy 1.23), Keras on jax beside Flax.
+ENV: dict[str, dict[str, str]] = {
+    "torch": {"UNITREE_BACKENDS": "torch"},
+    "gluon": {"UNITREE_BACKENDS": "gluon", **_keras_env("torch")},
+    **{f"keras-{b}": {"UNITREE_BACKENDS": "keras", **_keras_env(b)} for b in KERAS_BACKENDS},
+    "flax": {"UNITREE_BACKENDS": "flax-linen,flax-nnx", **_keras_env("jax")},
+}
+
 nox.options.sessions = ["lint", "core", *ENVIRONMENTS, "matrix"]
 
 
-def _suite(session: nox.Session, tests: str, backends: str, **env: str) -> None:
+def _suite(session: nox.Session, tests: str) -> None:
     """The matrix column of this environment, then its unit tests and the conformance suite.
 
     ``posargs`` go to pytest: options are added to this environment's test paths
     (``nox -s torch -- -k tie``), paths replace them (``nox -s torch -- conformance``);
     ``bench`` runs this environment's benchmarks instead.
     """
-    env = {"UNITREE_BACKENDS": backends, "UNITREE_CHECKPOINTS": CHECKPOINTS, **env}
+    env = {"UNITREE_CHECKPOINTS": CHECKPOINTS, **ENV[session.name]}
     if session.posargs[:1] == ["bench"]:
         backend = session.name.partition("-")[0]
         session.run("python", "benchmarks/run.py", backend, *session.posargs[1:], env=env)
@@ -75,26 +92,24 @@ def core(session: nox.Session) -> None:
 def torch(session: nox.Session) -> None:
     """The torch adapter's tests, and the conformance suite on torch."""
     session.install("-e", ".[torch]", TORCH, "pytest", "ml_dtypes")
-    _suite(session, "tests/torch", "torch")
+    _suite(session, "tests/torch")
 
 
 @nox.session
 def gluon(session: nox.Session) -> None:
     """MXNet Gluon 1.9.1 in its own environment: it imports only with numpy < 1.24."""
-    session.install("-e", ".", *GLUON, "pytest", "rich")
+    session.install("-e", ".", *GLUON, TORCH, KERAS, "pytest", "rich")
     if not session.posargs:  # the only numpy-1 environment: the core must pass here too
         session.run("pytest", "tests/core")
-    _suite(session, "tests/gluon", "gluon")
+    _suite(session, "tests/gluon")
 
 
 def _keras(backend: str) -> None:
     @nox.session(name=f"keras-{backend}")
     def keras(session: nox.Session) -> None:
         """Keras 3 on one of its backends: KERAS_BACKEND is read once, at import."""
-        session.install("-e", ".", KERAS, KERAS_BACKENDS[backend], "pytest")
-        home = os.path.join(HERE, ".nox", f"keras-home-{backend}")  # Keras writes its config here
-        env = {"KERAS_BACKEND": backend, "KERAS_HOME": home, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        _suite(session, "tests/keras", "keras", **env)
+        session.install("-e", ".", KERAS, KERAS_BACKENDS[backend], TORCH, "pytest")
+        _suite(session, "tests/keras")
 
 
 for _backend in KERAS_BACKENDS:
@@ -104,8 +119,8 @@ for _backend in KERAS_BACKENDS:
 @nox.session
 def flax(session: nox.Session) -> None:
     """Flax linen and NNX on jax."""
-    session.install("-e", ".", *FLAX, "pytest")
-    _suite(session, "tests/flax", "flax-linen,flax-nnx")
+    session.install("-e", ".", *FLAX, TORCH, KERAS, "pytest")
+    _suite(session, "tests/flax")
 
 
 @nox.session
@@ -117,9 +132,29 @@ def matrix(session: nox.Session) -> None:
             f"No matrix column from {missing}: run those sessions (they failed or did not run)."
         )
     _crossed_numpy_boundary(session)
+    _load_every_port_file(session)
     session.install("-e", ".")
     report = os.path.join(HERE, ".nox", "reports", "conformance.md")
     session.run("unitree", "conformance", "--merge", PARTS, "--report", report)
+
+
+def _load_every_port_file(session: nox.Session) -> None:
+    """The file twin of the port matrix: now that every environment has saved its port model,
+    each loads every one (the environment sessions could only load those saved before them)."""
+    for name in ENVIRONMENTS:
+        unitree = os.path.join(HERE, ".nox", name, "bin", "unitree")
+        part = os.path.join(PARTS, f"files-{name}.json")
+        env = {"UNITREE_CHECKPOINTS": CHECKPOINTS, **ENV[name]}
+        session.run(
+            unitree,
+            "conformance",
+            "--files",
+            "--report",
+            part,
+            env=env,
+            external=True,
+            success_codes=[0, 1],  # a failing cell is drawn in the matrix, which then fails
+        )
 
 
 def _crossed_numpy_boundary(session: nox.Session) -> None:

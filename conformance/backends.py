@@ -41,6 +41,18 @@ def load(name: str) -> ModuleType:
     return importlib.import_module(BUILDERS[name])
 
 
+def importable() -> list[str]:
+    """The backends whose builder and framework import in this process."""
+    found = []
+    for n in BUILDERS:
+        try:
+            load(n)
+        except ImportError:
+            continue
+        found.append(n)
+    return found
+
+
 def selected() -> list[ModuleType]:
     """Builders for the named backends (all must import), or for every installed one if none is named."""
     names = named()

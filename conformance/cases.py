@@ -268,3 +268,58 @@ def save_load(b: ModuleType, device: str) -> None:
     assert f"{stem}.safetensors" in loaded
     # what crossed between environments, for the run to check (nox's matrix session does)
     (folder / f"loaded-by-{b.label}-{device.replace(':', '')}.json").write_text(json.dumps(loaded))
+
+
+# -- the port matrix: the same model on every backend, ported between any two --------------
+
+TOKENS = np.random.default_rng(2).integers(0, 10, (2, 6))  # the port model's input
+TIES = [("tied_a.weight", "tied_b.weight"), ("tied_a.bias", "tied_b.bias")]
+
+
+def port(src: ModuleType, dst: ModuleType, device: str) -> None:
+    """``ut.port`` from the port model on ``src`` to a fresh one on ``dst`` (random weights of
+    its own): the same outputs on the same tokens, every canonical value equal, ties kept."""
+    a, b = src.wrap(src.port_model(device)), dst.wrap(dst.port_model(device))
+    want = src.port_forward(a, TOKENS)
+    assert not np.allclose(dst.port_forward(b, TOKENS), want, rtol=1e-3)  # a port changes it
+    report = ut.port(a, b)
+    np.testing.assert_allclose(dst.port_forward(b, TOKENS), want, rtol=1e-5, atol=1e-5)
+    assert report.ties_kept == TIES and not report.ties_split, report
+    assert b.ties() == TIES
+    theirs = b.state_dict()
+    for key, value in a.state_dict().items():
+        if key in theirs:  # every key but torch's batch-norm counter
+            np.testing.assert_allclose(theirs[key], value, rtol=1e-6, atol=1e-7, err_msg=key)
+
+
+def port_save(b: ModuleType, device: str) -> Path:
+    """The port model on ``b`` saved in the shared folder, with its input and output."""
+    folder = checkpoint_dir()
+    tree = b.wrap(b.port_model(device))
+    stem = folder / f"port-{b.label}-{device.replace(':', '')}"
+    ut.save(tree, stem.with_suffix(".safetensors"))
+    np.savez(stem.with_suffix(".npz"), X=TOKENS, Y=b.port_forward(tree, TOKENS))
+    return stem.with_suffix(".safetensors")
+
+
+def port_load(b: ModuleType, device: str, path: Path) -> None:
+    """A port checkpoint saved by any backend, loaded onto a fresh port model on ``b``: the
+    outputs the saver recorded, on the same tokens."""
+    tree = b.wrap(b.port_model(device))
+    ut.load(tree, path)
+    with np.load(path.with_suffix(".npz"), allow_pickle=False) as record:
+        np.testing.assert_allclose(
+            b.port_forward(tree, record["X"]), record["Y"], rtol=1e-5, atol=1e-5
+        )
+    assert tree.ties() == TIES
+
+
+def port_files() -> list[Path]:
+    """The port checkpoints in the shared folder, one per backend x device that saved one."""
+    return sorted(checkpoint_dir().glob("port-*.safetensors"))
+
+
+def port_label(path: Path) -> str:
+    """``port-keras-jax-cpu.safetensors`` -> ``keras-jax cpu``."""
+    label, _, device = path.stem.removeprefix("port-").rpartition("-")
+    return f"{label} {device}"

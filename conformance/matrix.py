@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import traceback
-from typing import NamedTuple
+from types import ModuleType
+from typing import Callable, NamedTuple
 
 from conformance import backends, cases
 
@@ -61,6 +62,58 @@ def run(names: list[str], device: str | None = None, strict: bool = True) -> lis
                         )
                     else:
                         cells.append(Cell(c.__name__, name, col, "pass", d))
+    return cells
+
+
+def _run(case: str, backend: str, device: str, fn: Callable[..., object], *args: object) -> Cell:
+    try:
+        fn(*args)
+    except Exception as e:  # a failing case is a cell, not a crash
+        last = traceback.extract_tb(e.__traceback__)[-1]
+        reason = f"{type(e).__name__}: {e} ({last.filename.rpartition('/')[2]}:{last.lineno})"
+        return Cell(
+            case, backend, _column(device), "fail", device + ": " + " ".join(reason.split())[:300]
+        )
+    return Cell(case, backend, _column(device), "pass", device)
+
+
+def in_process() -> list[ModuleType]:
+    """Every builder whose framework imports in this process: the backends a port can join."""
+    return [backends.load(name) for name in backends.importable()]
+
+
+def run_ports(device: str | None = None) -> list[Cell]:
+    """``port from S`` into D, for every two backends that import in this process (each to
+    itself too), on every device both see."""
+    here = in_process()
+    cells = []
+    for dst in here:
+        for src in here:
+            for d in dst.devices():
+                if device in (None, d, _column(d)) and d in src.devices():
+                    cells.append(
+                        _run(f"port from {src.label}", dst.label, d, cases.port, src, dst, d)
+                    )
+    return cells
+
+
+def run_files(names: list[str], device: str | None = None, save: bool = True) -> list[Cell]:
+    """The port model saved on each named backend (``save``), then every port checkpoint in the
+    shared folder loaded onto each: ``file from S`` into D."""
+    cells = []
+    chosen = [backends.load(n) for n in names]
+    for b in chosen:
+        for d in b.devices():
+            if save and device in (None, d, _column(d)):
+                cell = _run("file saved", b.label, d, cases.port_save, b, d)
+                if cell.status == "fail":
+                    cells.append(cell)
+    for b in chosen:
+        for d in b.devices():
+            if device in (None, d, _column(d)):
+                for path in cases.port_files():
+                    case = f"file from {cases.port_label(path)}"
+                    cells.append(_run(case, b.label, d, cases.port_load, b, d, path))
     return cells
 
 
@@ -127,11 +180,27 @@ def as_json(cells: list[Cell], versions: str = "") -> str:
 
 
 def merge(parts: list[str]) -> tuple[list[Cell], str]:
-    """The cells and version lines of JSON reports written by separate environments (nox sessions)."""
-    cells: list[Cell] = []
+    """The cells and version lines of JSON reports written by separate environments (nox
+    sessions). A cell run in several environments (torch to torch) fails if any run failed.
+    A port between two backends that never shared an environment says so."""
+    by: dict[tuple[str, str, str], Cell] = {}
     lines: list[str] = []
     for text in parts:
         part = json.loads(text)
-        cells += [Cell(**c) for c in part["cells"]]
+        for c in map(lambda c: Cell(**c), part["cells"]):
+            key = (c.case, c.backend, c.device)
+            if key not in by or c.status == "fail" or by[key].status == "not available here":
+                by[key] = c
         lines.append(part["versions"])
-    return cells, "\n".join(dict.fromkeys(lines))
+    labels = list(dict.fromkeys(c.backend for c in by.values()))
+    for src in labels:
+        for dst in labels:
+            key = (f"port from {src}", dst, "cpu")
+            if key not in by:
+                by[key] = Cell(
+                    *key,
+                    "not available here",
+                    f"{src} and {dst} cannot share a process (numpy 1 vs 2, or one Keras "
+                    "backend per process): the 'file from' rows cover this direction",
+                )
+    return list(by.values()), "\n".join(dict.fromkeys(lines))

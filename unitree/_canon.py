@@ -52,7 +52,7 @@ class Layer:
             return {leaf: p.shape for leaf, p in self.params.items()}
         native = {rel: p.shape for rel, p in self.params.items()}
         if any(shape is None for shape in native.values()):
-            return dict.fromkeys(self.codec.leaves)
+            return {}  # unknown until the framework builds it
         return self.codec.shapes(native)
 
     def dtype(self, leaf: str) -> str:
@@ -84,10 +84,9 @@ class Layer:
 
         def native(rel: str) -> np.ndarray:
             if not cache:
-                current = self.read() if set(values) != set(codec.leaves) else {}
+                current = self.read()  # the leaves not in ``values`` keep their value
                 full = {
-                    leaf: values[leaf]() if leaf in values else current[leaf]
-                    for leaf in codec.leaves
+                    leaf: values[leaf]() if leaf in values else current[leaf] for leaf in current
                 }
                 shapes = {r: p.shape for r, p in params.items()}
                 cache.update(codec.to_native(full, shapes))
@@ -160,7 +159,7 @@ def slots(node: Node) -> list[Slot]:
         group = by_codec.get(ident)
         if group is None:
             group = by_codec[ident] = {}
-            for leaf in layer.codec.leaves:
+            for leaf in layer.shapes():
                 group[leaf] = Slot(_join(layer.path, leaf), layer, leaf)
                 out.append(group[leaf])
         else:

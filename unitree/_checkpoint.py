@@ -187,10 +187,9 @@ class TorchFile:
     ``weights_only=True`` (torch's restricted unpickler: tensors and plain containers, never
     arbitrary objects) and memory-mapped, so tensors are read one at a time."""
 
-    metadata: dict[str, str] = {}
-
     def __init__(self, path: PathLike) -> None:
         self.path = os.fspath(path)
+        self.metadata: dict[str, str] = {}
         if not os.path.isfile(self.path):
             raise CheckpointError(f"{self.path}: no such checkpoint file.")
         try:

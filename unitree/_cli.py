@@ -90,7 +90,11 @@ def _suite_root() -> Path:
 
 
 def conformance(
-    backend: list[str] | None, device: str | None, report: str | None, merge: str | None = None
+    backend: list[str] | None,
+    device: str | None,
+    report: str | None,
+    merge: str | None = None,
+    files: bool = False,
 ) -> int:
     sys.path.insert(0, str(_suite_root()))
     from conformance import backends, matrix
@@ -104,8 +108,13 @@ def conformance(
         cells, versions = matrix.merge([p.read_text() for p in parts])
     else:
         named = backend or backends.named()
-        cells = matrix.run(named or list(backends.BUILDERS), device, strict=named is not None)
-        versions = matrix.versions(named or list(backends.BUILDERS))
+        names = named or backends.importable()
+        if files:  # the file twin's second pass: every port checkpoint saved by any environment
+            cells = matrix.run_files(names, device, save=False)
+        else:
+            cells = matrix.run(names, device, strict=named is not None)
+            cells += matrix.run_ports(device) + matrix.run_files(names, device)
+        versions = matrix.versions(names)
     text = matrix.markdown(cells) + "\n" + versions
     print(text)
     if report:
@@ -144,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="draw one matrix from the JSON reports in DIR, one per environment, instead of running",
     )
+    p.add_argument(
+        "--files",
+        action="store_true",
+        help="only load every port checkpoint in UNITREE_CHECKPOINTS onto these backends",
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "show":
@@ -153,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             text, same = diff(args.a, args.b)
             print(text)
             return 0 if same else 1
-        return conformance(args.backend, args.device, args.report, args.merge)
+        return conformance(args.backend, args.device, args.report, args.merge, args.files)
     except UnitreeError as e:
         print(f"unitree: {e}", file=sys.stderr)
         return 2

@@ -154,7 +154,8 @@ def port(
     pairs = [(matched[id(d)][0], d, matched[id(d)][1]) for d in D if id(d) in matched]
 
     # what each destination tensor takes, checked
-    s_slot = {key: slot for slot in slots(s_node) for key in slot.keys}
+    s_slots = slots(s_node)
+    s_slot = {key: slot for slot in s_slots for key in slot.keys}
     d_slots = slots(d_node)
     d_slot = {key: slot for slot in d_slots for key in slot.keys}
     takes: dict[int, list[tuple[Slot, str]]] = {}  # id(dst slot) -> [(src slot, src key)]
@@ -192,7 +193,7 @@ def port(
     for d_slot_ in d_slots:
         for src_slot, _ in takes.get(id(d_slot_), []):
             dst_of.setdefault(id(src_slot), set()).add(id(d_slot_))
-    for slot in slots(s_node):
+    for slot in s_slots:
         if len(slot.keys) > 1 and id(slot) in dst_of:
             (report.ties_kept if len(dst_of[id(slot)]) == 1 else report.ties_split).append(
                 tuple(slot.keys)

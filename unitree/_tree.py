@@ -22,7 +22,7 @@ from ._errors import (
     UnitreeError,
     ValueTypeError,
 )
-from .layouts import CHANNELS_LAST, NORMS, Flattened, Rule, has_rules, rules
+from .layouts import CHANNELS_LAST, NORMS, OPTIONAL, Flattened, Rule, has_rules, rules
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -231,7 +231,11 @@ class Param:
     def _write(self, value: np.ndarray) -> None:
         """Write a validated canonical value of the right shape and dtype."""
         t = self._transform
-        native = np.ascontiguousarray(t.to_native(value)) if t else value
+        native = (
+            np.ascontiguousarray(t.to_native(value, self._adapter.shape(self._leaf)))
+            if t
+            else value
+        )
         self._adapter.write(self._leaf, native, None)
 
     def __repr__(self) -> str:
@@ -542,9 +546,13 @@ class Node:
                 get(key).astype(dt, copy=False)
             )
         unexpected = [k for k in header if k not in used]
-        if strict:
-            problems += [f"{k}: missing from {source}" for k in missing]
-            problems += [f"{k}: unexpected, the model has no such path" for k in unexpected]
+        if strict:  # a leaf some frameworks lack (torch's batch-norm counter) is no error
+            problems += [f"{k}: missing from {source}" for k in missing if not _optional(k)]
+            problems += [
+                f"{k}: unexpected, the model has no such path"
+                for k in unexpected
+                if not _optional(k)
+            ]
         if problems:
             where = f" under {self.path!r}" if self.path else ""
             raise StateDictError(
@@ -619,6 +627,10 @@ class Node:
             for name, native_name, p in tree._leaf_items(native):
                 out[_join(path, name)] = (p, native, native_name)
         return out
+
+
+def _optional(key: str) -> bool:
+    return key.rpartition(".")[2] in OPTIONAL
 
 
 def _join(base: str, path: str) -> str:

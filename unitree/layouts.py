@@ -10,9 +10,12 @@ bias). A layer kind or leaf that has no rule keeps its native name and layout.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
+
+from ._errors import StateDictError
 
 Perm = Callable[[int], tuple[int, ...]]
 
@@ -42,7 +45,7 @@ class Permute:
         perm = self._perm(a.ndim)
         return a.transpose(perm) if perm else a
 
-    def to_native(self, a: np.ndarray) -> np.ndarray:
+    def to_native(self, a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         perm = self._perm(a.ndim)
         return a.transpose(inverse(perm)) if perm else a
 
@@ -69,7 +72,7 @@ class Flattened:
         c = self.channels
         return a.reshape(n // c, c, out).transpose(2, 1, 0).reshape(out, n)
 
-    def to_native(self, a: np.ndarray) -> np.ndarray:
+    def to_native(self, a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         out, n = a.shape
         c = self.channels
         return a.reshape(out, c, n // c).transpose(2, 1, 0).reshape(n, out)
@@ -80,29 +83,71 @@ class Codec:
 
     ``to_canonical`` takes {path relative to the layer: value} (as the tree
     shows them: inner dense layers already canonical) and returns {canonical
-    leaf: value}; ``to_native`` goes back, given the native shapes. ``note``
-    says what a port through it changes, for the report.
+    leaf: value}, in canonical order; ``to_native`` goes back, given the shapes
+    of the relative paths. ``note`` says what a port through it changes.
     """
 
     def __init__(
         self,
-        leaves: tuple[str, ...],
         to_canonical: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
         to_native: Callable[
             [dict[str, np.ndarray], dict[str, tuple[int, ...]]], dict[str, np.ndarray]
         ],
         note: str = "",
     ) -> None:
-        self.leaves = leaves
         self.to_canonical = to_canonical
         self.to_native = to_native
         self.note = note
 
     def shapes(self, native: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """{canonical leaf: shape}, computed on zeros that take no memory."""
         zeros = {
             rel: np.broadcast_to(np.zeros((), np.float32), shape) for rel, shape in native.items()
         }
         return {leaf: a.shape for leaf, a in self.to_canonical(zeros).items()}
+
+
+def _same(native: dict[str, np.ndarray], *rest: Any) -> dict[str, np.ndarray]:
+    return dict(native)
+
+
+# PyTorch's own attention holds out_proj in a child Linear: one layer all the same.
+_AS_ONE_LAYER = Codec(_same, _same)
+
+
+def _attention(q: str, k: str, v: str, o: str) -> Codec:
+    """Attention kept as four projections with (E, heads, head_dim) kernels (Keras, Flax) as
+    PyTorch's fused ``in_proj_weight`` (3E, E) rows q, k, v, and ``out_proj`` (E, E)."""
+
+    def to_canonical(n: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        e = n[f"{q}.kernel"].shape[0]
+        out = {
+            "in_proj_weight": np.concatenate([n[f"{x}.kernel"].reshape(e, -1).T for x in (q, k, v)])
+        }
+        if f"{q}.bias" in n:
+            out["in_proj_bias"] = np.concatenate([n[f"{x}.bias"].reshape(-1) for x in (q, k, v)])
+        kernel = n[f"{o}.kernel"]
+        out["out_proj.weight"] = kernel.reshape(-1, kernel.shape[-1]).T
+        if f"{o}.bias" in n:
+            out["out_proj.bias"] = n[f"{o}.bias"]
+        return out
+
+    def to_native(
+        c: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]
+    ) -> dict[str, np.ndarray]:
+        out = {}
+        rows = np.cumsum([0] + [math.prod(shapes[f"{x}.kernel"][1:]) for x in (q, k, v)])
+        for i, x in enumerate((q, k, v)):
+            part = slice(rows[i], rows[i + 1])
+            out[f"{x}.kernel"] = c["in_proj_weight"][part].T.reshape(shapes[f"{x}.kernel"])
+            if f"{x}.bias" in shapes:
+                out[f"{x}.bias"] = c["in_proj_bias"][part].reshape(shapes[f"{x}.bias"])
+        out[f"{o}.kernel"] = c["out_proj.weight"].T.reshape(shapes[f"{o}.kernel"])
+        if f"{o}.bias" in shapes:
+            out[f"{o}.bias"] = c["out_proj.bias"]
+        return out
+
+    return Codec(to_canonical, to_native)
 
 
 class Rule(NamedTuple):
@@ -110,41 +155,258 @@ class Rule(NamedTuple):
     transform: Any = None  # Permute, Flattened...: native <-> canonical values; None: the same
 
 
+class Depthwise:
+    """Keras's depthwise kernel (*k, in, multiplier) as PyTorch's grouped conv weight
+    (in * multiplier, 1, *k): output channel c * multiplier + m."""
+
+    view = False
+
+    def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        *k, c, m = shape
+        return (c * m, 1, *k)
+
+    def to_canonical(self, a: np.ndarray) -> np.ndarray:
+        *k, c, m = a.shape
+        n = len(k)
+        return a.transpose(n, n + 1, *range(n)).reshape(c * m, 1, *k)
+
+    def to_native(self, a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        *k, c, m = shape
+        n = len(k)
+        return a.reshape(c, m, *k).transpose(*range(2, n + 2), 0, 1)
+
+
+class Flipped:
+    """Flax's transposed-conv kernel (*k, in, out), applied without flipping, as PyTorch's
+    ConvTranspose weight (in, out, *k), which is the same kernel flipped in space."""
+
+    view = False
+
+    def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        *k, i, o = shape
+        return (i, o, *k)
+
+    def to_canonical(self, a: np.ndarray) -> np.ndarray:
+        n = a.ndim - 2
+        return np.flip(a, tuple(range(n))).transpose(n, n + 1, *range(n))
+
+    def to_native(self, a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        n = a.ndim - 2
+        return np.flip(a.transpose(*range(2, n + 2), 0, 1), tuple(range(n)))
+
+
 _KERNEL = Rule("weight", Permute(channels_last_kernel))
 _WEIGHT, _BIAS = Rule("weight"), Rule("bias")
+_NORM = {"gamma": _WEIGHT, "beta": _BIAS}
+_BATCH_NORM = {**_NORM, "running_mean": Rule("running_mean"), "running_var": Rule("running_var")}
+
+
+def _recurrent(prefixes: tuple[str, str]) -> dict[str, Rule]:
+    """Gluon's fused RNN leaves (l0_i2h_weight, r0_h2h_bias) as PyTorch's (weight_ih_l0,
+    bias_hh_l0_reverse), in PyTorch's order; the gate order is the same (SEMANTICS §3)."""
+    out = {}
+    for layer in range(16):
+        for direction, suffix in zip(prefixes, ("", "_reverse")):
+            for kind in ("weight", "bias"):
+                for gluon, torch in (("i2h", "ih"), ("h2h", "hh")):
+                    out[f"{direction}{layer}_{gluon}_{kind}"] = Rule(
+                        f"{kind}_{torch}_l{layer}{suffix}"
+                    )
+    return dict(sorted(out.items(), key=lambda item: _torch_order(item[1].canonical)))
+
+
+def _torch_order(name: str) -> tuple[int, int, int, int]:
+    kind, which, layer, *reverse = name.split("_")
+    return (int(layer[1:]), bool(reverse), kind == "bias", which == "hh")
+
 
 LAYOUTS: dict[tuple[str, str], dict[str, Rule]] = {
     ("keras", "dense"): {"kernel": _KERNEL, "bias": _BIAS},
     ("keras", "conv"): {"kernel": _KERNEL, "bias": _BIAS},
+    # (*k, out, in) -> (in, out, *k): the same axes as a conv kernel's
+    ("keras", "conv_transpose"): {"kernel": _KERNEL, "bias": _BIAS},
+    ("keras", "depthwise_conv"): {"kernel": Rule("weight", Depthwise()), "bias": _BIAS},
     ("keras", "embedding"): {"embeddings": _WEIGHT},
-    ("keras", "layer_norm"): {"gamma": _WEIGHT, "beta": _BIAS},
+    ("keras", "layer_norm"): _NORM,
+    ("keras", "group_norm"): _NORM,
     ("keras", "batch_norm"): {
-        "gamma": _WEIGHT,
-        "beta": _BIAS,
+        **_NORM,
         "moving_mean": Rule("running_mean"),
         "moving_variance": Rule("running_var"),
     },
     ("flax", "dense"): {"kernel": _KERNEL, "bias": _BIAS},
     ("flax", "conv"): {"kernel": _KERNEL, "bias": _BIAS},
+    ("flax", "conv_transpose"): {"kernel": Rule("weight", Flipped()), "bias": _BIAS},
     ("flax", "embedding"): {"embedding": _WEIGHT},
     ("flax", "layer_norm"): {"scale": _WEIGHT, "bias": _BIAS},
+    ("flax", "group_norm"): {"scale": _WEIGHT, "bias": _BIAS},
     ("flax", "batch_norm"): {
         "scale": _WEIGHT,
         "bias": _BIAS,
         "mean": Rule("running_mean"),
         "var": Rule("running_var"),
     },
-    ("gluon", "layer_norm"): {"gamma": _WEIGHT, "beta": _BIAS},
-    ("gluon", "batch_norm"): {
-        "gamma": _WEIGHT,
-        "beta": _BIAS,
-        "running_mean": Rule("running_mean"),
-        "running_var": Rule("running_var"),
-    },
+    ("gluon", "layer_norm"): _NORM,
+    ("gluon", "batch_norm"): _BATCH_NORM,
+    ("gluon", "lstm"): _recurrent(("l", "r")),
+    ("gluon", "gru"): _recurrent(("l", "r")),
 }
 
 
-CODECS: dict[tuple[str, str], Codec] = {}
+def _weight(n: dict[str, np.ndarray], dense: str) -> np.ndarray:
+    """A dense sub-layer's (out, in) weight, whether the tree shows it canonical or raw."""
+    w = n.get(f"{dense}.weight")
+    return w if w is not None else n[f"{dense}.kernel"].T
+
+
+def _set_weight(
+    out: dict[str, np.ndarray], shapes: dict[str, Any], dense: str, w: np.ndarray
+) -> None:
+    if f"{dense}.weight" in shapes:
+        out[f"{dense}.weight"] = w
+    else:
+        out[f"{dense}.kernel"] = w.T
+
+
+def _blocks(a: np.ndarray, order: tuple[int, ...]) -> np.ndarray:
+    """The gate blocks of a fused (gates * H, ...) array, reordered."""
+    parts = np.split(a, len(order))
+    return np.concatenate([parts[i] for i in order])
+
+
+Fns = tuple[Callable[..., dict[str, np.ndarray]], Callable[..., dict[str, np.ndarray]]]
+
+
+def _fused(order: tuple[int, ...], keras: bool) -> Fns:
+    """Keras's LSTM/GRU cell (kernel (in, nH), recurrent_kernel (H, nH), one bias, or two rows
+    of biases for a GRU) and NNX's fused cells (dense_i, dense_h): ``order`` maps PyTorch's
+    gate blocks to theirs (an involution)."""
+
+    def to_canonical(x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if keras:
+            w_ih, w_hh, b = x["kernel"].T, x["recurrent_kernel"].T, x.get("bias")
+        else:
+            w_ih, w_hh = _weight(x, "dense_i"), _weight(x, "dense_h")
+            b = x.get("dense_i.bias", x.get("dense_h.bias"))
+        out = {"weight_ih_l0": _blocks(w_ih, order), "weight_hh_l0": _blocks(w_hh, order)}
+        if b is not None:
+            if b.ndim == 2:  # Keras's GRU (reset_after): input and recurrent biases
+                out["bias_ih_l0"], out["bias_hh_l0"] = _blocks(b[0], order), _blocks(b[1], order)
+            else:
+                out["bias_ih_l0"] = _blocks(b, order)
+                out["bias_hh_l0"] = np.zeros_like(out["bias_ih_l0"])
+        return out
+
+    def to_native(c: dict[str, np.ndarray], shapes: dict[str, Any]) -> dict[str, np.ndarray]:
+        w_ih, w_hh = _blocks(c["weight_ih_l0"], order), _blocks(c["weight_hh_l0"], order)
+        out: dict[str, np.ndarray] = {}
+        if keras:
+            out["kernel"], out["recurrent_kernel"] = w_ih.T, w_hh.T
+        else:
+            _set_weight(out, shapes, "dense_i", w_ih)
+            _set_weight(out, shapes, "dense_h", w_hh)
+        if "bias_ih_l0" not in c:
+            return out
+        b_ih, b_hh = _blocks(c["bias_ih_l0"], order), _blocks(c["bias_hh_l0"], order)
+        if "bias" in shapes and len(shapes["bias"]) == 2:
+            out["bias"] = np.stack([b_ih, b_hh])
+        elif "bias" in shapes or "dense_h.bias" in shapes:
+            out["bias" if keras else "dense_h.bias"] = b_ih + b_hh
+        elif "dense_i.bias" in shapes:  # NNX's GRUCell: no recurrent bias to keep b_hn apart
+            h = len(b_hh) // 3
+            if np.any(b_hh[2 * h :]):
+                raise StateDictError(
+                    "NNX's GRUCell has no recurrent bias for the candidate gate (PyTorch's "
+                    "bias_hh_l0[2H:]): it must be zero to port this GRU; linen's GRUCell has one."
+                )
+            out["dense_i.bias"] = b_ih + b_hh
+        return out
+
+    return to_canonical, to_native
+
+
+def _per_gate(gates: str, folded: str) -> Fns:
+    """Flax's cells made of one dense layer per gate (``i<gate>`` on the input, ``h<gate>`` on
+    the state; NNX spells the input forget gate ``if_``), in PyTorch's gate order. The gates in
+    ``folded`` have one bias where PyTorch has two: their sum."""
+
+    def names(keys: Any) -> list[tuple[str, str]]:
+        def has(d: str) -> bool:
+            return f"{d}.kernel" in keys or f"{d}.weight" in keys
+
+        return [(f"i{g}" if has(f"i{g}") else f"i{g}_", f"h{g}") for g in gates]
+
+    def to_canonical(x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        pairs = names(x)
+        w_ih = np.concatenate([_weight(x, i) for i, _ in pairs])
+        w_hh = np.concatenate([_weight(x, h) for _, h in pairs])
+        zero = np.zeros(w_hh.shape[1], w_hh.dtype)
+        return {
+            "weight_ih_l0": w_ih,
+            "weight_hh_l0": w_hh,
+            "bias_ih_l0": np.concatenate([x.get(f"{i}.bias", zero) for i, _ in pairs]),
+            "bias_hh_l0": np.concatenate([x.get(f"{h}.bias", zero) for _, h in pairs]),
+        }
+
+    def to_native(c: dict[str, np.ndarray], shapes: dict[str, Any]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        parts = {k: np.split(v, len(gates)) for k, v in c.items()}
+        for n, ((i, h), gate) in enumerate(zip(names(shapes), gates)):
+            _set_weight(out, shapes, i, parts["weight_ih_l0"][n])
+            _set_weight(out, shapes, h, parts["weight_hh_l0"][n])
+            b_i, b_h = parts["bias_ih_l0"][n], parts["bias_hh_l0"][n]
+            if gate in folded:
+                out[f"{i if f'{i}.bias' in shapes else h}.bias"] = b_i + b_h
+            else:
+                out[f"{i}.bias"], out[f"{h}.bias"] = b_i, b_h
+        return out
+
+    return to_canonical, to_native
+
+
+def _cell(*variants: tuple[str, Fns], note: str = "") -> Codec:
+    """A recurrent layer's codec. Its cell's leaves are under ``cell.`` (Keras's LSTM layer,
+    Flax's RNN) or the layer is the cell itself; the variant used is the first one with a
+    leaf starting with its marker ("" matches any)."""
+
+    def strip(d: dict[str, Any]) -> tuple[dict[str, Any], str, Fns]:
+        prefix = "cell." if d and all(k.startswith("cell.") for k in d) else ""
+        d = {k[len(prefix) :]: v for k, v in d.items()}
+        fns = next(f for marker, f in variants if any(k.startswith(marker) for k in d))
+        return d, prefix, fns
+
+    def to_canonical(n: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n, _, (fn, _) = strip(n)
+        return fn(n)
+
+    def to_native(c: dict[str, np.ndarray], shapes: dict[str, Any]) -> dict[str, np.ndarray]:
+        shapes, prefix, (_, fn) = strip(shapes)
+        return {prefix + k: v for k, v in fn(c, shapes).items()}
+
+    return Codec(to_canonical, to_native, note)
+
+
+_FOLDED = "one bias per gate: it holds PyTorch's bias_ih + bias_hh"
+
+# Layers whose canonical leaves are computed from their whole subtree. Gate blocks: PyTorch's
+# LSTM order i, f, g, o is everyone's; its GRU order r, z, n is Keras's z, r, h.
+CODECS: dict[tuple[str, str], Codec] = {
+    ("torch", "attention"): _AS_ONE_LAYER,
+    ("keras", "attention"): _attention("query", "key", "value", "attention_output"),
+    ("flax", "attention"): _attention("query", "key", "value", "out"),
+    ("keras", "lstm"): _cell(("", _fused((0, 1, 2, 3), keras=True)), note=_FOLDED),
+    ("keras", "gru"): _cell(("", _fused((1, 0, 2), keras=True))),
+    ("flax", "lstm"): _cell(
+        ("dense_i", _fused((0, 1, 2, 3), keras=False)),
+        ("", _per_gate("ifgo", folded="ifgo")),
+        note=_FOLDED,
+    ),
+    ("flax", "gru"): _cell(
+        ("dense_i", _fused((0, 1, 2), keras=False)),
+        ("", _per_gate("rzn", folded="rz")),
+        note=_FOLDED,
+    ),
+}
 
 
 def rules(backend: str, kind: str | None) -> dict[str, Rule] | None:

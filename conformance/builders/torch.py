@@ -65,3 +65,41 @@ def is_parameter(obj: object) -> bool:
 
 def is_tensor(obj: object) -> bool:
     return isinstance(obj, torch.Tensor) and not isinstance(obj, nn.Parameter)
+
+
+class PortModel(nn.Module):
+    """The port model of builders/__init__.py."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 8)
+        self.lstm = nn.LSTM(8, 8, batch_first=True)
+        self.norm = nn.LayerNorm(8, eps=1e-5)
+        self.conv = nn.Conv1d(8, 4, 3)
+        self.fc = nn.Linear(16, 8)
+        self.bn = nn.BatchNorm1d(8, eps=1e-5, momentum=0.1)
+        self.tied_a = nn.Linear(8, 8)
+        self.tied_b = self.tied_a
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(self.lstm(self.emb(x))[0])
+        h = self.conv(h.transpose(1, 2)).flatten(1)  # (B, C, T) flattened channels-first
+        h = torch.relu(self.bn(self.fc(h)))
+        h = torch.relu(self.tied_a(h))
+        return self.out(torch.relu(self.tied_b(h)))
+
+
+def port_model(device: str) -> nn.Module:
+    net = PortModel().to(device).eval()
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-0.5, 0.5)
+        net.bn.running_var.uniform_(0.5, 2.0)
+    return net
+
+
+def port_forward(tree: ut.ParamTree, X: np.ndarray) -> np.ndarray:
+    net = tree.native
+    device = next(net.parameters()).device
+    with torch.no_grad():
+        return net(torch.as_tensor(X, device=device)).cpu().numpy()
