@@ -192,7 +192,7 @@ def merge(parts: list[str]) -> tuple[list[Cell], str]:
             if key not in by or c.status == "fail" or by[key].status == "not available here":
                 by[key] = c
         lines.append(part["versions"])
-    labels = list(dict.fromkeys(c.backend for c in by.values()))
+    labels = list(dict.fromkeys(c.backend for c in by.values() if c.case.startswith("port ")))
     for src in labels:
         for dst in labels:
             key = (f"port from {src}", dst, "cpu")

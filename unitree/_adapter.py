@@ -135,14 +135,14 @@ class Adapter(ABC):
         """
 
     def backup(self, leaf: Any) -> Any:
-        """What :meth:`restore` needs to put the leaf's value back after a failed write.
-
-        A copy by default; a framework whose arrays are immutable (jax) returns the array itself.
+        """What :meth:`restore` needs to put the leaf's value back after a failed write, or
+        None (the default): the core then keeps a copy of :meth:`read`'s value, on disk when
+        it is large. A framework whose arrays are immutable (jax) returns the array itself.
         """
-        return self.read(leaf).copy()
+        return None
 
     def restore(self, leaf: Any, backup: Any) -> None:
-        """Put back the value :meth:`backup` returned."""
+        """Put back the value :meth:`backup` returned (or the core's copy, native layout)."""
         self.write(leaf, backup, None)
 
     def data(self, leaf: Any) -> Any:

@@ -128,7 +128,12 @@ def atomic_write(path: PathLike, write: Callable[[Any], None]) -> None:
 
 
 class Checkpoint:
-    """A safetensors file opened for reading: header first, tensors one at a time."""
+    """A safetensors file opened for reading: the header first, then tensors one at a time.
+
+    safetensors validates the header; the tensors are read with ``pread`` into
+    fresh arrays rather than through a memory map, so a load holds one tensor
+    at a time, not the pages of the whole file.
+    """
 
     def __init__(self, path: PathLike) -> None:
         from safetensors import safe_open
@@ -137,24 +142,35 @@ class Checkpoint:
         if not os.path.isfile(self.path):
             raise CheckpointError(f"{self.path}: no such checkpoint file.")
         try:
-            self._file = safe_open(self.path, framework="numpy")
-            self.metadata: dict[str, str] = self._file.metadata() or {}
-            self.header: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
-            for key in self._file.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
-                view = self._file.get_slice(key)
-                self.header[key] = (
-                    tuple(view.get_shape()),
-                    numpy_dtype(_DTYPES.get(view.get_dtype(), view.get_dtype())),
-                )
-        except CheckpointError:
-            raise
+            with safe_open(self.path, framework="numpy") as f:
+                self.metadata: dict[str, str] = f.metadata() or {}
+            self._fd = os.open(self.path, os.O_RDONLY)
+            head = os.pread(self._fd, 8, 0)
+            length = int.from_bytes(head, "little")
+            raw = json.loads(os.pread(self._fd, length, 8))
         except Exception as e:
             raise CheckpointError(f"{self.path}: not a readable safetensors file ({e}).") from None
+        self._start = 8 + length
+        self.header: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        self._offsets: dict[str, int] = {}
+        for key, entry in raw.items():
+            if key == "__metadata__":
+                continue
+            code = entry["dtype"]
+            self.header[key] = (tuple(entry["shape"]), numpy_dtype(_DTYPES.get(code, code)))
+            self._offsets[key] = self._start + entry["data_offsets"][0]
 
     def __getitem__(self, key: str) -> np.ndarray:
-        a = self._file.get_tensor(key)
-        want = self.header[key][1]
-        return a.view(want) if a.dtype != want and a.dtype.itemsize == want.itemsize else a
+        shape, dtype = self.header[key]
+        a = np.empty(shape, dtype.newbyteorder("<"))
+        view, offset = memoryview(a.reshape(-1).view(np.uint8)), self._offsets[key]
+        done = 0
+        while done < len(view):
+            n = os.preadv(self._fd, [view[done:]], offset + done)
+            if n == 0:
+                raise CheckpointError(f"{self.path}: the file ends inside {key}: it was truncated.")
+            done += n
+        return a
 
     def paths(self, aliases: bool = False) -> list[str]:
         """The stored keys (and with ``aliases``, the other paths of tied ones) in the writer's
@@ -179,7 +195,7 @@ class Checkpoint:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._file.__exit__(*exc)
+        os.close(self._fd)
 
 
 class TorchFile:

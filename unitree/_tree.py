@@ -639,17 +639,64 @@ def _join(base: str, path: str) -> str:
 
 def _write_all(writes: Iterable[tuple[Param, Callable[[], np.ndarray]]]) -> None:
     """Write (Param, value thunk) pairs; if any write fails, put back every value written so far."""
-    done: list[tuple[Param, Any]] = []
+    journal = _Journal()
     try:
         for p, value in writes:
-            leaf = p._leaf
-            old = p._adapter.backup(leaf)
+            journal.keep(p)
             p._write(value())
-            done.append((p, old))
     except BaseException:
-        for p, old in reversed(done):
-            p._adapter.restore(p._leaf, old)
+        journal.undo()
         raise
+    finally:
+        journal.close()
+
+
+class _Journal:
+    """The old values a multi-tensor write overwrote, to put back if it fails halfway.
+
+    Copies go to memory up to a small budget, then to an unlinked temporary
+    file: loading a large checkpoint holds at most one tensor beyond the model
+    in memory. Immutable arrays (jax) are kept as they are, with no copy.
+    """
+
+    BUDGET = 64 << 20
+
+    def __init__(self) -> None:
+        self.kept: list[tuple[Param, Any, tuple[int, tuple[int, ...], np.dtype] | None]] = []
+        self.size = 0
+        self.file: Any = None
+
+    def keep(self, p: Param) -> None:
+        leaf = p._leaf
+        backup = p._adapter.backup(leaf)
+        if backup is not None:
+            self.kept.append((p, backup, None))
+            return
+        a = p._adapter.read(leaf)
+        if self.size + a.nbytes <= self.BUDGET:
+            self.size += a.nbytes
+            self.kept.append((p, a.copy(), None))
+            return
+        if self.file is None:
+            import tempfile
+
+            self.file = tempfile.TemporaryFile()
+        offset = self.file.tell()
+        self.file.write(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data)
+        self.kept.append((p, None, (offset, a.shape, a.dtype)))
+
+    def undo(self) -> None:
+        for p, backup, spilled in reversed(self.kept):
+            if spilled is not None:
+                offset, shape, dtype = spilled
+                backup = np.empty(shape, dtype)
+                self.file.seek(offset)
+                self.file.readinto(backup.reshape(-1).view(np.uint8).data)
+            p._adapter.restore(p._leaf, backup)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
 
 
 class ParamTree(Node):

@@ -40,3 +40,23 @@ def test_merge_joins_the_reports_of_separate_environments():
     assert cells == torch + gluon
     assert versions == "torch 2.13\nmxnet 1.9.1"
     assert markdown(cells).splitlines()[2] == "| toy_model | pass | FAIL |"
+
+
+def test_merge_marks_ports_no_environment_could_run_and_keeps_a_failure():
+    a = [
+        Cell("port from torch", "torch", "cpu", "pass", "cpu"),
+        Cell("port from torch", "gluon", "cpu", "pass", "cpu"),
+        Cell("port from gluon", "gluon", "cpu", "pass", "cpu"),
+        Cell("port from gluon", "torch", "cpu", "pass", "cpu"),
+    ]
+    b = [
+        Cell("port from torch", "torch", "cpu", "fail", "cpu: AssertionError"),
+        Cell("port from flax-nnx", "flax-nnx", "cpu", "pass", "cpu"),
+    ]
+    cells, _ = merge([as_json(a), as_json(b)])
+    by = {(c.case, c.backend): c.status for c in cells}
+    assert by[("port from torch", "torch")] == "fail"  # torch -> torch ran twice, failed once
+    assert by[("port from gluon", "flax-nnx")] == "not available here"
+    assert by[("port from flax-nnx", "gluon")] == "not available here"
+    assert by[("port from gluon", "torch")] == "pass"
+    assert len(cells) == 9  # 3 x 3 directions
