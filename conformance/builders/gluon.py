@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import mxnet as mx
 import numpy as np
-from mxnet import npx
-from mxnet.gluon import Block, Parameter, nn
+from mxnet import autograd, npx
+from mxnet.gluon import Block, Parameter, nn, rnn
 
 import unitree as ut
 
@@ -89,3 +89,48 @@ def is_parameter(obj: object) -> bool:
 
 def is_tensor(obj: object) -> bool:
     return isinstance(obj, mx.nd.NDArray)  # mx.np.ndarray subclasses it
+
+
+class PortModel(Block):
+    """The port model of builders/__init__.py. A plain Block: its ReLUs and the transpose are
+    calls in forward, so the children are exactly the nine layers (tied_b is tied_a)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        with self.name_scope():
+            self.emb = nn.Embedding(10, 8)
+            self.lstm = rnn.LSTM(8, input_size=8, layout="NTC")
+            self.norm = nn.LayerNorm(epsilon=1e-5, in_channels=8)
+            self.conv = nn.Conv1D(4, 3, in_channels=8)  # NCW: fed (B, C, T)
+            self.fc = nn.Dense(8, in_units=16)  # flatten=True: (B, 4, 4) -> (B, 16) in C, W order
+            self.bn = nn.BatchNorm(momentum=0.9, epsilon=1e-5, in_channels=8)
+            self.tied_a = nn.Dense(8, in_units=8)
+            self.tied_b = self.tied_a  # registered again under its own name: one set of Parameters
+            self.out = nn.Dense(3, in_units=8)
+
+    def forward(self, x: mx.np.ndarray) -> mx.np.ndarray:
+        h = self.norm(self.lstm(self.emb(x)))
+        h = self.fc(self.conv(h.swapaxes(1, 2)))
+        h = npx.relu(self.bn(h))
+        h = npx.relu(self.tied_a(h))
+        return self.out(npx.relu(self.tied_b(h)))
+
+
+def port_model(device: str) -> Block:
+    npx.set_np()
+    ctx = _ctx(device)
+    net = PortModel()
+    # Gluon's own Xavier init: its default Uniform(0.07) ignores fan-in, and nine layers of it
+    # leave outputs near 1e-5, below the tolerance the port cases compare with
+    net.initialize(mx.init.Xavier(), ctx=ctx)  # every shape is given: nothing deferred
+    rng = np.random.default_rng()
+    net.bn.running_mean.set_data(mx.np.array(rng.uniform(-0.5, 0.5, 8), dtype="float32", ctx=ctx))
+    net.bn.running_var.set_data(mx.np.array(rng.uniform(0.5, 2.0, 8), dtype="float32", ctx=ctx))
+    return net
+
+
+def port_forward(tree: ut.ParamTree, X: np.ndarray) -> np.ndarray:
+    net = tree.native
+    ctx = net.emb.weight.list_ctx()[0]
+    with autograd.predict_mode():  # batch norm on its running statistics
+        return net(mx.np.array(X, dtype="float32", ctx=ctx)).asnumpy()
