@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 
+import bench_checkpoint
 import flax
 import jax
 import jax.numpy as jnp
@@ -54,9 +55,18 @@ def nnx_model(repeat: int) -> None:
     print(f"{'nnx: p.numpy() shares memory with the array':<44} {shared}")
 
 
+def port_target() -> ut.ParamTree:
+    """The 1 GiB model of bench_checkpoint in linen, its variables zeros of the right shapes."""
+    net = nn.Sequential([nn.Dense(bench_checkpoint.WIDTH) for _ in range(bench_checkpoint.LAYERS)])
+    shapes = jax.eval_shape(net.init, jax.random.key(0), jnp.ones((1, bench_checkpoint.WIDTH)))
+    variables = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    return ut.wrap(net, variables)
+
+
 def main(repeat: int) -> None:
     linen(repeat)
     nnx_model(repeat)
+    bench_checkpoint.port(repeat, port_target)
     print(
         f"flax {flax.__version__}, jax {jax.__version__}, numpy {np.__version__}, "
         f"python {sys.version.split()[0]}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import bench_checkpoint
 import numpy as np
 import torch
 from run import traversal
@@ -22,4 +23,5 @@ def main(repeat: int) -> None:
     p = ut.wrap(nn.Linear(256, 256))["weight"]
     shared = np.shares_memory(p.numpy(), p.native.detach().numpy())
     print(f"{'p.numpy() shares memory with the torch tensor':<44} {shared}")
+    bench_checkpoint.checkpoint(repeat)
     print(f"torch {torch.__version__}, numpy {np.__version__}, python {sys.version.split()[0]}")
