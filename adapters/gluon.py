@@ -16,6 +16,20 @@ Running statistics (``differentiable=False``, ``grad_req='null'``) and
 
 A parameter can live on several contexts (data parallel): reads come from the
 first one, writes go to every one, and the gradient is the sum over them.
+
+Layer kinds for porting and checkpoints: dense, conv (grouped and depthwise:
+``groups`` = in channels), conv_transpose (weight (in, out/groups, *k), as
+torch's), embedding, layer_norm, batch_norm, group_norm, lstm and gru. The
+fused RNN layers' leaves (``l0_i2h_weight``, reverse direction ``r0_...``) are
+shown under torch's names (``weight_ih_l0``, ``..._l0_reverse``): the arrays
+and the gate orders are torch's (LSTM i, f, g, o; GRU r, z, n, with r applied
+to ``W_hn h + b_hn`` as in torch; LSTM's projection ``l0_h2r_weight`` is
+torch's ``weight_hr_l0``). Gluon 1.9.1 has no multi-head attention block, so
+no attention kind. Its ``GroupNorm`` holds gamma and beta per *group*
+(num_groups,), not per channel as torch's: the two are the same function only
+when num_groups equals the channels; otherwise the shapes differ and a port
+refuses it. A conv with a channels-last ``layout`` (``NHWC``: weight
+(out, *k, in)) has no kind: it keeps its native layout.
 """
 
 from __future__ import annotations
@@ -49,6 +63,7 @@ _KINDS: dict[type, str] = {
     gluon.rnn.GRU: "gru",
 }
 _kind_of: dict[type, str | None] = {}  # filled per class on first sight
+_CONVS = ("conv", "conv_transpose")
 
 
 def _block(child: Any) -> Any:
@@ -172,7 +187,34 @@ class GluonAdapter(Adapter):
         cls = type(module)
         if cls not in _kind_of:
             _kind_of[cls] = next((_KINDS[base] for base in cls.__mro__ if base in _KINDS), None)
-        return _kind_of[cls]
+        kind = _kind_of[cls]
+        if kind in _CONVS and not module._kwargs.get("layout", "NC").startswith("NC"):
+            return None  # channels-last weight (out, *k, in): no canonical rule for it
+        return kind
+
+    def settings(self, module: gluon.Block) -> dict[str, Any]:
+        kind = self.kind(module)
+        if kind in _CONVS:
+            kw = module._kwargs  # what Gluon hands its Convolution / Deconvolution operator
+            out = {
+                "padding": tuple((int(p), int(p)) for p in kw["pad"]),
+                "stride": tuple(int(s) for s in kw["stride"]),
+                "dilation": tuple(int(d) for d in kw["dilate"]),
+                "groups": int(kw["num_group"]),
+            }
+            if kind == "conv_transpose":
+                out["output_padding"] = tuple(int(a) for a in kw["adj"])
+            return out
+        if kind in ("layer_norm", "group_norm"):
+            return {"eps": float(module._epsilon)}
+        if kind == "batch_norm":
+            kw = module._kwargs
+            # Gluon's momentum is the weight of the old value, torch's that of the new batch;
+            # rounded so that 0.9 reads 0.1, not 0.09999999999999998
+            return {"eps": float(kw["eps"]), "momentum": round(1.0 - float(kw["momentum"]), 12)}
+        if kind == "dense":
+            return {"flatten": bool(module._flatten)}
+        return {}
 
     def fingerprint(self, root: gluon.Block) -> Any:
         # the same ids, in the same order, as the core's build reads through leaves() and children()

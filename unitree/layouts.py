@@ -212,12 +212,15 @@ def _recurrent(prefixes: tuple[str, str]) -> dict[str, Rule]:
                     out[f"{direction}{layer}_{gluon}_{kind}"] = Rule(
                         f"{kind}_{torch}_l{layer}{suffix}"
                     )
+            # an LSTM with projection_size: PyTorch's proj_size
+            out[f"{direction}{layer}_h2r_weight"] = Rule(f"weight_hr_l{layer}{suffix}")
     return dict(sorted(out.items(), key=lambda item: _torch_order(item[1].canonical)))
 
 
 def _torch_order(name: str) -> tuple[int, int, int, int]:
     kind, which, layer, *reverse = name.split("_")
-    return (int(layer[1:]), bool(reverse), kind == "bias", which == "hh")
+    rank = 2 if which == "hr" else (kind == "bias")  # weight_ih, weight_hh, biases, weight_hr
+    return (int(layer[1:]), bool(reverse), rank, which == "hh")
 
 
 LAYOUTS: dict[tuple[str, str], dict[str, Rule]] = {
@@ -247,6 +250,9 @@ LAYOUTS: dict[tuple[str, str], dict[str, Rule]] = {
         "var": Rule("running_var"),
     },
     ("gluon", "layer_norm"): _NORM,
+    # per group in Gluon 1.9.1, (groups,): PyTorch's per channel only when groups == channels;
+    # otherwise the shapes differ and a port or load says so
+    ("gluon", "group_norm"): _NORM,
     ("gluon", "batch_norm"): _BATCH_NORM,
     ("gluon", "lstm"): _recurrent(("l", "r")),
     ("gluon", "gru"): _recurrent(("l", "r")),
@@ -292,6 +298,11 @@ def _fused(order: tuple[int, ...], keras: bool) -> Fns:
         if b is not None:
             if b.ndim == 2:  # Keras's GRU (reset_after): input and recurrent biases
                 out["bias_ih_l0"], out["bias_hh_l0"] = _blocks(b[0], order), _blocks(b[1], order)
+            elif keras and len(order) == 3:
+                raise StateDictError(
+                    "A Keras GRU with reset_after=False applies its reset gate before the "
+                    "recurrent matmul, which PyTorch's GRU cannot express: use reset_after=True."
+                )
             else:
                 out["bias_ih_l0"] = _blocks(b, order)
                 out["bias_hh_l0"] = np.zeros_like(out["bias_ih_l0"])

@@ -641,12 +641,8 @@ def test_torch_layout_checkpoint_means_the_same_function(api, tmp_path):
     model.add(nn.Dense(3, in_units=4), nn.BatchNorm(in_channels=3))
     model.initialize()
     tree = ut.wrap(model)
-    with pytest.raises(ut.StateDictError, match="num_batches_tracked: unexpected"):
-        ut.load(tree, tmp_path / "t.safetensors")
-    assert ut.load(tree, tmp_path / "t.safetensors", strict=False) == (
-        [],
-        ["1.num_batches_tracked"],
-    )
+    # torch's batch-norm counter, which Gluon lacks, is no error even under strict: reported
+    assert ut.load(tree, tmp_path / "t.safetensors") == ([], ["1.num_batches_tracked"])
     h = X @ state["0.weight"].T + state["0.bias"]
     want = (h - state["1.running_mean"]) / np.sqrt(state["1.running_var"] + 1e-5)
     want = want * state["1.weight"] + state["1.bias"]
@@ -669,17 +665,18 @@ def test_second_traversal_is_cached(api, monkeypatch):
     assert_read_once(ut.wrap(model), monkeypatch)
 
 
-def test_summary_and_lstm_native_names(api):
+def test_summary_and_lstm_canonical_names(api):
     lstm = gluon.rnn.LSTM(5, input_size=3)
     lstm.initialize()
     tree = ut.wrap(lstm)
     assert tree.kind == "lstm"
     assert [(k, p.shape) for k, p in tree.named_parameters()] == [
-        ("l0_i2h_weight", (20, 3)),
-        ("l0_h2h_weight", (20, 5)),
-        ("l0_i2h_bias", (20,)),
-        ("l0_h2h_bias", (20,)),
+        ("weight_ih_l0", (20, 3)),
+        ("weight_hh_l0", (20, 5)),
+        ("bias_ih_l0", (20,)),
+        ("bias_hh_l0", (20,)),
     ]
+    assert tree["weight_ih_l0"].native is lstm.l0_i2h_weight
     assert "parameters: 200" in str(ut.summary(tree))
 
 
