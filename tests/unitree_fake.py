@@ -1,22 +1,35 @@
 """A framework-free adapter over plain Python objects and numpy arrays.
 
-It lets the core be tested in an environment with no framework at all, and
-it plays the part of a channels-last backend ("flax" dense layers hold a
-(in, out) kernel), so the canonical-layout tables are exercised too.
+It lets the core be tested in an environment with no framework at all. By
+default it plays the part of a channels-last backend ("flax": dense layers
+hold a (in, out) kernel), so the canonical-layout tables are exercised too;
+``FakeAdapter("torch")`` plays a backend whose leaves are already canonical
+and ``FakeAdapter("keras")`` another channels-last one, so two fakes can
+stand for two frameworks in ``ut.port``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 
 from unitree import Adapter, Leaf
 
+Kernel = Union[int, tuple[int, ...]]
+
 
 class Mod:
-    def __init__(self, type_name: str, kind: str | None = None, **items: Any) -> None:
+    def __init__(
+        self,
+        type_name: str,
+        kind: str | None = None,
+        *,
+        settings: dict[str, Any] | None = None,
+        **items: Any,
+    ) -> None:
         self.type_name, self.kind = type_name, kind
+        self.settings = dict(settings or {})  # what FakeAdapter.settings() reports
         self.leaves: dict[str, tuple[np.ndarray, bool]] = {}
         self.children: dict[str, Mod] = {}
         for name, item in items.items():
@@ -35,7 +48,8 @@ class FakeAdapter(Adapter):
         "flax"  # so the dense rules of the layout table apply: kernel (in, out) -> weight (out, in)
     )
 
-    def __init__(self) -> None:
+    def __init__(self, backend: str = "flax") -> None:
+        self.name = backend  # the layout rules and codecs of this backend apply
         self.writes = 0
         self.fail_after: int | None = None  # fail once, on the write after this many
 
@@ -53,6 +67,9 @@ class FakeAdapter(Adapter):
 
     def kind(self, module: Mod) -> str | None:
         return module.kind
+
+    def settings(self, module: Mod) -> dict[str, Any]:
+        return dict(module.settings)
 
     def shape(self, leaf: np.ndarray) -> tuple[int, ...]:
         return leaf.shape
@@ -80,22 +97,101 @@ class FakeAdapter(Adapter):
         dst_owner.leaves[dst_name] = src_owner.leaves[src_name]
 
 
-def dense(n_in: int, n_out: int, seed: int) -> Mod:
+def dense(n_in: int, n_out: int, seed: int, backend: str = "flax", dtype: Any = np.float32) -> Mod:
+    """A dense layer: kernel (in, out) natively (stored after its bias, to test the canonical
+    order), or, for "torch", weight (out, in) then bias."""
     rng = np.random.default_rng(seed)
-    kernel = rng.standard_normal((n_in, n_out)).astype(np.float32)
-    return Mod("Dense", "dense", bias=rng.standard_normal(n_out).astype(np.float32), kernel=kernel)
+    kernel = rng.standard_normal((n_in, n_out)).astype(dtype)
+    bias = rng.standard_normal(n_out).astype(dtype)
+    if backend == "torch":
+        return Mod("Linear", "dense", weight=np.ascontiguousarray(kernel.T), bias=bias)
+    return Mod("Dense", "dense", bias=bias, kernel=kernel)
 
 
-def mlp(shared: bool = False) -> Mod:
-    """Dense(4->8), relu, Dense(8->8) [, relu, the same Dense again], relu, Dense(8->1)."""
-    mid = dense(8, 8, 2)
+def conv(n_in: int, n_out: int, k: Kernel, seed: int, backend: str = "flax") -> Mod:
+    """A conv layer: kernel (*k, in, out) channels-last (flax, keras), weight (out, in, *k) for
+    "torch"; k is an int (1-D) or a tuple of kernel sizes."""
+    ks = (k,) if isinstance(k, int) else tuple(k)
+    rng = np.random.default_rng(seed)
+    bias = rng.standard_normal(n_out).astype(np.float32)
+    if backend == "torch":
+        weight = rng.standard_normal((n_out, n_in, *ks)).astype(np.float32)
+        return Mod("Conv", "conv", weight=weight, bias=bias)
+    kernel = rng.standard_normal((*ks, n_in, n_out)).astype(np.float32)
+    return Mod("Conv", "conv", kernel=kernel, bias=bias)
+
+
+def flatten() -> Mod:
+    """A layer without leaves that flattens its input (what a dense layer after a conv reads)."""
+    return Mod("Flatten", "flatten")
+
+
+def mlp(shared: bool = False, backend: str = "flax", seed: int = 0) -> Mod:
+    """Dense(4->8), relu, Dense(8->8) [, relu, the same Dense again], relu, Dense(8->1); another
+    ``seed`` gives other values."""
+    mid = dense(8, 8, seed + 2, backend)
     layers = [
-        dense(4, 8, 1),
+        dense(4, 8, seed + 1, backend),
         Mod("relu"),
         mid,
         Mod("relu"),
-        mid if shared else dense(8, 8, 3),
+        mid if shared else dense(8, 8, seed + 3, backend),
         Mod("relu"),
-        dense(8, 1, 4),
+        dense(8, 1, seed + 4, backend),
     ]
     return Mod("Sequential", **{str(i): m for i, m in enumerate(layers)})
+
+
+def leaf(model: Mod, path: str) -> np.ndarray:
+    """The native array at ``path`` ("2.kernel", "rnn.cell.bias")."""
+    *mods, name = path.split(".")
+    for seg in mods:
+        model = model.children[seg]
+    return model.leaves[name][0]
+
+
+def values(model: Mod) -> dict[str, bytes]:
+    """{path: raw bytes} of every native leaf: to prove that nothing was written."""
+    out: dict[str, bytes] = {}
+
+    def visit(module: Mod, prefix: str) -> None:
+        for name, (a, _) in module.leaves.items():
+            out[prefix + name] = a.tobytes()
+        for seg, child in module.children.items():
+            visit(child, f"{prefix}{seg}.")
+
+    visit(model, "")
+    return out
+
+
+def lstm(n_in: int, hidden: int, seed: int, backend: str = "flax") -> Mod:
+    """An LSTM layer: "torch" holds weight_ih_l0 (4H, in), weight_hh_l0 (4H, H) and both
+    biases; "keras" its cell's kernel (in, 4H), recurrent_kernel (H, 4H) and one bias under
+    ``cell``; "flax" is linen's LSTMCell: one dense per gate, ii..io without bias on the
+    input, hi..ho with bias on the state."""
+    rng = np.random.default_rng(seed)
+
+    def r(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape).astype(np.float32)
+
+    if backend == "torch":
+        return Mod(
+            "LSTM",
+            "lstm",
+            weight_ih_l0=r(4 * hidden, n_in),
+            weight_hh_l0=r(4 * hidden, hidden),
+            bias_ih_l0=r(4 * hidden),
+            bias_hh_l0=r(4 * hidden),
+        )
+    if backend == "keras":
+        cell = Mod(
+            "LSTMCell",
+            kernel=r(n_in, 4 * hidden),
+            recurrent_kernel=r(hidden, 4 * hidden),
+            bias=r(4 * hidden),
+        )
+        return Mod("LSTM", "lstm", cell=cell)
+    gates = {f"i{g}": Mod("Dense", "dense", kernel=r(n_in, hidden)) for g in "ifgo"}
+    for g in "ifgo":
+        gates[f"h{g}"] = Mod("Dense", "dense", kernel=r(hidden, hidden), bias=r(hidden))
+    return Mod("LSTMCell", "lstm", **gates)

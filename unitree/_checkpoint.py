@@ -47,7 +47,7 @@ def save(tree: Node, path: PathLike, *, metadata: dict[str, str] | None = None) 
     disk, then renamed over ``path``: a reader sees the old file or the new
     one, never a torn one. ``metadata`` adds string entries to the header.
     """
-    from ._canon import slots
+    from ._canon import _join, layers, slots
 
     entries = [s for s in slots(tree) if s.layer.persistent(s.leaf)]
     header: dict[str, Any] = {}
@@ -73,7 +73,14 @@ def save(tree: Node, path: PathLike, *, metadata: dict[str, str] | None = None) 
         "backend": tree._tree.backend,
         "ties": json.dumps([s.keys for s in entries if len(s.keys) > 1]),
         # the model's order, aliases included (readers may sort the header)
-        "paths": json.dumps([k for s in entries for k in s.keys]),
+        "paths": json.dumps(
+            [
+                _join(layer.path, leaf)
+                for layer in layers(tree)
+                for leaf in layer.shapes()
+                if layer.persistent(leaf)
+            ]
+        ),
     }
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned

@@ -13,7 +13,7 @@ from ._canon import Layer, Slot, _join, layers, slots
 from ._dtypes import numpy_dtype
 from ._errors import PortError
 from ._tree import Node, _write_all, wrap
-from .layouts import OPTIONAL
+from .layouts import OPTIONAL, SAME_KIND
 
 
 class Pair(NamedTuple):
@@ -257,7 +257,8 @@ def _renamer(rename: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> Ca
 
 def _fits(s: Layer, d: Layer) -> bool:
     """Same kind (when both frameworks know it) and the same canonical leaves and shapes."""
-    if s.kind and d.kind and s.kind != d.kind:
+    a_kind, b_kind = (SAME_KIND.get(k, k) for k in (s.kind, d.kind))
+    if a_kind and b_kind and a_kind != b_kind:
         return False
     a, b = s.shapes(), d.shapes()
     common = set(a) & set(b)

@@ -22,7 +22,7 @@ from ._errors import (
     UnitreeError,
     ValueTypeError,
 )
-from .layouts import CHANNELS_LAST, NORMS, OPTIONAL, Flattened, Rule, has_rules, rules
+from .layouts import CHANNELS_LAST, CONVS, NORMS, OPTIONAL, Flattened, Rule, has_rules, rules
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -792,9 +792,14 @@ class ParamTree(Node):
         ) -> list[tuple[int, str, Rule | None]]:
             """The plan, with the dense kernel fed by a flattened conv output permuted."""
             nonlocal channels
-            if kind == "conv":
-                shape = adapter.shape(leaves[plan[0][0]][1])  # the kernel: (*k, in, out)
-                channels = shape[-1] if shape else 0
+            if kind in CONVS:
+                i, _, rule = plan[0]  # the kernel
+                shape = adapter.shape(leaves[i][1])
+                if shape and rule and rule.transform:
+                    shape = rule.transform.shape(shape)  # canonical: (out, in, *k) or (in, out, *k)
+                    channels = shape[1] if kind == "conv_transpose" else shape[0]
+                else:
+                    channels = 0
             elif kind == "dense" and channels:
                 i, name, _ = plan[0]
                 shape = adapter.shape(leaves[i][1])  # (in, out)

@@ -448,6 +448,10 @@ OPTIONAL = frozenset({"num_batches_tracked"})
 # a conv output needs its input axis permuted (see Flattened). Norms keep the channels.
 CHANNELS_LAST = frozenset({"keras", "flax"})
 NORMS = frozenset({"batch_norm", "layer_norm", "group_norm"})
+CONVS = frozenset({"conv", "depthwise_conv", "conv_transpose"})
+
+# Kinds that are one kind to a port: Keras's DepthwiseConv is PyTorch's grouped Conv.
+SAME_KIND = {"depthwise_conv": "conv"}
 
 
 def inverse(perm: tuple[int, ...]) -> tuple[int, ...]:

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
+from unitree_fake import FakeAdapter, Mod, dense, leaf, lstm, mlp, values
 
 import unitree as ut
 from unitree._cli import main
@@ -98,3 +99,209 @@ def test_a_failed_save_keeps_the_old_file_and_leaves_no_temporary(
     with pytest.raises(OSError, match="disk full"):
         ut.save(tree, path)
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["m.safetensors"]
+
+
+def _header(path) -> dict:
+    """The raw safetensors header, in the order it was written."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    assert (8 + n) % 8 == 0  # the data starts aligned
+    return json.loads(raw[8 : 8 + n])
+
+
+def test_save_writes_the_header_in_traversal_order(tmp_path):
+    model = mlp(shared=True, backend="torch")
+    tree = ut.ParamTree(FakeAdapter("torch"), model)
+    path = tmp_path / "m.safetensors"
+    ut.save(tree, path, metadata={"note": "hello"})
+    header = _header(path)
+    meta = header.pop("__metadata__")
+    assert list(header) == ["0.weight", "0.bias", "2.weight", "2.bias", "6.weight", "6.bias"]
+    offset = 0
+    for key, entry in header.items():  # the tensors follow one another in the same order
+        a = leaf(model, key)
+        assert entry["dtype"] == "F32" and entry["shape"] == list(a.shape)
+        assert entry["data_offsets"] == [offset, offset + a.nbytes]
+        offset += a.nbytes
+    assert meta["note"] == "hello" and meta["format"] == "unitree"
+    assert meta["format_version"] == "1" and meta["backend"] == "torch"
+    assert json.loads(meta["ties"]) == [["2.weight", "4.weight"], ["2.bias", "4.bias"]]
+    assert sorted(json.loads(meta["paths"])) == sorted(
+        f"{i}.{leaf_}" for i in (0, 2, 4, 6) for leaf_ in ("weight", "bias")
+    )
+    stored = load_file(path)
+    assert set(stored) == set(header)
+    for key, value in stored.items():
+        np.testing.assert_array_equal(value, leaf(model, key))
+
+
+def test_load_casts_only_when_lossless_unless_cast(make, model, tmp_path):
+    tree = make(model)
+    before = values(model)
+    other = ut.ParamTree(FakeAdapter("torch"), mlp(backend="torch", seed=10))
+    wide = {k: v.astype(np.float64) + 1e-12 for k, v in other.state_dict().items()}
+    path = tmp_path / "wide.safetensors"
+    save_file(wide, path)
+    with pytest.raises(ut.StateDictError) as e:
+        ut.load(tree, path, cast=False)
+    assert "0.weight: dtype float64 in wide.safetensors, float32 in the model" in str(e.value)
+    assert "cast=True" in str(e.value)
+    assert values(model) == before
+    assert ut.load(tree, path, cast=True) == ([], [])
+    for key, value in wide.items():
+        np.testing.assert_array_equal(tree[key].numpy(), value.astype(np.float32))
+        assert tree[key].dtype == "float32"
+    # float16 -> float32 is exact: no cast needed
+    half = {k: v.astype(np.float16) for k, v in other.state_dict().items()}
+    save_file(half, path)
+    ut.load(tree, path)
+    for key, value in half.items():
+        np.testing.assert_array_equal(tree[key].numpy(), value.astype(np.float32))
+
+
+def batch_norm(backend: str, seed: int) -> Mod:
+    rng = np.random.default_rng(seed)
+    w, b, mean, var = (rng.standard_normal(3).astype(np.float32) for _ in range(4))
+    if backend == "torch":
+        m = Mod("BatchNorm1d", "batch_norm", weight=w, bias=b)
+        m.buffer("running_mean", mean).buffer("running_var", var)
+        return m.buffer("num_batches_tracked", np.array(7, np.int64))
+    return Mod("BatchNorm", "batch_norm", scale=w, bias=b).buffer("mean", mean).buffer("var", var)
+
+
+def test_num_batches_tracked_is_optional_other_keys_are_not(tmp_path):
+    torch_bn, flax_bn = batch_norm("torch", 1), batch_norm("flax", 2)
+    torch_tree = ut.ParamTree(FakeAdapter("torch"), Mod("Net", bn=torch_bn))
+    flax_tree = ut.ParamTree(FakeAdapter("flax"), Mod("Net", bn=flax_bn))
+    a, b = tmp_path / "torch.safetensors", tmp_path / "flax.safetensors"
+    ut.save(torch_tree, a)
+    assert "bn.num_batches_tracked" in load_file(a)
+    # an unexpected counter is no error under strict
+    assert ut.load(flax_tree, a) == ([], ["bn.num_batches_tracked"])
+    for flax_name, torch_name in (
+        ("scale", "weight"),
+        ("mean", "running_mean"),
+        ("var", "running_var"),
+    ):
+        np.testing.assert_array_equal(flax_bn.leaves[flax_name][0], torch_bn.leaves[torch_name][0])
+    # nor a missing one: the counter keeps its value
+    flax_bn.leaves["mean"][0][...] = 5
+    ut.save(flax_tree, b)
+    assert ut.load(torch_tree, b) == (["bn.num_batches_tracked"], [])
+    np.testing.assert_array_equal(torch_bn.leaves["running_mean"][0], 5)
+    assert torch_bn.leaves["num_batches_tracked"][0] == 7
+    # any other missing key is
+    stored = load_file(b)
+    del stored["bn.running_var"]
+    save_file(stored, b)
+    before = values(torch_bn)
+    with pytest.raises(ut.StateDictError, match=r"bn\.running_var: missing") as e:
+        ut.load(torch_tree, b)
+    assert "num_batches_tracked" not in str(e.value)
+    assert values(torch_bn) == before
+
+
+def test_show_draws_paths_shapes_dtypes_ties_and_totals(tmp_path, capsys):
+    model = Mod("Net", mlp=mlp(shared=True, backend="torch"), bn=batch_norm("torch", 1))
+    path = tmp_path / "net.safetensors"
+    ut.save(ut.ParamTree(FakeAdapter("torch"), model), path)
+    assert main(["show", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "net.safetensors (torch)"
+    text = "\n".join(out)
+    for key, value in load_file(path).items():
+        name = key.rpartition(".")[2]
+        assert f"{name} {value.shape} {value.dtype}" in text, key
+    # the tied paths are drawn where they are, pointing at the stored one
+    assert "weight (8, 8) float32 = mlp.2.weight" in text
+    assert "bias (8,) float32 = mlp.2.bias" in text
+    stored = load_file(path)
+    count = sum(v.size for v in stored.values())
+    size = sum(v.nbytes for v in stored.values())
+    assert out[-1] == f"{len(stored)} tensors, {count:,} values, {size:,} bytes"
+    # in traversal order: mlp first, its layers in order, then bn
+    assert [line[3:] for line in out[1:-1] if line[:3] in ("├─ ", "└─ ")] == ["mlp", "bn"]
+    assert [line[6:] for line in out[1:-1] if line[:6] in ("│  ├─ ", "│  └─ ")] == [
+        "0",
+        "2",
+        "4",
+        "6",
+    ]
+
+
+def test_show_keeps_the_model_order_with_a_tied_leaf(tmp_path, capsys):
+    model = Mod(
+        "Net", a=dense(3, 3, 1, "torch"), b=dense(3, 3, 2, "torch"), c=dense(3, 3, 3, "torch")
+    )
+    tree = ut.ParamTree(FakeAdapter("torch"), model)
+    tree.tie("a.weight", "c.weight")  # one leaf tied, not the whole module
+    path = tmp_path / "m.safetensors"
+    ut.save(tree, path)
+    assert main(["show", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "│  ├─ weight (3, 3) float32 = a.weight" not in out  # c is drawn last: no "│" before it
+    assert [line[3:] for line in out[1:-1] if line[:3] in ("├─ ", "└─ ")] == ["a", "b", "c"]
+    with ut._checkpoint.Checkpoint(path) as ckpt:
+        assert json.loads(ckpt.metadata["paths"]) == [
+            "a.weight",
+            "a.bias",
+            "b.weight",
+            "b.bias",
+            "c.weight",
+            "c.bias",
+        ]
+
+
+def test_diff_reports_each_path_and_exits_1_only_on_differences(tmp_path, capsys):
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    tree = ut.ParamTree(FakeAdapter("torch"), mlp(backend="torch"))
+    ut.save(tree, a)
+    ut.save(tree, b)
+    assert main(["diff", str(a), str(b)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    # every path, in the model's order
+    assert out == [
+        f"{i}.{name}: max abs diff 0" for i in (0, 2, 4, 6) for name in ("weight", "bias")
+    ]
+    other = {k: v.copy() for k, v in load_file(a).items()}
+    other["2.weight"][3, 1] -= 0.25
+    other["0.bias"] = other["0.bias"].astype(np.float64)  # same values, another dtype
+    del other["6.bias"]
+    other["extra"] = np.zeros(2, np.float32)
+    save_file(other, b)
+    assert main(["diff", str(a), str(b)]) == 1
+    out = capsys.readouterr().out
+    assert "2.weight: max abs diff 0.25" in out
+    assert "0.bias: max abs diff 0  (dtype float32 in A, float64 in B)" in out
+    assert "only in A (missing from B): 6.bias" in out
+    assert "only in B (unexpected): extra" in out
+    # a dtype difference alone is a difference
+    only = {k: v.copy() for k, v in load_file(a).items()}
+    only["0.bias"] = only["0.bias"].astype(np.float64)
+    save_file(only, b)
+    assert main(["diff", str(a), str(b)]) == 1
+
+
+def test_a_codec_layer_is_saved_under_torch_names_and_loads_anywhere(tmp_path):
+    cell = lstm(2, 3, 1, "flax")  # linen's per-gate cell: no torch leaf is a native leaf
+    path = tmp_path / "lstm.safetensors"
+    ut.save(ut.ParamTree(FakeAdapter("flax"), Mod("Net", rnn=cell)), path)
+    header = _header(path)
+    header.pop("__metadata__")
+    names = ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]
+    assert list(header) == [f"rnn.{n}" for n in names]
+    stored = load_file(path)
+    np.testing.assert_array_equal(
+        stored["rnn.weight_ih_l0"], np.concatenate([leaf(cell, f"i{g}.kernel").T for g in "ifgo"])
+    )
+    np.testing.assert_array_equal(stored["rnn.bias_ih_l0"], 0)
+    torch = lstm(2, 3, 2, "torch")
+    assert ut.load(ut.ParamTree(FakeAdapter("torch"), Mod("Net", rnn=torch)), path) == ([], [])
+    for n in names:
+        np.testing.assert_array_equal(leaf(torch, n), stored[f"rnn.{n}"])
+    keras = lstm(2, 3, 3, "keras")
+    ut.load(ut.ParamTree(FakeAdapter("keras"), Mod("Net", rnn=keras)), path)
+    np.testing.assert_array_equal(leaf(keras, "cell.kernel"), stored["rnn.weight_ih_l0"].T)
+    np.testing.assert_array_equal(
+        leaf(keras, "cell.bias"), stored["rnn.bias_ih_l0"] + stored["rnn.bias_hh_l0"]
+    )

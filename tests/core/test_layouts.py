@@ -1,0 +1,581 @@
+"""The layout table (unitree/layouts.py) checked against the frameworks' documented formulas.
+
+Every transform and codec is proven on its own: the reference computations
+below are written from the frameworks' documentation (PyTorch's nn.LSTM,
+nn.GRU, nn.MultiheadAttention, ConvTranspose1d and grouped Conv1d; Keras's
+LSTM, GRU and MultiHeadAttention; Flax's cells), in numpy, float64, and never
+call unitree. A codec is right when the native formula with the converted
+weights gives the torch formula's output, both ways.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import unitree as ut
+from unitree.layouts import (
+    CODECS,
+    LAYOUTS,
+    Depthwise,
+    Flattened,
+    Flipped,
+    Permute,
+    channels_last_kernel,
+)
+
+RNG = np.random.default_rng(0)
+N_IN, H, T = 3, 4, 5  # input size, hidden size, sequence length
+ATOL = 1e-9  # float64 throughout: the same sums in another order
+
+
+def rand(*shape: int) -> np.ndarray:
+    return RNG.standard_normal(shape)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))
+
+
+def split(a: np.ndarray, n: int, axis: int = 0) -> list[np.ndarray]:
+    return np.split(a, n, axis=axis)
+
+
+# -- Permute, Flattened, Depthwise, Flipped ------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (3, 2, 5), (3, 4, 2, 5), (2, 3, 4, 2, 5)])
+def test_channels_last_kernel_is_torch_layout_and_round_trips(shape):
+    a = rand(*shape)
+    t = Permute(channels_last_kernel)
+    c = t.to_canonical(a)
+    *k, n_in, n_out = shape
+    assert c.shape == t.shape(shape) == (n_out, n_in, *k)
+    for idx in itertools.product(*map(range, shape)):  # a[*k, i, o] == c[o, i, *k]
+        *ks, i, o = idx
+        assert c[(o, i, *ks)] == a[idx]
+    np.testing.assert_array_equal(t.to_native(c, shape), a)
+
+
+def test_flattened_is_what_torch_linear_after_flatten_holds():
+    h, w, c, out = 2, 3, 4, 5
+    x = rand(h, w, c)  # a channels-last feature map
+    kernel = rand(h * w * c, out)  # a dense layer on its (H, W, C) flatten
+    y = x.reshape(-1) @ kernel
+    t = Flattened(c)
+    weight = t.to_canonical(kernel)
+    assert weight.shape == t.shape(kernel.shape) == (out, c * h * w)
+    # PyTorch: the (C, H, W) flatten, then weight @ x
+    np.testing.assert_allclose(weight @ np.moveaxis(x, -1, 0).reshape(-1), y, atol=ATOL)
+    np.testing.assert_array_equal(t.to_native(weight, kernel.shape), kernel)
+    # not a plain transpose: the input axis is permuted
+    assert not np.allclose(kernel.T @ np.moveaxis(x, -1, 0).reshape(-1), y)
+
+
+def depthwise_keras(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """TensorFlow's depthwise conv, 1-D, valid: out[t, c*M + m] = sum_j x[t+j, c] kernel[j, c, m]."""
+    k, c, m = kernel.shape
+    n = x.shape[0] - k + 1
+    out = np.zeros((n, c * m))
+    for t, ch, mult, j in itertools.product(range(n), range(c), range(m), range(k)):
+        out[t, ch * m + mult] += x[t + j, ch] * kernel[j, ch, mult]
+    return out
+
+
+def grouped_torch(x: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarray:
+    """PyTorch's Conv1d with groups, valid: (C_in, L) input, weight (out, in/groups, k)."""
+    n_out, per_group, k = weight.shape
+    outs_per_group = n_out // groups
+    n = x.shape[1] - k + 1
+    out = np.zeros((n_out, n))
+    for o, t in itertools.product(range(n_out), range(n)):
+        g = o // outs_per_group
+        window = x[g * per_group : (g + 1) * per_group, t : t + k]
+        out[o, t] = np.sum(window * weight[o])
+    return out
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 3), (2, 3, 2, 3)])
+def test_depthwise_is_torch_grouped_weight(shape):
+    kernel = rand(*shape)
+    t = Depthwise()
+    w = t.to_canonical(kernel)
+    *k, c, m = shape
+    assert w.shape == t.shape(shape) == (c * m, 1, *k)
+    for idx in itertools.product(*map(range, shape)):  # kernel[*k, c, m] == W[c*M + m, 0, *k]
+        *ks, ch, mult = idx
+        assert w[(ch * m + mult, 0, *ks)] == kernel[idx]
+    np.testing.assert_array_equal(t.to_native(w, shape), kernel)
+
+
+def test_depthwise_conv_equals_grouped_conv():
+    k, c, m, length = 3, 2, 3, 7
+    kernel, x = rand(k, c, m), rand(length, c)
+    w = Depthwise().to_canonical(kernel)
+    np.testing.assert_allclose(
+        grouped_torch(x.T, w, groups=c), depthwise_keras(x, kernel).T, atol=ATOL
+    )
+
+
+def transposed_torch(x: np.ndarray, weight: np.ndarray, stride: int) -> np.ndarray:
+    """PyTorch's ConvTranspose1d, padding 0: (C_in, L) input, weight (in, out, k);
+    y[o, i*s + j] += x[c, i] * weight[c, o, j]."""
+    n_in, n_out, k = weight.shape
+    length = x.shape[1]
+    y = np.zeros((n_out, (length - 1) * stride + k))
+    for c, o, i, j in itertools.product(range(n_in), range(n_out), range(length), range(k)):
+        y[o, i * stride + j] += x[c, i] * weight[c, o, j]
+    return y
+
+
+def transposed_unflipped(x: np.ndarray, kernel: np.ndarray, stride: int) -> np.ndarray:
+    """Flax's formulation: the input dilated by the stride, padded by k - 1 on both sides, and
+    correlated with the (k, in, out) kernel as it is."""
+    k, n_in, n_out = kernel.shape
+    length = x.shape[1]
+    dilated = np.zeros((n_in, (length - 1) * stride + 1))
+    dilated[:, ::stride] = x
+    padded = np.pad(dilated, ((0, 0), (k - 1, k - 1)))
+    n = padded.shape[1] - k + 1
+    y = np.zeros((n_out, n))
+    for t in range(n):
+        y[:, t] = np.einsum("ck,kco->o", padded[:, t : t + k], kernel)
+    return y
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_flipped_is_torch_transposed_conv(stride):
+    n_in, n_out, k, length = 2, 3, 3, 4
+    weight, x = rand(n_in, n_out, k), rand(n_in, length)
+    t = Flipped()
+    native_shape = (k, n_in, n_out)
+    assert t.shape(native_shape) == weight.shape
+    kernel = t.to_native(weight, native_shape)
+    assert kernel.shape == native_shape
+    np.testing.assert_array_equal(t.to_canonical(kernel), weight)
+    want = transposed_torch(x, weight, stride)
+    np.testing.assert_allclose(transposed_unflipped(x, kernel, stride), want, atol=ATOL)
+    # the flip is needed: the kernel merely transposed gives other results
+    plain = weight.transpose(2, 0, 1)
+    assert not np.allclose(transposed_unflipped(x, plain, stride), want)
+
+
+# -- recurrent cells, in PyTorch's formulation --------------------------------------------------
+
+
+def torch_lstm(c: dict[str, np.ndarray], xs: np.ndarray) -> np.ndarray:
+    """nn.LSTM: gates i, f, g, o; c' = f*c + i*g; h' = o*tanh(c'). The h of every step."""
+    h, cell, out = np.zeros(H), np.zeros(H), []
+    for x in xs:
+        z = c["weight_ih_l0"] @ x + c.get("bias_ih_l0", 0) + c["weight_hh_l0"] @ h
+        z = z + c.get("bias_hh_l0", 0)
+        i, f, g, o = split(z, 4)
+        cell = sigmoid(f) * cell + sigmoid(i) * np.tanh(g)
+        h = sigmoid(o) * np.tanh(cell)
+        out.append(h)
+    return np.array(out)
+
+
+def torch_gru(c: dict[str, np.ndarray], xs: np.ndarray) -> np.ndarray:
+    """nn.GRU: r, z, n; n = tanh(W_in x + b_in + r*(W_hn h + b_hn)); h' = (1-z)*n + z*h."""
+    h, out = np.zeros(H), []
+    for x in xs:
+        gi = c["weight_ih_l0"] @ x + c.get("bias_ih_l0", 0)
+        gh = c["weight_hh_l0"] @ h + c.get("bias_hh_l0", 0)
+        (ir, iz, i_n), (hr, hz, hn) = split(gi, 3), split(gh, 3)
+        r, z = sigmoid(ir + hr), sigmoid(iz + hz)
+        n = np.tanh(i_n + r * hn)
+        h = (1 - z) * n + z * h
+        out.append(h)
+    return np.array(out)
+
+
+def lstm_step(i: np.ndarray, f: np.ndarray, g: np.ndarray, o: np.ndarray, cell: np.ndarray):
+    cell = sigmoid(f) * cell + sigmoid(i) * np.tanh(g)
+    return sigmoid(o) * np.tanh(cell), cell
+
+
+def keras_lstm(n: dict[str, np.ndarray], xs: np.ndarray) -> np.ndarray:
+    """keras.layers.LSTM: z = x @ kernel + h @ recurrent_kernel + bias; blocks i, f, c, o."""
+    h, cell, out = np.zeros(H), np.zeros(H), []
+    for x in xs:
+        z = x @ n["kernel"] + h @ n["recurrent_kernel"] + n.get("bias", 0)
+        h, cell = lstm_step(*split(z, 4), cell)
+        out.append(h)
+    return np.array(out)
+
+
+def dense_out(n: dict[str, np.ndarray], name: str, x: np.ndarray) -> np.ndarray:
+    """A Flax dense sub-layer as the tree shows it: weight (out, in) or kernel (in, out)."""
+    y = n[f"{name}.weight"] @ x if f"{name}.weight" in n else x @ n[f"{name}.kernel"]
+    return y + n.get(f"{name}.bias", 0)
+
+
+def linen_lstm(n: dict[str, np.ndarray], xs: np.ndarray, f_in: str = "if") -> np.ndarray:
+    """linen.LSTMCell (nnx.LSTMCell: the input forget dense is ``if_``): one dense per gate,
+    ii, if, ig, io without bias on the input, hi, hf, hg, ho with bias on the state."""
+    h, cell, out = np.zeros(H), np.zeros(H), []
+    for x in xs:
+        gates = [
+            dense_out(n, i, x) + dense_out(n, hh, h)
+            for i, hh in (("ii", "hi"), (f_in, "hf"), ("ig", "hg"), ("io", "ho"))
+        ]
+        h, cell = lstm_step(*gates, cell)
+        out.append(h)
+    return np.array(out)
+
+
+def nnx_optimized_lstm(n: dict[str, np.ndarray], xs: np.ndarray) -> np.ndarray:
+    """nnx.OptimizedLSTMCell: y = dense_i(x) + dense_h(h) (bias on dense_h); split i, f, g, o."""
+    h, cell, out = np.zeros(H), np.zeros(H), []
+    for x in xs:
+        y = dense_out(n, "dense_i", x) + dense_out(n, "dense_h", h)
+        h, cell = lstm_step(*split(y, 4), cell)
+        out.append(h)
+    return np.array(out)
+
+
+def keras_gru(n: dict[str, np.ndarray], xs: np.ndarray) -> np.ndarray:
+    """keras.layers.GRU(reset_after=True): blocks z, r, h; bias (2, 3H): input, recurrent rows;
+    hh = tanh(x_h + r * (h @ rk_h + b_rec_h)); h' = z*h + (1-z)*hh."""
+    h, out = np.zeros(H), []
+    b_in, b_rec = n["bias"]
+    for x in xs:
+        xz, xr, xh = split(x @ n["kernel"] + b_in, 3)
+        rz, rr, rh = split(h @ n["recurrent_kernel"] + b_rec, 3)
+        z, r = sigmoid(xz + rz), sigmoid(xr + rr)
+        hh = np.tanh(xh + r * rh)
+        h = z * h + (1 - z) * hh
+        out.append(h)
+    return np.array(out)
+
+
+def keras_gru_reset_before(n: dict[str, np.ndarray], xs: np.ndarray) -> np.ndarray:
+    """keras.layers.GRU(reset_after=False): bias (3H,); hh = tanh(x_h + (r*h) @ rk_h)."""
+    h, out = np.zeros(H), []
+    for x in xs:
+        xz, xr, xh = split(x @ n["kernel"] + n["bias"], 3)
+        rkz, rkr, rkh = split(n["recurrent_kernel"], 3, axis=1)
+        z, r = sigmoid(xz + h @ rkz), sigmoid(xr + h @ rkr)
+        hh = np.tanh(xh + (r * h) @ rkh)
+        h = z * h + (1 - z) * hh
+        out.append(h)
+    return np.array(out)
+
+
+def linen_gru(n: dict[str, np.ndarray], xs: np.ndarray) -> np.ndarray:
+    """linen.GRUCell: ir, iz, in with bias; hr, hz without; hn with bias;
+    n = tanh(in(x) + r * hn(h)); h' = (1-z)*n + z*h."""
+    h, out = np.zeros(H), []
+    for x in xs:
+        r = sigmoid(dense_out(n, "ir", x) + dense_out(n, "hr", h))
+        z = sigmoid(dense_out(n, "iz", x) + dense_out(n, "hz", h))
+        cand = np.tanh(dense_out(n, "in", x) + r * dense_out(n, "hn", h))
+        h = (1 - z) * cand + z * h
+        out.append(h)
+    return np.array(out)
+
+
+def nnx_gru(n: dict[str, np.ndarray], xs: np.ndarray) -> np.ndarray:
+    """nnx.GRUCell: dense_i (bias), dense_h (no bias), each split r, z, n; n = tanh(xi_n + r*hh_n)."""
+    h, out = np.zeros(H), []
+    for x in xs:
+        xr, xz, xn = split(dense_out(n, "dense_i", x), 3)
+        hr, hz, hn = split(dense_out(n, "dense_h", h), 3)
+        r, z = sigmoid(xr + hr), sigmoid(xz + hz)
+        h = (1 - z) * np.tanh(xn + r * hn) + z * h
+        out.append(h)
+    return np.array(out)
+
+
+def torch_weights(gates: int, bias: bool = True) -> dict[str, np.ndarray]:
+    c = {"weight_ih_l0": rand(gates * H, N_IN), "weight_hh_l0": rand(gates * H, H)}
+    if bias:
+        c |= {"bias_ih_l0": rand(gates * H), "bias_hh_l0": rand(gates * H)}
+    return c
+
+
+def per_gate(inputs: str, states: str, biased: str, spelling: str) -> dict[str, np.ndarray]:
+    """Native leaves of a cell made of one dense per gate: ``spelling`` "weight" (canonical,
+    (out, in), as the tree shows inner dense layers) or "kernel" (raw, (in, out))."""
+
+    def leaf(name: str, n_in: int) -> dict[str, np.ndarray]:
+        w = rand(H, n_in)
+        out = {f"{name}.weight": w} if spelling == "weight" else {f"{name}.kernel": w.T}
+        return out | ({f"{name}.bias": rand(H)} if name in biased.split() else {})
+
+    out: dict[str, np.ndarray] = {}
+    for name in inputs.split():
+        out |= leaf(name, N_IN)
+    for name in states.split():
+        out |= leaf(name, H)
+    return out
+
+
+def fused(gates: int, spelling: str, bias_on: str) -> dict[str, np.ndarray]:
+    """NNX's fused cells: dense_i (N_IN -> gates*H), dense_h (H -> gates*H)."""
+    out: dict[str, np.ndarray] = {}
+    for name, n_in in (("dense_i", N_IN), ("dense_h", H)):
+        w = rand(gates * H, n_in)
+        out |= {f"{name}.weight": w} if spelling == "weight" else {f"{name}.kernel": w.T}
+    return out | {f"{bias_on}.bias": rand(gates * H)}
+
+
+# name: (codec key, native formula, torch formula, native leaves given the dense spelling)
+CELLS = {
+    "keras_lstm": (
+        ("keras", "lstm"),
+        keras_lstm,
+        torch_lstm,
+        lambda s: {
+            "kernel": rand(N_IN, 4 * H),
+            "recurrent_kernel": rand(H, 4 * H),
+            "bias": rand(4 * H),
+        },
+    ),
+    "keras_lstm_no_bias": (
+        ("keras", "lstm"),
+        keras_lstm,
+        torch_lstm,
+        lambda s: {"kernel": rand(N_IN, 4 * H), "recurrent_kernel": rand(H, 4 * H)},
+    ),
+    "linen_lstm": (
+        ("flax", "lstm"),
+        linen_lstm,
+        torch_lstm,
+        lambda s: per_gate("ii if ig io", "hi hf hg ho", "hi hf hg ho", s),
+    ),
+    "nnx_lstm": (
+        ("flax", "lstm"),
+        lambda n, xs: linen_lstm(n, xs, f_in="if_"),
+        torch_lstm,
+        lambda s: per_gate("ii if_ ig io", "hi hf hg ho", "hi hf hg ho", s),
+    ),
+    "nnx_optimized_lstm": (
+        ("flax", "lstm"),
+        nnx_optimized_lstm,
+        torch_lstm,
+        lambda s: fused(4, s, bias_on="dense_h"),
+    ),
+    "keras_gru": (
+        ("keras", "gru"),
+        keras_gru,
+        torch_gru,
+        lambda s: {
+            "kernel": rand(N_IN, 3 * H),
+            "recurrent_kernel": rand(H, 3 * H),
+            "bias": rand(2, 3 * H),
+        },
+    ),
+    "linen_gru": (
+        ("flax", "gru"),
+        linen_gru,
+        torch_gru,
+        lambda s: per_gate("ir iz in", "hr hz hn", "ir iz in hn", s),
+    ),
+    "nnx_gru": (
+        ("flax", "gru"),
+        nnx_gru,
+        torch_gru,
+        lambda s: fused(3, s, bias_on="dense_i"),
+    ),
+}
+
+
+def _cases() -> list:
+    """Each cell, with its inner dense layers shown canonical (.weight) or raw (.kernel), and
+    under ``cell.`` (Keras's LSTM layer, Flax's RNN) or not."""
+    out = []
+    for name in CELLS:
+        for spelling in ("weight", "kernel") if not name.startswith("keras") else ("-",):
+            for prefix in ("", "cell."):
+                out.append(pytest.param(name, spelling, prefix, id=f"{name}-{spelling}-{prefix}"))
+    return out
+
+
+def prefixed(d: dict, prefix: str) -> dict:
+    return {prefix + k: v for k, v in d.items()}
+
+
+def unprefixed(d: dict, prefix: str) -> dict:
+    assert all(k.startswith(prefix) for k in d)
+    return {k[len(prefix) :]: v for k, v in d.items()}
+
+
+@pytest.mark.parametrize("name, spelling, prefix", _cases())
+def test_native_cell_to_canonical_computes_as_torch(name, spelling, prefix):
+    key, native_fn, torch_fn, make = CELLS[name]
+    codec, native, xs = CODECS[key], make(spelling), rand(T, N_IN)
+    canonical = codec.to_canonical(prefixed(native, prefix))
+    gates = 4 if "lstm" in name else 3
+    shapes = {k: v.shape for k, v in canonical.items()}
+    assert list(canonical)[:2] == ["weight_ih_l0", "weight_hh_l0"]
+    assert shapes["weight_ih_l0"] == (gates * H, N_IN) and shapes["weight_hh_l0"] == (gates * H, H)
+    assert codec.shapes({prefix + k: v.shape for k, v in native.items()}) == shapes
+    np.testing.assert_allclose(torch_fn(canonical, xs), native_fn(native, xs), atol=ATOL)
+
+
+@pytest.mark.parametrize("name, spelling, prefix", _cases())
+def test_torch_cell_to_native_computes_the_same(name, spelling, prefix):
+    key, native_fn, torch_fn, make = CELLS[name]
+    codec, like, xs = CODECS[key], make(spelling), rand(T, N_IN)
+    shapes = {prefix + k: v.shape for k, v in like.items()}
+    canonical = torch_weights(4 if "lstm" in name else 3, bias="no_bias" not in name)
+    if name == "nnx_gru":  # no recurrent bias to hold PyTorch's b_hn: exact only when it is zero
+        canonical["bias_hh_l0"][2 * H :] = 0
+    native = codec.to_native(canonical, shapes)
+    assert {k: v.shape for k, v in native.items()} == shapes
+    native = unprefixed(native, prefix)
+    np.testing.assert_allclose(native_fn(native, xs), torch_fn(canonical, xs), atol=ATOL)
+    # and back: the same function (a folded bias comes back as bias_ih + bias_hh, bias_hh 0)
+    again = codec.to_canonical(prefixed(native, prefix))
+    np.testing.assert_allclose(torch_fn(again, xs), torch_fn(canonical, xs), atol=ATOL)
+
+
+def test_nnx_gru_refuses_a_recurrent_candidate_bias():
+    codec = CODECS[("flax", "gru")]
+    shapes = {k: v.shape for k, v in fused(3, "weight", bias_on="dense_i").items()}
+    canonical = torch_weights(3)  # bias_hh_l0[2H:] (b_hn) is not zero
+    # it matters: with b_hn folded into the input bias, r * b_hn is lost
+    folded = dict(canonical, bias_ih_l0=canonical["bias_ih_l0"] + canonical["bias_hh_l0"])
+    folded["bias_hh_l0"] = np.zeros(3 * H)
+    xs = rand(T, N_IN)
+    assert not np.allclose(torch_gru(folded, xs), torch_gru(canonical, xs))
+    with pytest.raises(ut.StateDictError, match="bias_hh_l0"):
+        codec.to_native(canonical, shapes)
+
+
+def test_keras_gru_reset_before_is_refused():
+    """reset_after=False (bias (3H,)) resets h before the recurrent matmul: no torch GRU does."""
+    native = {"kernel": rand(N_IN, 3 * H), "recurrent_kernel": rand(H, 3 * H), "bias": rand(3 * H)}
+    xs = rand(T, N_IN)
+
+    def torch_order(a: np.ndarray) -> np.ndarray:  # Keras's z, r, h blocks as r, z, n
+        z, r, h = split(a, 3)
+        return np.concatenate([r, z, h])
+
+    # the closest torch GRU (same blocks, the bias on the input side) computes otherwise
+    closest = {
+        "weight_ih_l0": torch_order(native["kernel"].T),
+        "weight_hh_l0": torch_order(native["recurrent_kernel"].T),
+        "bias_ih_l0": torch_order(native["bias"]),
+        "bias_hh_l0": np.zeros(3 * H),
+    }
+    assert not np.allclose(torch_gru(closest, xs), keras_gru_reset_before(native, xs))
+    with pytest.raises(ut.StateDictError, match="reset_after"):
+        CODECS[("keras", "gru")].to_canonical(native)
+
+
+# -- attention --------------------------------------------------------------------------------
+
+E, HEADS, D = 6, 2, 3  # embedding, heads, head size
+
+
+def softmax(a: np.ndarray) -> np.ndarray:
+    e = np.exp(a - a.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def torch_attention(c: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """nn.MultiheadAttention on (T, E): in_proj_weight rows q; k; v, heads are column blocks of
+    the projections, scaled dot product per head, the heads concatenated, then out_proj."""
+    w, b = c["in_proj_weight"], c.get("in_proj_bias", np.zeros(3 * E))
+    q, k, v = (x @ wi.T + bi for wi, bi in zip(split(w, 3), split(b, 3)))
+    heads = []
+    for h in range(HEADS):
+        cols = slice(h * D, (h + 1) * D)
+        scores = softmax(q[:, cols] @ k[:, cols].T / np.sqrt(D))
+        heads.append(scores @ v[:, cols])
+    return np.concatenate(heads, axis=1) @ c["out_proj.weight"].T + c.get("out_proj.bias", 0)
+
+
+def projected_attention(n: dict[str, np.ndarray], x: np.ndarray, out: str) -> np.ndarray:
+    """Keras's MultiHeadAttention / Flax's MultiHeadDotProductAttention on (T, E): kernels
+    (E, heads, D), biases (heads, D), the output kernel (heads, D, E)."""
+
+    def proj(name: str) -> np.ndarray:
+        return np.einsum("te,ehd->thd", x, n[f"{name}.kernel"]) + n.get(f"{name}.bias", 0)
+
+    q, k, v = proj("query"), proj("key"), proj("value")
+    scores = softmax(np.einsum("thd,shd->hts", q, k) / np.sqrt(D))
+    heads = np.einsum("hts,shd->thd", scores, v)
+    return np.einsum("thd,hde->te", heads, n[f"{out}.kernel"]) + n.get(f"{out}.bias", 0)
+
+
+def attention_native(out: str, bias: bool) -> dict[str, np.ndarray]:
+    n = {f"{p}.kernel": rand(E, HEADS, D) for p in ("query", "key", "value")}
+    n[f"{out}.kernel"] = rand(HEADS, D, E)
+    if bias:
+        n |= {f"{p}.bias": rand(HEADS, D) for p in ("query", "key", "value")}
+        n[f"{out}.bias"] = rand(E)
+    return n
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("backend, out", [("keras", "attention_output"), ("flax", "out")])
+def test_attention_codec_both_ways(backend, out, bias):
+    codec, x = CODECS[(backend, "attention")], rand(T, E)
+    native = attention_native(out, bias)
+    canonical = codec.to_canonical(native)
+    want = {"in_proj_weight": (3 * E, E), "out_proj.weight": (E, E)}
+    if bias:
+        want |= {"in_proj_bias": (3 * E,), "out_proj.bias": (E,)}
+    shapes = {k: v.shape for k, v in canonical.items()}
+    assert shapes == want and codec.shapes({k: v.shape for k, v in native.items()}) == want
+    np.testing.assert_allclose(
+        torch_attention(canonical, x), projected_attention(native, x, out), atol=ATOL
+    )
+    # random torch weights -> native: the per-projection formula gives torch's output
+    c = {"in_proj_weight": rand(3 * E, E), "out_proj.weight": rand(E, E)}
+    if bias:
+        c |= {"in_proj_bias": rand(3 * E), "out_proj.bias": rand(E)}
+    back = codec.to_native(c, {k: v.shape for k, v in native.items()})
+    assert {k: v.shape for k, v in back.items()} == {k: v.shape for k, v in native.items()}
+    np.testing.assert_allclose(projected_attention(back, x, out), torch_attention(c, x), atol=ATOL)
+
+
+def test_torch_attention_is_one_layer_as_it_is():
+    c = {"in_proj_weight": rand(3 * E, E), "out_proj.weight": rand(E, E)}
+    codec = CODECS[("torch", "attention")]
+    assert codec.to_canonical(c) == c and codec.to_native(c, {}) == c
+
+
+# -- Gluon's fused recurrent leaves ---------------------------------------------------------------
+
+
+def torch_rnn_order(layers: int, bidirectional: bool) -> list[str]:
+    """nn.LSTM's parameters, as PyTorch lists them."""
+    out = []
+    for layer in range(layers):
+        for suffix in ("", "_reverse") if bidirectional else ("",):
+            out += [
+                f"weight_ih_l{layer}{suffix}",
+                f"weight_hh_l{layer}{suffix}",
+                f"bias_ih_l{layer}{suffix}",
+                f"bias_hh_l{layer}{suffix}",
+            ]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_gluon_recurrent_renames_in_torch_order(kind):
+    table = LAYOUTS[("gluon", kind)]
+    assert table["l0_i2h_weight"].canonical == "weight_ih_l0"
+    assert table["r1_h2h_bias"].canonical == "bias_hh_l1_reverse"
+    assert table["l1_h2h_weight"].canonical == "weight_hh_l1"
+    assert table["r0_i2h_bias"].canonical == "bias_ih_l0_reverse"
+    assert all(rule.transform is None for rule in table.values())  # same layout, same gate order
+    # a 2-layer bidirectional layer's leaves, in the table's order, are torch's order
+    gluon = [
+        f"{d}{layer}_{w}_{kind_}"
+        for layer in range(2)
+        for d in "lr"
+        for w in ("i2h", "h2h")
+        for kind_ in ("weight", "bias")
+    ]
+    ordered = [table[n].canonical for n in table if n in gluon]
+    assert ordered == torch_rnn_order(2, bidirectional=True)
+    unidirectional = [table[n].canonical for n in table if n in gluon and n.startswith("l")]
+    assert unidirectional == torch_rnn_order(2, bidirectional=False)

@@ -1,0 +1,337 @@
+"""``ut.port`` between two framework-free fakes that play two backends in one process.
+
+The "flax" and "keras" fakes hold dense kernels (in, out) and channels-last
+conv kernels (*k, in, out); the "torch" fake holds PyTorch's layouts. Every
+expected value below is computed from the native arrays with numpy, not
+through unitree.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from unitree_fake import FakeAdapter, Mod, conv, dense, flatten, leaf, lstm, mlp, values
+
+import unitree as ut
+from unitree import ParamTree
+
+
+def wrap(model: Mod, backend: str) -> ParamTree:
+    return ParamTree(FakeAdapter(backend), model)
+
+
+def seq(*layers: Mod, **named: Mod) -> Mod:
+    return Mod("Sequential", **{str(i): m for i, m in enumerate(layers)}, **named)
+
+
+DENSE_PATHS = ["0", "2", "4", "6"]
+
+
+def test_by_path_both_ways():
+    flax, torch = mlp(), mlp(backend="torch", seed=10)
+    report = ut.port(wrap(flax, "flax"), wrap(torch, "torch"))
+    assert report.rules == {"path": 4}
+    assert [(p.src, p.dst, p.rule) for p in report.pairs] == [(p, p, "path") for p in DENSE_PATHS]
+    for p in DENSE_PATHS:
+        np.testing.assert_array_equal(leaf(torch, f"{p}.weight"), leaf(flax, f"{p}.kernel").T)
+        np.testing.assert_array_equal(leaf(torch, f"{p}.bias"), leaf(flax, f"{p}.bias"))
+    assert report.tensors == 8
+    assert report.bytes == sum(len(b) for b in values(torch).values())
+
+    back = mlp(seed=20)
+    assert ut.port(wrap(torch, "torch"), wrap(back, "flax")).rules == {"path": 4}
+    for p in DENSE_PATHS:
+        np.testing.assert_array_equal(leaf(back, f"{p}.kernel"), leaf(flax, f"{p}.kernel"))
+
+
+def test_by_structure_when_parameterless_layers_shift_the_paths():
+    src = mlp()
+    # a leading Dropout shifts every torch layer by one: no path matches a layer of the same shape
+    dst = seq(
+        Mod("Dropout"),
+        dense(4, 8, 11, "torch"),
+        Mod("relu"),
+        dense(8, 8, 12, "torch"),
+        Mod("relu"),
+        dense(8, 8, 13, "torch"),
+        Mod("relu"),
+        dense(8, 1, 14, "torch"),
+    )
+    report = ut.port(wrap(src, "flax"), wrap(dst, "torch"))
+    assert report.rules == {"structure": 4}
+    pairs = [("0", "1"), ("2", "3"), ("4", "5"), ("6", "7")]
+    assert [(p.src, p.dst) for p in report.pairs] == pairs
+    for s, d in pairs:
+        np.testing.assert_array_equal(leaf(dst, f"{d}.weight"), leaf(src, f"{s}.kernel").T)
+        np.testing.assert_array_equal(leaf(dst, f"{d}.bias"), leaf(src, f"{s}.bias"))
+    text = str(report)
+    assert "4 layers (4 by structure)" in text.splitlines()[0]
+    for p in report.pairs:  # one line per pair: source, destination, rule
+        assert any(
+            line.split()[:3] == [p.src, "->", p.dst] and f"by {p.rule}]" in line
+            for line in text.splitlines()
+        )
+
+
+def test_rename_makes_a_path_match_that_structure_would_get_wrong():
+    def src() -> Mod:
+        return Mod("Model", x=dense(8, 8, 1), y=dense(8, 8, 2))
+
+    def dst() -> Mod:
+        return Mod("Model", q=dense(8, 8, 11, "torch"), p=dense(8, 8, 12, "torch"))
+
+    a, b = src(), dst()
+    report = ut.port(wrap(a, "flax"), wrap(b, "torch"), rename={r"^x$": "p", r"^y$": "q"})
+    assert report.rules == {"rename": 2}
+    assert {(p.src, p.dst) for p in report.pairs} == {("x", "p"), ("y", "q")}
+    np.testing.assert_array_equal(leaf(b, "p.weight"), leaf(a, "x.kernel").T)
+    np.testing.assert_array_equal(leaf(b, "q.weight"), leaf(a, "y.kernel").T)
+    assert "by rename" in str(report)
+    # without it, the order decides: x -> q
+    a, b = src(), dst()
+    assert ut.port(wrap(a, "flax"), wrap(b, "torch")).rules == {"structure": 2}
+    np.testing.assert_array_equal(leaf(b, "q.weight"), leaf(a, "x.kernel").T)
+
+
+def test_a_shape_mismatch_names_both_sides_and_writes_nothing():
+    src = seq(dense(4, 8, 1), Mod("relu"), dense(8, 2, 2))
+    dst = Mod("Model", first=dense(4, 8, 11, "torch"), second=dense(8, 3, 12, "torch"))
+    before, src_before = values(dst), values(src)
+    with pytest.raises(ut.PortError) as e:
+        ut.port(wrap(src, "flax"), wrap(dst, "torch"))
+    message = str(e.value)
+    assert "nothing was written" in message
+    assert "2 (flax Dense: weight (2, 8), bias (2,))" in message
+    assert "second (torch Linear: weight (3, 8), bias (3,))" in message
+    assert values(dst) == before and values(src) == src_before
+
+
+def layer_norm(backend: str, eps: float, seed: int) -> Mod:
+    rng = np.random.default_rng(seed)
+    scale, bias = (
+        rng.standard_normal(6).astype(np.float32),
+        rng.standard_normal(6).astype(np.float32),
+    )
+    if backend == "torch":
+        return Mod("LayerNorm", "layer_norm", settings={"eps": eps}, weight=scale, bias=bias)
+    return Mod("LayerNorm", "layer_norm", settings={"eps": eps}, scale=scale, bias=bias)
+
+
+def test_settings_that_differ():
+    src, dst = seq(layer_norm("flax", 1e-5, 1)), seq(layer_norm("torch", 1e-6, 2))
+    before = values(dst)
+    with pytest.raises(ut.PortError, match=r"eps is 1e-05 in the flax layer 0, 1e-06"):
+        ut.port(wrap(src, "flax"), wrap(dst, "torch"))
+    assert values(dst) == before
+    report = ut.port(wrap(src, "flax"), wrap(dst, "torch"), strict=False)
+    assert len(report.settings) == 1 and "eps" in report.settings[0]
+    assert "settings that differ" in str(report)
+    np.testing.assert_array_equal(leaf(dst, "0.weight"), leaf(src, "0.scale"))
+    np.testing.assert_array_equal(leaf(dst, "0.bias"), leaf(src, "0.bias"))
+    # equal up to float rounding is the same setting
+    same = seq(layer_norm("torch", 1e-5 * (1 + 1e-9), 3))
+    assert ut.port(wrap(src, "flax"), wrap(same, "torch")).settings == []
+
+
+def test_a_source_tie_into_an_untied_destination():
+    src, dst = mlp(shared=True), mlp(backend="torch", seed=10)
+    before = values(dst)
+    with pytest.raises(ut.PortError, match=r"tied in the source, separate in the destination"):
+        ut.port(wrap(src, "flax"), wrap(dst, "torch"))
+    assert values(dst) == before
+    report = ut.port(wrap(src, "flax"), wrap(dst, "torch"), strict=False)
+    assert report.ties_split == [("2.weight", "4.weight"), ("2.bias", "4.bias")]
+    for p in ("2", "4"):  # copied into each
+        np.testing.assert_array_equal(leaf(dst, f"{p}.weight"), leaf(src, "2.kernel").T)
+    # into a tied destination, the tie is kept
+    tied = mlp(shared=True, backend="torch", seed=10)
+    report = ut.port(wrap(src, "flax"), wrap(tied, "torch"))
+    assert report.ties_kept == [("2.weight", "4.weight"), ("2.bias", "4.bias")]
+    assert report.ties_split == [] and report.tensors == 6
+
+
+def test_a_destination_tie_fed_two_different_values():
+    src, dst = mlp(), mlp(shared=True, backend="torch", seed=10)
+    before = values(dst)
+    with pytest.raises(ut.PortError, match=r"one storage in the destination") as e:
+        ut.port(wrap(src, "flax"), wrap(dst, "torch"))
+    assert "2.weight = 4.weight" in str(e.value)
+    assert values(dst) == before
+    # the same values on both sides of the tie: fine
+    for name in ("kernel", "bias"):
+        leaf(src, f"4.{name}")[...] = leaf(src, f"2.{name}")
+    ut.port(wrap(src, "flax"), wrap(dst, "torch"))
+    np.testing.assert_array_equal(leaf(dst, "4.weight"), leaf(src, "4.kernel").T)
+
+
+def test_dtypes_convert_only_when_lossless_unless_cast():
+    src = seq(dense(4, 3, 1, dtype=np.float64))
+    dst = seq(dense(4, 3, 2, "torch", dtype=np.float32))
+    before = values(dst)
+    with pytest.raises(ut.PortError, match=r"float64 in the source, float32 .*cast=True"):
+        ut.port(wrap(src, "flax"), wrap(dst, "torch"))
+    assert values(dst) == before
+    ut.port(wrap(src, "flax"), wrap(dst, "torch"), cast=True)
+    assert leaf(dst, "0.weight").dtype == np.float32
+    np.testing.assert_array_equal(leaf(dst, "0.weight"), leaf(src, "0.kernel").T.astype(np.float32))
+    wide = seq(dense(4, 3, 3, "torch", dtype=np.float64))
+    ut.port(wrap(dst, "torch"), wrap(wide, "torch"))  # float32 -> float64: exact, no cast needed
+    assert leaf(wide, "0.weight").dtype == np.float64
+    np.testing.assert_array_equal(leaf(wide, "0.weight"), leaf(dst, "0.weight"))
+
+
+C_IN, C, K, L_IN, OUT = 2, 3, 3, 6, 5
+L = L_IN - K + 1  # the conv's output length
+
+
+def conv_net(backend: str, seed: int) -> Mod:
+    return seq(conv(C_IN, C, K, seed, backend), flatten(), dense(L * C, OUT, seed + 1, backend))
+
+
+def run_channels_last(net: Mod, x: np.ndarray) -> np.ndarray:
+    """Conv1d (valid) on (L_IN, C_IN), flatten (L, C) with channels fastest, dense."""
+    kernel, b = leaf(net, "0.kernel"), leaf(net, "0.bias")
+    y = np.stack([np.einsum("ki,kio->o", x[t : t + K], kernel) for t in range(L)]) + b
+    return y.reshape(-1) @ leaf(net, "2.kernel") + leaf(net, "2.bias")
+
+
+def run_channels_first(net: Mod, x: np.ndarray) -> np.ndarray:
+    """PyTorch: Conv1d on (C_IN, L_IN), Flatten of (C, L), Linear."""
+    weight, b = leaf(net, "0.weight"), leaf(net, "0.bias")
+    y = np.stack([np.einsum("ik,oik->o", x[:, t : t + K], weight) for t in range(L)], 1)
+    y = y + b[:, None]
+    return leaf(net, "2.weight") @ y.reshape(-1) + leaf(net, "2.bias")
+
+
+@pytest.mark.parametrize("backend", ["flax", "keras"])
+def test_conv_flatten_dense_from_channels_last_to_torch_and_back(backend):
+    src, dst = conv_net(backend, 1), conv_net("torch", 10)
+    report = ut.port(wrap(src, backend), wrap(dst, "torch"))
+    assert report.rules == {"path": 2}
+    kernel, w = leaf(src, "0.kernel"), leaf(dst, "0.weight")
+    dense_k, dense_w = leaf(src, "2.kernel"), leaf(dst, "2.weight")
+    assert w.shape == (C, C_IN, K) and dense_w.shape == (OUT, C * L)
+    for o, i, k in itertools.product(range(C), range(C_IN), range(K)):
+        assert w[o, i, k] == kernel[k, i, o]
+    # torch flattens (C, L): input c*L + l is the channels-last flatten's l*C + c
+    for o, c, pos in itertools.product(range(OUT), range(C), range(L)):
+        assert dense_w[o, c * L + pos] == dense_k[pos * C + c, o]
+    x = np.random.default_rng(0).standard_normal((L_IN, C_IN)).astype(np.float32)
+    np.testing.assert_allclose(
+        run_channels_first(dst, x.T), run_channels_last(src, x), rtol=1e-5, atol=1e-5
+    )
+    back = conv_net(backend, 20)
+    ut.port(wrap(dst, "torch"), wrap(back, backend))
+    for path in ("0.kernel", "0.bias", "2.kernel", "2.bias"):
+        np.testing.assert_array_equal(leaf(back, path), leaf(src, path))
+
+
+def test_a_failure_halfway_through_the_writes_puts_everything_back():
+    src, dst = mlp(), mlp(backend="torch", seed=10)
+    adapter = FakeAdapter("torch")
+    adapter.fail_after = 3
+    before = values(dst)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        ut.port(wrap(src, "flax"), ParamTree(adapter, dst))
+    assert adapter.writes >= 3  # three were written before the failure, then undone
+    assert values(dst) == before
+
+
+# -- layers with codecs: canonical leaves computed from the whole layer ----------------------------
+
+HID, N_IN = 3, 2
+
+
+def linen_lstm(seed: int) -> Mod:
+    return lstm(N_IN, HID, seed, "flax")
+
+
+def torch_lstm(seed: int) -> Mod:
+    return lstm(N_IN, HID, seed, "torch")
+
+
+def test_a_per_gate_cell_to_torch_and_back():
+    cell, torch = linen_lstm(1), torch_lstm(2)
+    report = ut.port(wrap(seq(cell), "flax"), wrap(seq(torch), "torch"))
+    assert report.rules == {"path": 1} and "one bias per gate" in report.pairs[0].note
+    gates = "ifgo"
+    np.testing.assert_array_equal(
+        leaf(torch, "weight_ih_l0"), np.concatenate([leaf(cell, f"i{g}.kernel").T for g in gates])
+    )
+    np.testing.assert_array_equal(
+        leaf(torch, "weight_hh_l0"), np.concatenate([leaf(cell, f"h{g}.kernel").T for g in gates])
+    )
+    np.testing.assert_array_equal(leaf(torch, "bias_ih_l0"), np.zeros(4 * HID))
+    np.testing.assert_array_equal(
+        leaf(torch, "bias_hh_l0"), np.concatenate([leaf(cell, f"h{g}.bias") for g in gates])
+    )
+    # back from a torch LSTM with both biases: the state dense's bias holds their sum
+    other = torch_lstm(3)
+    ut.port(wrap(seq(other), "torch"), wrap(seq(cell), "flax"))
+    b = leaf(other, "bias_ih_l0") + leaf(other, "bias_hh_l0")
+    for n, g in enumerate(gates):
+        rows = slice(n * HID, (n + 1) * HID)
+        np.testing.assert_array_equal(
+            leaf(cell, f"i{g}.kernel"), leaf(other, "weight_ih_l0")[rows].T
+        )
+        np.testing.assert_allclose(leaf(cell, f"h{g}.bias"), b[rows])
+
+
+def test_keras_lstm_cell_leaves_under_cell():
+    keras = lstm(N_IN, HID, 4, "keras")
+    torch = torch_lstm(5)
+    ut.port(wrap(seq(torch), "torch"), wrap(seq(keras), "keras"))
+    np.testing.assert_array_equal(leaf(keras, "cell.kernel"), leaf(torch, "weight_ih_l0").T)
+    np.testing.assert_array_equal(
+        leaf(keras, "cell.recurrent_kernel"), leaf(torch, "weight_hh_l0").T
+    )
+    np.testing.assert_allclose(
+        leaf(keras, "cell.bias"), leaf(torch, "bias_ih_l0") + leaf(torch, "bias_hh_l0")
+    )
+
+
+# (backend, kind, native kernel shape, torch weight shape): a channels-last layer whose output
+# channels (C) feed a flatten and a dense layer. conv_transpose: Keras holds (k, out, in), Flax
+# (k, in, out); depthwise: (k, in, multiplier), C = in * multiplier.
+OTHER_CONVS = [
+    ("flax", "conv_transpose", (K, C_IN, C), (C_IN, C, K)),
+    ("keras", "conv_transpose", (K, C, C_IN), (C_IN, C, K)),
+    ("keras", "depthwise_conv", (K, 1, C), (C, 1, K)),
+]
+
+
+@pytest.mark.parametrize("backend, kind, native, canonical", OTHER_CONVS)
+def test_flatten_after_other_channels_last_convs(backend, kind, native, canonical):
+    rng = np.random.default_rng(0)
+
+    def net(backend: str, shape: tuple[int, ...]) -> Mod:
+        name = "kernel" if backend != "torch" else "weight"
+        layer = Mod("Conv", kind, **{name: rng.standard_normal(shape).astype(np.float32)})
+        return seq(layer, flatten(), dense(L * C, OUT, 1, backend))
+
+    src, dst = net(backend, native), net("torch", canonical)
+    ut.port(wrap(src, backend), wrap(dst, "torch"))
+    dense_k, dense_w = leaf(src, "2.kernel"), leaf(dst, "2.weight")
+    for o, c, pos in itertools.product(range(OUT), range(C), range(L)):
+        assert dense_w[o, c * L + pos] == dense_k[pos * C + c, o]
+
+
+def test_a_keras_gru_resetting_before_the_matmul_is_not_ported_silently():
+    rng = np.random.default_rng(0)
+    cell = Mod(
+        "GRUCell",
+        kernel=rng.standard_normal((N_IN, 3 * HID)).astype(np.float32),
+        recurrent_kernel=rng.standard_normal((HID, 3 * HID)).astype(np.float32),
+    )
+    keras = Mod("GRU", "gru", settings={"reset_after": False}, cell=cell)
+    torch = Mod(
+        "GRU",
+        "gru",
+        settings={"reset_after": True},  # what the torch adapter reports for nn.GRU
+        weight_ih_l0=np.zeros((3 * HID, N_IN), np.float32),
+        weight_hh_l0=np.zeros((3 * HID, HID), np.float32),
+    )
+    with pytest.raises(ut.PortError, match="reset_after"):
+        ut.port(wrap(seq(keras), "keras"), wrap(seq(torch), "torch"))
