@@ -37,9 +37,15 @@ alias sees it. ``tree.backward`` is ``nnx.value_and_grad``; ``tree.tie``
 assigns one module's variables to the other's attributes.
 
 Both: gradients accumulate over ``tree.backward`` calls, as in PyTorch. The
-layer kinds of the canonical tables (Dense/Linear, Conv, Embed, LayerNorm,
-BatchNorm) come from the module's class; devices come from each array's
-sharding ("cpu", "gpu:0").
+layer kinds of the canonical tables (Dense/Linear, Conv -- grouped and
+depthwise ones too --, ConvTranspose, Embed, the norms, attention, the LSTM and
+GRU cells) come from the module's class; an ``RNN`` is the kind of its cell, so
+the whole recurrent layer is read as one (``cell.ii.weight``... under it). A
+linen cell's gates are compact submodules named by gate (``ii``, ``hf``), known
+as dense layers from the cell's class. Layer settings for ``ut.port`` (padding,
+strides, epsilons, momentum as PyTorch counts it) are read from linen fields and
+NNX attributes; a linen submodule a compact method made has no definition to
+read them from. Devices come from each array's sharding ("cpu", "gpu:0").
 """
 
 from __future__ import annotations
@@ -60,18 +66,27 @@ from flax import linen as nn
 from flax import nnx
 from flax.core import FrozenDict
 from flax.core.meta import AxisMetadata
+from flax.linen.linear import canonicalize_padding
+from flax.linen.recurrent import DenseParams
 
 from unitree._adapter import Adapter, Leaf
 from unitree._errors import PathError, UnsupportedModelError, ValueTypeError
 
+_BY_CELL = "by cell"  # a recurrent wrapper (RNN) is the kind of its cell
+
 _LINEN_KINDS: dict[type, str] = {
     nn.Dense: "dense",
-    nn.Conv: "conv",
+    DenseParams: "dense",  # the parameters of OptimizedLSTMCell's gates, laid out as Dense's
+    nn.Conv: "conv",  # grouped and depthwise too: feature_group_count
     nn.ConvTranspose: "conv_transpose",
     nn.Embed: "embedding",
     nn.LayerNorm: "layer_norm",
     nn.BatchNorm: "batch_norm",
     nn.GroupNorm: "group_norm",
+    nn.LSTMCell: "lstm",
+    nn.OptimizedLSTMCell: "lstm",
+    nn.GRUCell: "gru",
+    nn.RNN: _BY_CELL,
     nn.MultiHeadDotProductAttention: "attention",
 }
 _NNX_KINDS: dict[type, str] = {
@@ -82,9 +97,23 @@ _NNX_KINDS: dict[type, str] = {
     nnx.LayerNorm: "layer_norm",
     nnx.BatchNorm: "batch_norm",
     nnx.GroupNorm: "group_norm",
+    nnx.LSTMCell: "lstm",
+    nnx.OptimizedLSTMCell: "lstm",
+    nnx.GRUCell: "gru",
+    nnx.RNN: _BY_CELL,
     nnx.MultiHeadAttention: "attention",
 }
 _kind_of: dict[type, str | None] = {}  # filled per class on first sight
+
+# linen cells whose compact method makes one dense sub-layer per gate (``ii``, ``hf``...),
+# named by the gate, not by class: the class of those sub-layers.
+_CELL_PARTS: dict[type, type] = {
+    nn.LSTMCell: nn.Dense,
+    nn.OptimizedLSTMCell: DenseParams,
+    nn.GRUCell: nn.Dense,
+    nn.MGUCell: nn.Dense,
+    nn.SimpleCell: nn.Dense,
+}
 
 
 def _kind(cls: type) -> str | None:
@@ -92,6 +121,15 @@ def _kind(cls: type) -> str | None:
         table = _LINEN_KINDS if issubclass(cls, nn.Module) else _NNX_KINDS
         _kind_of[cls] = next((table[base] for base in cls.__mro__ if base in table), None)
     return _kind_of[cls]
+
+
+def _module_kind(m: Any) -> str | None:
+    """The kind of a module: its class's, or for a recurrent wrapper, its cell's."""
+    kind = _kind(type(m))
+    if kind == _BY_CELL:
+        cell = getattr(m, "cell", None)
+        return None if cell is None else _kind(type(cell))
+    return kind
 
 
 def _fn_name(fn: Any) -> str:
@@ -151,6 +189,58 @@ def _inputs(inputs: Sequence[Any], like: Any) -> list[Any]:
 
 def _first_float(arrays: Iterable[Any]) -> Any:
     return next((a for a in arrays if np.issubdtype(a.dtype, np.floating)), None)
+
+
+# -- layer settings, in the vocabulary of Adapter.settings ---------------------------------
+def _axes(value: Any, n: int = 1) -> tuple[int, ...]:
+    """A per-axis setting (None, an int, or a sequence) as a tuple of ints."""
+    if value is None:
+        return (1,) * n
+    if isinstance(value, int):
+        return (value,) * n
+    return tuple(int(v) for v in value)
+
+
+def _padding(
+    padding: Any, n: int, size: tuple[int, ...], dilation: tuple[int, ...]
+) -> str | tuple[tuple[int, int], ...]:
+    """A conv's padding: "same", or (before, after) per spatial axis ('VALID': zeros)."""
+    lax = canonicalize_padding(padding, n)
+    if isinstance(lax, str):
+        if lax == "VALID":
+            return ((0, 0),) * n
+        if lax == "CAUSAL":  # 1-D: the dilated kernel's reach, all before
+            return ((dilation[0] * (size[0] - 1), 0),)
+        return lax.lower()  # "same", "circular", "reflect"
+    return tuple((int(lo), int(hi)) for lo, hi in lax)
+
+
+def _transpose_padding(
+    padding: Any, size: tuple[int, ...], strides: tuple[int, ...], dilation: tuple[int, ...]
+) -> dict[str, Any]:
+    """A transposed conv's padding as PyTorch counts it: ``padding`` p cropped on both sides,
+    ``output_padding`` added after. Flax pads the stride-dilated input by (lo, hi) (or what
+    lax works out for 'SAME' / 'VALID') before a valid conv with the kernel of reach
+    r = dilation * (k - 1): the same output as PyTorch's p = r - lo, output_padding = hi - lo
+    (checked numerically against torch.nn.ConvTranspose1d)."""
+    n = len(size)
+    lax = canonicalize_padding(padding, n)
+    if isinstance(lax, str) and lax not in ("SAME", "VALID"):
+        return {"padding": lax.lower()}
+    pads, out_pad = [], []
+    for i in range(n):
+        reach, s = dilation[i] * (size[i] - 1), strides[i]
+        if lax == "SAME":  # as jax.lax.conv_transpose works it out
+            total = reach + s - 1
+            lo = reach if s > reach else -(-total // 2)
+            hi = total - lo
+        elif lax == "VALID":
+            lo, hi = reach, s - 1 + max(reach + 1 - s, 0)
+        else:
+            lo, hi = (int(p) for p in lax[i])
+        pads.append((reach - lo, reach - lo))
+        out_pad.append(hi - lo)
+    return {"padding": tuple(pads), "output_padding": tuple(out_pad)}
 
 
 # -- linen: the structure read from the definition ----------------------------------------
@@ -278,7 +368,7 @@ def _has_setup(cls: type) -> bool:
 
 # Flax's own layers of the canonical tables: their fields never hold submodules and they
 # have no setup, so their definition has nothing more to read.
-_LEAF_LAYERS = frozenset(_LINEN_KINDS) - {nn.MultiHeadDotProductAttention}
+_LEAF_LAYERS = frozenset(_LINEN_KINDS) - {nn.MultiHeadDotProductAttention, nn.RNN}
 
 _init_fields: dict[type, list[str]] = {}
 
@@ -343,13 +433,13 @@ class _LinenBuilder:
         cls = type(m)
         if node is None:
             node = _Node(m, scope, cls.__name__)
-        node.kind = _kind(cls)
+        node.kind = _module_kind(m)
         self.by_scope[scope] = node
         if cls not in _LEAF_LAYERS:
             self.open.add(scope)
             self.definition(node, m, scope, offset, dicts)
             self.open.discard(scope)
-        self.variables(node, scope, dicts)
+        self.variables(node, scope, dicts, _CELL_PARTS.get(cls))
         return node
 
     def definition(
@@ -401,10 +491,11 @@ class _LinenBuilder:
             cls = type(layer)
             child = by_scope[sub] = _Node(layer, sub, cls.__name__, _LINEN_KINDS[cls])
             children.append((str(i), child))
+            parts = _CELL_PARTS.get(cls)
             if params is None:
-                self.variables(child, sub, self.dicts(sub, dicts, scope))
+                self.variables(child, sub, self.dicts(sub, dicts, scope), parts)
             elif type(d := params.get(name)) in _SCOPE_TYPES:
-                self.variables(child, sub, [("params", d)])
+                self.variables(child, sub, [("params", d)], parts)
         return True
 
     def adopt(
@@ -476,8 +567,11 @@ class _LinenBuilder:
         return None
 
     # the variables ------------------------------------------------------------------
-    def variables(self, node: _Node, scope: tuple[str, ...], dicts: Dicts) -> None:
-        """The module's leaves, and the submodules only the variables know (compact ones)."""
+    def variables(
+        self, node: _Node, scope: tuple[str, ...], dicts: Dicts, parts: type | None = None
+    ) -> None:
+        """The module's leaves, and the submodules only the variables know (compact ones);
+        ``parts``: the class of those submodules, where the module's class says (a cell's gates)."""
         root, scopes = self.root, _SCOPE_TYPES
         leaves: list[Any] = []
         subscopes: dict[str, None] = {}
@@ -505,18 +599,31 @@ class _LinenBuilder:
         if subscopes:
             free = [k for k in subscopes if (*scope, k) not in self.by_scope]
             for key in _call_order(free):
-                node.children.append((key, self.compact(key, (*scope, key), dicts, scope)))
+                child = self.compact(key, (*scope, key), dicts, scope, parts)
+                node.children.append((key, child))
 
     def compact(
-        self, name: str, scope: tuple[str, ...], parent: Dicts, parent_scope: tuple[str, ...]
+        self,
+        name: str,
+        scope: tuple[str, ...],
+        parent: Dicts,
+        parent_scope: tuple[str, ...],
+        cls: type | None = None,
     ) -> _Node:
-        auto = _AUTO_NAME.match(name)
-        node = _Node(None, scope, auto[1] if auto else "Module")
-        if auto:
-            kinds = {_kind(cls) for cls in self.classes_named(auto[1])}
-            node.kind = kinds.pop() if len(kinds) == 1 else None
+        """The node of a submodule made by a compact method: of class ``cls`` when its parent's
+        class says so (a cell's gates), else of the class linen named it after (``Dense_0``)."""
+        if cls is not None:
+            node = _Node(None, scope, cls.__name__, _kind(cls))
+            parts = _CELL_PARTS.get(cls)
+        else:
+            auto = _AUTO_NAME.match(name)
+            node = _Node(None, scope, auto[1] if auto else "Module")
+            classes = self.classes_named(auto[1]) if auto else []
+            kind = _only({_kind(c) for c in classes})
+            node.kind = None if kind == _BY_CELL else kind  # an RNN's scope: its cell unseen
+            parts = _only({_CELL_PARTS.get(c) for c in classes})
         self.by_scope[scope] = node
-        self.variables(node, scope, self.dicts(scope, parent, parent_scope))
+        self.variables(node, scope, self.dicts(scope, parent, parent_scope), parts)
         return node
 
     def classes_named(self, name: str) -> list[type]:
@@ -529,6 +636,11 @@ class _LinenBuilder:
                 self.classes.setdefault(cls.__name__, []).append(cls)
                 todo.extend(cls.__subclasses__())
         return self.classes.get(name, [])
+
+
+def _only(values: set[Any]) -> Any:
+    """The one value of ``values``, or None when there are none or several."""
+    return next(iter(values)) if len(values) == 1 else None
 
 
 def _fn(fn: Callable[..., Any]) -> _Node:
@@ -757,8 +869,14 @@ class FlaxAdapter(Adapter):
 
     def kind(self, module: Any) -> str | None:
         if isinstance(module, _Node):
-            return module.kind
-        return _kind(type(module)) if _classify(module) == _MODULE else None
+            kind, m = module.kind, module.module
+        elif _classify(module) == _MODULE:
+            kind, m = _module_kind(module), module
+        else:
+            return None
+        if kind == "conv_transpose" and getattr(m, "transpose_kernel", False):
+            return None  # a (*k, out, in) kernel, not flipped: no rule, native layout
+        return kind
 
     def fingerprint(self, root: Any) -> Any:
         if isinstance(root, _Root):  # a linen definition never changes, nor do our handles
@@ -812,10 +930,65 @@ class FlaxAdapter(Adapter):
         else:
             self._grads.pop(id(leaf), None)
 
+    def backup(self, leaf: Any) -> Any:
+        # jax arrays are immutable: the current one is the backup, no copy
+        return leaf.raw() if isinstance(leaf, _Var) else _get(leaf)
+
+    def restore(self, leaf: Any, backup: Any) -> None:
+        if isinstance(leaf, _Var):  # the stored value itself, partitioning box and all
+            with leaf.root.lock:
+                path = (leaf.collection, *leaf.scope, leaf.name)
+                leaf.root.variables = _replaced(leaf.root.variables, path, backup)
+        else:
+            _set(leaf, backup)
+
     def asarray(self, value: Any) -> np.ndarray:
         if isinstance(value, nnx.Variable):
             value = _get(value)
         return np.asarray(value)
+
+    def settings(self, module: Any) -> dict[str, Any]:
+        """Read from a linen module's fields or an NNX module's attributes (the same names); a
+        linen submodule made by a compact method has no definition to read: {}."""
+        m = module.module if isinstance(module, _Node) else module
+        kind = self.kind(module)
+        if kind is None or not isinstance(m, (nn.Module, nnx.Module)):
+            return {}
+        if kind == "conv":
+            n = len(_axes(m.kernel_size))
+            dilation = _axes(m.kernel_dilation, n)
+            return {
+                "padding": _padding(m.padding, n, _axes(m.kernel_size), dilation),
+                "stride": _axes(m.strides, n),
+                "dilation": dilation,
+                "groups": int(m.feature_group_count),
+            }
+        if kind == "conv_transpose":
+            size = _axes(m.kernel_size)
+            n = len(size)
+            return {
+                **_transpose_padding(
+                    m.padding, size, _axes(m.strides, n), _axes(m.kernel_dilation, n)
+                ),
+                "stride": _axes(m.strides, n),
+                "dilation": _axes(m.kernel_dilation, n),
+            }
+        if kind == "layer_norm":
+            return {"eps": float(m.epsilon)}
+        if kind == "attention":
+            return {"num_heads": int(m.num_heads)}
+        if kind == "batch_norm":  # flax's momentum weighs the old value, PyTorch's the new batch
+            return {"eps": float(m.epsilon), "momentum": round(1.0 - float(m.momentum), 12)}
+        if kind == "group_norm":
+            out: dict[str, Any] = {"eps": float(m.epsilon)}
+            groups = m.num_groups
+            if groups is None and m.group_size:  # linen: the channels from the scale or bias
+                channels = next((self.shape(leaf[1])[0] for leaf in self.leaves(module)), None)
+                groups = None if channels is None else channels // m.group_size
+            if groups is not None:
+                out["groups"] = int(groups)
+            return out
+        return {}
 
     # -- the whole model ---------------------------------------------------------------
     def devices(self) -> list[str]:

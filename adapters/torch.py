@@ -129,8 +129,12 @@ class TorchAdapter(Adapter):
             if kind == "conv_transpose":
                 out["output_padding"] = tuple(module.output_padding)
             return out
-        if kind in ("layer_norm", "group_norm"):
+        if kind == "layer_norm":
             return {"eps": float(module.eps)}
+        if kind == "group_norm":
+            return {"eps": float(module.eps), "groups": module.num_groups}
+        if kind == "attention":
+            return {"num_heads": module.num_heads}
         if kind == "batch_norm":
             return {"eps": float(module.eps), "momentum": module.momentum}
         return {}

@@ -352,11 +352,17 @@ def _per_gate(gates: str, folded: str) -> Fns:
         w_ih = np.concatenate([_weight(x, i) for i, _ in pairs])
         w_hh = np.concatenate([_weight(x, h) for _, h in pairs])
         zero = np.zeros(w_hh.shape[1], w_hh.dtype)
+        b_ih, b_hh = [], []
+        for (i, h), gate in zip(pairs, gates):
+            b_i, b_h = x.get(f"{i}.bias", zero), x.get(f"{h}.bias", zero)
+            # a folded gate's one bias reads as bias_ih, as Keras's and NNX's fused cells do
+            b_ih.append(b_i + b_h if gate in folded else b_i)
+            b_hh.append(zero if gate in folded else b_h)
         return {
             "weight_ih_l0": w_ih,
             "weight_hh_l0": w_hh,
-            "bias_ih_l0": np.concatenate([x.get(f"{i}.bias", zero) for i, _ in pairs]),
-            "bias_hh_l0": np.concatenate([x.get(f"{h}.bias", zero) for _, h in pairs]),
+            "bias_ih_l0": np.concatenate(b_ih),
+            "bias_hh_l0": np.concatenate(b_hh),
         }
 
     def to_native(c: dict[str, np.ndarray], shapes: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -89,3 +89,47 @@ def is_parameter(obj: object) -> bool:
 
 def is_tensor(obj: object) -> bool:
     return isinstance(obj, jax.Array)
+
+
+class PortModel(nn.Module):
+    """The port model of builders/__init__.py. ``tied_b`` is ``tied_a``: linen keeps one set of
+    variables, under ``tied_a``, and unitree shows it at both attribute names."""
+
+    def setup(self) -> None:
+        self.emb = nn.Embed(10, 8)
+        self.lstm = nn.RNN(nn.LSTMCell(8))
+        self.norm = nn.LayerNorm(epsilon=1e-5)
+        self.conv = nn.Conv(4, (3,), padding="VALID")
+        self.fc = nn.Dense(8)
+        self.bn = nn.BatchNorm(use_running_average=True, momentum=0.9, epsilon=1e-5)
+        self.tied_a = nn.Dense(8)
+        self.tied_b = self.tied_a
+        self.out = nn.Dense(3)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = self.norm(self.lstm(self.emb(x)))
+        h = self.conv(h)  # channels-last (B, T, C): no transpose
+        h = h.reshape(h.shape[0], -1)  # (B, 16) in T, C order
+        h = nn.relu(self.bn(self.fc(h)))
+        h = nn.relu(self.tied_a(h))
+        return self.out(nn.relu(self.tied_b(h)))
+
+
+def port_model(device: str) -> Model:
+    seed = next(_seeds)
+    net = PortModel()
+    with jax.default_device(_device(device)):
+        variables = net.init(jax.random.key(seed), np.zeros((2, 6), np.int32))
+        rng = np.random.default_rng(seed)  # random running statistics: a dict like any other
+        stats = {
+            "mean": jax.numpy.asarray(rng.uniform(-0.5, 0.5, 8), np.float32),
+            "var": jax.numpy.asarray(rng.uniform(0.5, 2.0, 8), np.float32),
+        }
+    return net, {**variables, "batch_stats": {"bn": stats}}
+
+
+def port_forward(tree: ut.ParamTree, X: np.ndarray) -> np.ndarray:
+    # tree.variables: the values every write so far made (linen's arrays are immutable)
+    leaf = jax.tree_util.tree_leaves(tree.variables)[0]
+    x = jax.device_put(np.asarray(X, np.int32), next(iter(leaf.devices())))
+    return np.asarray(tree.native.apply(tree.variables, x))

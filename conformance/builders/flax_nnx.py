@@ -6,6 +6,7 @@ are written with ``in_features`` and run once on X.
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable
 
 import flax
@@ -79,3 +80,46 @@ def is_parameter(obj: object) -> bool:
 
 def is_tensor(obj: object) -> bool:
     return isinstance(obj, jax.Array)
+
+
+class PortModel(nnx.Module):
+    """The port model of builders/__init__.py; ``tied_b`` is the very module ``tied_a``."""
+
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        self.emb = nnx.Embed(10, 8, rngs=rngs)
+        self.lstm = nnx.RNN(nnx.LSTMCell(8, 8, rngs=rngs))
+        self.norm = nnx.LayerNorm(8, epsilon=1e-5, rngs=rngs)
+        self.conv = nnx.Conv(8, 4, (3,), padding="VALID", rngs=rngs)
+        self.fc = nnx.Linear(16, 8, rngs=rngs)
+        self.bn = nnx.BatchNorm(8, momentum=0.9, epsilon=1e-5, use_running_average=True, rngs=rngs)
+        self.tied_a = nnx.Linear(8, 8, rngs=rngs)
+        self.tied_b = self.tied_a
+        self.out = nnx.Linear(8, 3, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = self.norm(self.lstm(self.emb(x)))
+        h = self.conv(h)  # channels-last (B, T, C): no transpose
+        h = h.reshape(h.shape[0], -1)  # (B, 16) in T, C order
+        h = nnx.relu(self.bn(self.fc(h)))
+        h = nnx.relu(self.tied_a(h))
+        return self.out(nnx.relu(self.tied_b(h)))
+
+
+_port_seeds = itertools.count()
+
+
+def port_model(device: str) -> PortModel:
+    seed = next(_port_seeds)
+    with jax.default_device(_device(device)):
+        net = PortModel(nnx.Rngs(seed))
+        rng = np.random.default_rng(seed)
+        net.bn.mean[...] = jax.numpy.asarray(rng.uniform(-0.5, 0.5, 8), np.float32)
+        net.bn.var[...] = jax.numpy.asarray(rng.uniform(0.5, 2.0, 8), np.float32)
+    return net
+
+
+def port_forward(tree: ut.ParamTree, X: np.ndarray) -> np.ndarray:
+    kernel = tree.native.out.kernel[...]
+    return np.asarray(
+        tree.native(jax.device_put(np.asarray(X, np.int32), next(iter(kernel.devices()))))
+    )

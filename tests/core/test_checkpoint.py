@@ -294,7 +294,11 @@ def test_a_codec_layer_is_saved_under_torch_names_and_loads_anywhere(tmp_path):
     np.testing.assert_array_equal(
         stored["rnn.weight_ih_l0"], np.concatenate([leaf(cell, f"i{g}.kernel").T for g in "ifgo"])
     )
-    np.testing.assert_array_equal(stored["rnn.bias_ih_l0"], 0)
+    # one bias per gate: it reads as bias_ih, as in Keras and NNX's fused cell; bias_hh is zero
+    np.testing.assert_array_equal(
+        stored["rnn.bias_ih_l0"], np.concatenate([leaf(cell, f"h{g}.bias") for g in "ifgo"])
+    )
+    np.testing.assert_array_equal(stored["rnn.bias_hh_l0"], 0)
     torch = lstm(2, 3, 2, "torch")
     assert ut.load(ut.ParamTree(FakeAdapter("torch"), Mod("Net", rnn=torch)), path) == ([], [])
     for n in names:

@@ -263,10 +263,11 @@ def test_a_per_gate_cell_to_torch_and_back():
     np.testing.assert_array_equal(
         leaf(torch, "weight_hh_l0"), np.concatenate([leaf(cell, f"h{g}.kernel").T for g in gates])
     )
-    np.testing.assert_array_equal(leaf(torch, "bias_ih_l0"), np.zeros(4 * HID))
+    # one bias per gate: torch gets it as bias_ih (as from Keras), bias_hh zero
     np.testing.assert_array_equal(
-        leaf(torch, "bias_hh_l0"), np.concatenate([leaf(cell, f"h{g}.bias") for g in gates])
+        leaf(torch, "bias_ih_l0"), np.concatenate([leaf(cell, f"h{g}.bias") for g in gates])
     )
+    np.testing.assert_array_equal(leaf(torch, "bias_hh_l0"), np.zeros(4 * HID))
     # back from a torch LSTM with both biases: the state dense's bias holds their sum
     other = torch_lstm(3)
     ut.port(wrap(seq(other), "torch"), wrap(seq(cell), "flax"))
