@@ -977,6 +977,13 @@ class FlaxAdapter(Adapter):
             return {"eps": float(m.epsilon)}
         if kind == "attention":
             return {"num_heads": int(m.num_heads)}
+        if kind in ("lstm", "gru"):
+            cell = getattr(m, "cell", m)
+            out = {
+                "activation": _fn_name(cell.activation_fn),
+                "recurrent_activation": _fn_name(cell.gate_fn),
+            }  # a GRU cell resets as PyTorch's: r * (W_hn h + b_hn)
+            return {**out, "reset_after": True} if kind == "gru" else out
         if kind == "batch_norm":  # flax's momentum weighs the old value, PyTorch's the new batch
             return {"eps": float(m.epsilon), "momentum": round(1.0 - float(m.momentum), 12)}
         if kind == "group_norm":

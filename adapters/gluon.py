@@ -214,6 +214,9 @@ class GluonAdapter(Adapter):
             return {"eps": float(kw["eps"]), "momentum": round(1.0 - float(kw["momentum"]), 12)}
         if kind == "dense":
             return {"flatten": bool(module._flatten)}
+        if kind in ("lstm", "gru"):  # the fused RNN operator's, fixed; a GRU resets as torch's
+            out = {"activation": "tanh", "recurrent_activation": "sigmoid"}
+            return {**out, "reset_after": True} if kind == "gru" else out
         return {}
 
     def fingerprint(self, root: gluon.Block) -> Any:

@@ -15,6 +15,18 @@ every layer the process has built:
   moving statistics) buffers. A variable Keras named automatically
   (``add_weight`` without a name gives ``variable_7``) is called by the
   attribute that holds it instead.
+- Layers built of layers show them below their own path: an ``LSTM`` or ``GRU``
+  its ``cell`` (``lstm.cell.kernel``), a ``MultiHeadAttention`` its projections
+  under the names Keras gives them (``query``, ``key``, ``value``,
+  ``attention_output``; the attributes are private). The canonical view of
+  those layers (PyTorch's ``weight_ih_l0``, ``in_proj_weight``) is computed
+  from that subtree by the core's codecs.
+
+Layer kinds (the layout tables' names): dense, conv (Conv1D/2D/3D, grouped
+too), depthwise_conv, conv_transpose, embedding, layer_norm, batch_norm,
+group_norm, lstm, gru, attention. Their settings (epsilons, momentum, padding,
+strides...) are given to ``ut.port`` in PyTorch's conventions; see
+:meth:`KerasAdapter.settings`.
 
 A tie is one ``keras.Variable`` object reached from two places: Keras shares
 parameters by reusing a layer instance, which appears at every position it is
@@ -55,9 +67,32 @@ _KINDS: dict[type, str] = {
     keras.layers.Conv1D: "conv",
     keras.layers.Conv2D: "conv",
     keras.layers.Conv3D: "conv",
+    keras.layers.DepthwiseConv1D: "depthwise_conv",
+    keras.layers.DepthwiseConv2D: "depthwise_conv",
+    keras.layers.Conv1DTranspose: "conv_transpose",
+    keras.layers.Conv2DTranspose: "conv_transpose",
+    keras.layers.Conv3DTranspose: "conv_transpose",
     keras.layers.Embedding: "embedding",
     keras.layers.LayerNormalization: "layer_norm",
     keras.layers.BatchNormalization: "batch_norm",
+    keras.layers.GroupNormalization: "group_norm",
+    # the layer, not its cell: the codecs read the cell's variables below it (cell.kernel)
+    keras.layers.LSTM: "lstm",
+    keras.layers.GRU: "gru",
+    keras.layers.MultiHeadAttention: "attention",
+}
+_CONVS = frozenset({"conv", "depthwise_conv", "conv_transpose"})
+_CELLS = (keras.layers.LSTMCell, keras.layers.GRUCell)
+# MultiHeadAttention keeps its sublayers in private attributes: they are called by the names Keras
+# gives those sublayers (the names its checkpoints use), which the attention codec reads.
+_ATTENTION = {
+    "_query_dense": "query",
+    "_key_dense": "key",
+    "_value_dense": "value",
+    "_gate_dense": "gate",
+    "_softmax": "softmax",
+    "_dropout_layer": "dropout",
+    "_output_dense": "attention_output",
 }
 _kind_of: dict[type, str | None] = {}  # filled per class on first sight
 
@@ -93,12 +128,19 @@ class Unbuilt:
 
 
 def _pending(layer: keras.Layer, kind: str | None) -> list[tuple[str, bool]]:
-    """(name, trainable) of the variables ``layer`` will create, for the kinds whose build we know."""
-    if kind in ("dense", "conv"):
+    """(name, trainable) of the variables ``layer`` will create, for the kinds whose build we know.
+
+    A recurrent layer's variables are its cell's (``cell.kernel``); an attention layer creates
+    its projection sublayers when it is built, so it shows none before.
+    """
+    if kind in ("dense", *_CONVS):
         return [("kernel", True)] + ([("bias", True)] if layer.use_bias else [])
+    if isinstance(layer, _CELLS):
+        out = [("kernel", True), ("recurrent_kernel", True)]
+        return out + ([("bias", True)] if layer.use_bias else [])
     if kind == "embedding":
         return [("embeddings", True)]
-    if kind in ("layer_norm", "batch_norm"):
+    if kind in ("layer_norm", "batch_norm", "group_norm"):
         out = [("gamma", True)] if layer.scale else []
         out += [("beta", True)] if layer.center else []
         if kind == "batch_norm":
@@ -264,6 +306,8 @@ class KerasAdapter(Adapter):
                 box = containers[name] = Container(layer, name)
             found.append((_first_layer(value, order), name, box))
         found.sort(key=lambda item: item[0])
+        if isinstance(layer, keras.layers.MultiHeadAttention):
+            return [(_ATTENTION.get(name, name), value) for _, name, value in found]
         return [(name, value) for _, name, value in found]
 
     def child(self, module: Any, segment: str) -> Any:
@@ -368,7 +412,41 @@ class KerasAdapter(Adapter):
         cls = type(module)
         if cls not in _kind_of:
             _kind_of[cls] = next((_KINDS[base] for base in cls.__mro__ if base in _KINDS), None)
-        return _kind_of[cls]
+        kind = _kind_of[cls]
+        if kind == "gru" and not getattr(module, "reset_after", True):
+            return None  # resets before the recurrent matmul: no canonical (PyTorch) form
+        return kind
+
+    def settings(self, module: Any) -> dict[str, Any]:
+        """The results-changing settings in the core's vocabulary (see ``Adapter.settings``).
+
+        Convolutions also report ``data_format``: a ``channels_first`` conv reads its input as
+        PyTorch does, and the core's flatten permutation (``layouts.Flattened``) assumes
+        ``channels_last``, Keras's default; only that is supported for a dense layer fed by the
+        flatten of a conv output. A transposed conv's ``"same"`` padding is given as PyTorch's
+        ``padding`` and ``output_padding`` where PyTorch can express it. Recurrent layers report
+        their activations by name, and a GRU ``reset_after`` (PyTorch's GRU is ``True``);
+        attention its ``num_heads``, which the parameter shapes do not show.
+        """
+        self.kind(module)
+        kind = _kind_of[type(module)]  # a GRU that resets before the matmul reports it too
+        if kind in _CONVS:
+            return _conv_settings(module, kind)
+        if kind in ("layer_norm", "group_norm"):
+            out = {"eps": float(module.epsilon)}
+            return out | ({"groups": int(module.groups)} if kind == "group_norm" else {})
+        if kind == "batch_norm":  # Keras's momentum weighs the old average, PyTorch's the batch
+            return {"eps": float(module.epsilon), "momentum": 1.0 - float(module.momentum)}
+        if kind in ("lstm", "gru"):
+            cell = module.cell
+            out = {
+                "activation": cell.activation.__name__,
+                "recurrent_activation": cell.recurrent_activation.__name__,
+            }
+            return out | ({"reset_after": bool(cell.reset_after)} if kind == "gru" else {})
+        if kind == "attention":
+            return {"num_heads": int(module.num_heads)}
+        return {}
 
     def fingerprint(self, root: Any) -> Any:
         # the same ids, in the same order, as the core's build reads through leaves() and children()
@@ -423,6 +501,11 @@ class KerasAdapter(Adapter):
         # Variable.assign: in place on tensorflow and torch, a new array on jax; every alias
         # sees it, being the same Keras variable
         leaf.assign(value)
+
+    def backup(self, leaf: Any) -> Any:
+        if BACKEND == "jax":  # immutable: assign replaces the array, restore assigns this one back
+            return leaf.value
+        return super().backup(leaf)
 
     def data(self, leaf: Any) -> Any:
         return leaf.value
@@ -583,6 +666,53 @@ class KerasAdapter(Adapter):
                     setattr(layer, fn, None)
             if BACKEND == "torch" and "_torch_params" in layer._modules:
                 layer._track_variables()
+
+
+def _conv_settings(layer: Any, kind: str) -> dict[str, Any]:
+    """Padding as (before, after) per spatial axis or "same", strides, dilation, groups."""
+    n = len(layer.kernel_size)
+    strides, dilation = tuple(layer.strides), tuple(layer.dilation_rate)
+    out: dict[str, Any] = {"stride": strides, "dilation": dilation}
+    if kind == "conv":
+        out["groups"] = int(layer.groups)
+    elif kind == "depthwise_conv" and layer.built:  # one group per input channel
+        out["groups"] = int(layer.kernel.shape[-2])
+    elif kind == "conv_transpose":
+        out["groups"] = 1
+    padding: Any = ((0, 0),) * n if layer.padding == "valid" else layer.padding
+    if layer.padding == "causal":  # Conv1D: everything before the sequence
+        padding = ((dilation[0] * (layer.kernel_size[0] - 1), 0),)
+    if kind == "conv_transpose":
+        padding, out["output_padding"] = _transpose_padding(layer, padding)
+    out["padding"] = padding
+    out["data_format"] = layer.data_format
+    return out
+
+
+def _transpose_padding(layer: Any, padding: Any) -> tuple[Any, tuple[int, ...]]:
+    """A transposed conv's padding and output padding as PyTorch's ConvTranspose takes them.
+
+    PyTorch crops ``p`` from both ends of the full output, then adds ``output_padding`` at the
+    end. Keras's "valid" crops nothing and pads the output to ``max(k, stride)`` per step
+    unless told otherwise; its "same" gives ``input * stride`` values, which PyTorch expresses
+    only when it crops nothing or pads nothing at the end (else "same" is kept).
+    """
+    pads, extra = [], []
+    for i, k in enumerate(layer.kernel_size):
+        s, k = layer.strides[i], (k - 1) * layer.dilation_rate[i] + 1
+        given = None if layer.output_padding is None else layer.output_padding[i]
+        if layer.padding == "valid":
+            pads.append((0, 0))
+            extra.append(max(k, s) - k if given is None else given)
+            continue
+        op = s - k % 2 if given is None else given
+        p = max(-((k % 2 - k + op) // 2), 0)
+        op = 2 * p + k % 2 - k + op
+        if p and op:
+            return padding, tuple(layer.output_padding or ())
+        pads.append((p, p))
+        extra.append(op)
+    return tuple(pads), tuple(extra)
 
 
 def _holders(layer: Any) -> dict[int, list[str]]:

@@ -137,6 +137,10 @@ class TorchAdapter(Adapter):
             return {"num_heads": module.num_heads}
         if kind == "batch_norm":
             return {"eps": float(module.eps), "momentum": module.momentum}
+        if kind in ("lstm", "gru"):  # fixed in PyTorch
+            out = {"activation": "tanh", "recurrent_activation": "sigmoid"}
+            # a GRU's reset gate multiplies (W_hn h + b_hn): after the recurrent matmul
+            return {**out, "reset_after": True} if kind == "gru" else out
         return {}
 
     def fingerprint(self, root: nn.Module) -> Any:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from ._errors import UninitializedError
 from .layouts import Codec, codec_for, has_codecs
 
 if TYPE_CHECKING:
@@ -52,7 +53,10 @@ class Layer:
             return {leaf: p.shape for leaf, p in self.params.items()}
         native = {rel: p.shape for rel, p in self.params.items()}
         if any(shape is None for shape in native.values()):
-            return {}  # unknown until the framework builds it
+            raise UninitializedError(
+                f"{self.path or 'The model'} ({self.type_name}) is not built yet: its canonical "
+                "leaves are computed from its shapes. Run the model once on an input first."
+            )
         return self.codec.shapes(native)
 
     def dtype(self, leaf: str) -> str:

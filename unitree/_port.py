@@ -133,8 +133,10 @@ def port(
     rest_d = [d for d in D if id(d) not in matched]
     for s, d in zip(rest_s, rest_d):
         if not _fits(s, d):
+            why = _differences(s, d, s_tree, d_tree)
             problems.append(
                 f"by structure, {_describe(s, s_tree.backend)} does not fit {_describe(d, d_tree.backend)}"
+                + (f"; their settings differ: {'; '.join(why)}" if why else "")
             )
             break
         matched[id(d)] = (s, "structure")
@@ -284,8 +286,8 @@ def _value(slot: Slot, cache: dict[int, dict[str, np.ndarray]] | None = None) ->
     return values[slot.leaf]
 
 
-def _settings(s: Layer, d: Layer, s_tree: Any, d_tree: Any, report: PortReport) -> list[str]:
-    """The settings both frameworks expose for the pair, compared; differences are reported."""
+def _differences(s: Layer, d: Layer, s_tree: Any, d_tree: Any) -> list[str]:
+    """The settings both frameworks expose for the pair that differ."""
     a = s_tree._adapter.settings(s.module)
     b = d_tree._adapter.settings(d.module)
     out = []
@@ -300,6 +302,15 @@ def _settings(s: Layer, d: Layer, s_tree: Any, d_tree: Any, report: PortReport) 
             out.append(
                 f"{d.path or '(root)'}: {name} is {x!r} in the {s_tree.backend} layer {s.path or '(root)'}, {y!r} in the {d_tree.backend} one"
             )
+    return out
+
+
+def _settings(s: Layer, d: Layer, s_tree: Any, d_tree: Any, report: PortReport) -> list[str]:
+    """The pair's settings compared (differences go to the report), and the notes about the
+    ones only one framework has."""
+    out = _differences(s, d, s_tree, d_tree)
+    a = s_tree._adapter.settings(s.module)
+    b = d_tree._adapter.settings(d.module)
     for (one, tree, layer), other in (((a, s_tree, s), b), ((b, d_tree, d), a)):
         for name, value in one.items():  # one-sided settings that change results (Gluon's flatten)
             if name not in other and name in _ONE_SIDED and value != _ONE_SIDED[name]:

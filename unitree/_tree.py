@@ -788,17 +788,25 @@ class ParamTree(Node):
         channels = 0  # of the last conv output, while a flatten of it may feed a dense layer
 
         def flattened(
-            kind: str | None, leaves: list[Leaf], plan: list[tuple[int, str, Rule | None]]
+            native: Any,
+            kind: str | None,
+            leaves: list[Leaf],
+            plan: list[tuple[int, str, Rule | None]],
         ) -> list[tuple[int, str, Rule | None]]:
             """The plan, with the dense kernel fed by a flattened conv output permuted."""
             nonlocal channels
             if kind in CONVS:
                 i, _, rule = plan[0]  # the kernel
                 shape = adapter.shape(leaves[i][1])
-                if shape and rule and rule.transform:
+                if (
+                    shape
+                    and rule
+                    and rule.transform
+                    and adapter.settings(native).get("data_format") != "channels_first"
+                ):
                     shape = rule.transform.shape(shape)  # canonical: (out, in, *k) or (in, out, *k)
                     channels = shape[1] if kind == "conv_transpose" else shape[0]
-                else:
+                else:  # a channels-first conv (Keras's data_format) flattens as PyTorch does
                     channels = 0
             elif kind == "dense" and channels:
                 i, name, _ = plan[0]
@@ -822,7 +830,7 @@ class ParamTree(Node):
                     if plan is None:
                         plan = plans[key] = _plan(leaves, rules(backend, key[0]))
                     if channels_last:
-                        plan = flattened(key[0], leaves, plan)
+                        plan = flattened(native, key[0], leaves, plan)
                 else:  # native names and order: the plan depends on the count alone
                     plan = plans.get(len(leaves))
                     if plan is None:

@@ -116,3 +116,42 @@ def is_parameter(obj: object) -> bool:
 
 def is_tensor(obj: object) -> bool:
     return keras.ops.is_tensor(obj) and not isinstance(obj, keras.Variable)
+
+
+class PortModel(keras.Model):
+    """The port model of builders/__init__.py: attributes in the spec's order, channels-last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = layers.Embedding(10, 8)
+        self.lstm = layers.LSTM(8, return_sequences=True)
+        self.norm = layers.LayerNormalization(epsilon=1e-5)
+        self.conv = layers.Conv1D(4, 3)  # (B, T, C): channels-last, no transpose
+        self.fc = layers.Dense(8)
+        self.bn = layers.BatchNormalization(epsilon=1e-5, momentum=0.9)  # torch's 0.1
+        self.tied_a = layers.Dense(8)
+        self.tied_b = self.tied_a  # the very same layer: one set of variables
+        self.out = layers.Dense(3)
+
+    def call(self, x: object, training: bool = False) -> object:
+        h = self.conv(self.norm(self.lstm(self.emb(x))))
+        h = keras.ops.reshape(h, (-1, 16))  # (B, 16) in T, C order
+        h = keras.ops.relu(self.bn(self.fc(h), training=training))
+        h = keras.ops.relu(self.tied_a(h))
+        return self.out(keras.ops.relu(self.tied_b(h)))
+
+
+def port_model(device: str) -> PortModel:
+    with keras.device(device):  # variables are created on the first call, under this scope
+        net = PortModel()
+        net(np.zeros((2, 6), np.int32))
+        # random running statistics, set through Keras: the defaults (0, 1) would hide a port
+        # that dropped them
+        net.bn.moving_mean.assign(keras.random.uniform((8,), -0.5, 0.5))
+        net.bn.moving_variance.assign(keras.random.uniform((8,), 0.5, 2.0))
+    return net
+
+
+def port_forward(tree: ut.ParamTree, X: np.ndarray) -> np.ndarray:
+    # training=False: batch norm uses its moving statistics
+    return _numpy(tree.native(np.asarray(X, np.int32), training=False))

@@ -294,11 +294,11 @@ def test_every_keras_weight_once_for_layers_built_of_layers():
     assert sorted(map(id, listed)) == sorted(map(id, model.weights))
     assert len(listed) == len(model.weights) == 21
     paths = dict(tree.named_parameters())
-    assert paths["0._query_dense.kernel"].shape == (8, 2, 4)  # no table: Keras's own layout
+    assert paths["0.query.kernel"].shape == (8, 2, 4)  # inside the attention codec: native
     assert paths["1.cell.recurrent_kernel"].native is model.layers[2].cell.recurrent_kernel
     assert paths["2.backward_layer.cell.kernel"].shape == (6, 9)
     assert paths["3.layer.weight"].shape == (4, 6)  # a Dense inside TimeDistributed
-    assert paths["4.kernel"].shape == (2, 2, 4)  # transposed conv: no table yet
+    assert paths["4.weight"].shape == (4, 2, 2)  # transposed conv: (in, out, k)
 
 
 def test_variables_keras_named_automatically_are_named_by_attribute():
