@@ -144,35 +144,63 @@ def _column(device: str) -> str:
     return "cpu" if device.startswith("cpu") else "gpu"
 
 
+MARK = {"pass": "pass", "fail": "FAIL", "not available here": "n/a"}
+
+
 def markdown(cells: list[Cell]) -> str:
-    """One row per case, one column per backend x device; the reasons under the table."""
-    heads = list(dict.fromkeys((c.backend, c.device) for c in cells))
-    by = {(c.case, c.backend, c.device): c for c in cells}
-    rows = list(dict.fromkeys(c.case for c in cells))
-    mark = {"pass": "pass", "fail": "FAIL", "not available here": "n/a"}
-    lines = [
-        "| case | " + " | ".join(f"{b} {d}" for b, d in heads) + " |",
-        "|---|" + "---|" * len(heads),
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row} | "
-            + " | ".join(mark[by[(row, *h)].status] if (row, *h) in by else "" for h in heads)
-            + " |"
-        )
+    """The deck's cases (one row per case, one column per backend x device), then the port
+    matrix (``ut.port`` from the row's backend into the column's) and its file twin (saved by
+    the row's backend, loaded by the column's); the reasons and the counts under them."""
+    deck = [c for c in cells if not c.case.startswith(("port from ", "file "))]
+    ports = [c for c in cells if c.case.startswith("port from ")]
+    files = [c for c in cells if c.case.startswith("file ")]
+    out = _table(deck, "case", lambda c: c.case)
+    order = {label: i for i, label in enumerate(dict.fromkeys(c.backend for c in cells))}
+    ports.sort(key=lambda c: (order[c.backend], order.get(c.case.removeprefix("port from "), 0)))
+    files.sort(key=lambda c: order[c.backend])
+    if ports:
+        out += ["", "Port matrix: `ut.port` from the row's model into the column's", ""]
+        out += _table(ports, "from \\ into", lambda c: c.case.removeprefix("port from "))
+    if files:
+        out += ["", "File twin: `ut.save` on the row's backend, `ut.load` on the column's", ""]
+        out += _table(files, "saved by \\ loaded by", lambda c: c.case.removeprefix("file from "))
     notes = dict.fromkeys(
         f"- {c.backend} {c.device}: not available here: {c.detail}"
-        for c in cells
+        for c in deck
         if c.status == "not available here"
+    )
+    notes.update(
+        dict.fromkeys(
+            f"- port matrix n/a: not available here: {c.detail}"
+            for c in ports
+            if c.status == "not available here"
+        )
     )
     notes.update(
         dict.fromkeys(
             f"- FAIL {c.case} on {c.backend} {c.detail}" for c in cells if c.status == "fail"
         )
     )
-    counts = {s: sum(c.status == s for c in cells) for s in mark}
+    counts = {s: sum(c.status == s for c in cells) for s in MARK}
     summary = f"{counts['pass']} passed, {counts['fail']} failed, {counts['not available here']} not available here"
-    return "\n".join([*lines, "", *notes, "", summary])
+    return "\n".join([*out, "", *notes, "", summary])
+
+
+def _table(cells: list[Cell], corner: str, row_of: Callable[[Cell], str]) -> list[str]:
+    heads = list(dict.fromkeys((c.backend, c.device) for c in cells))
+    by = {(row_of(c), c.backend, c.device): c for c in cells}
+    rows = list(dict.fromkeys(row_of(c) for c in cells))
+    lines = [
+        f"| {corner} | " + " | ".join(f"{b} {d}" for b, d in heads) + " |",
+        "|---|" + "---|" * len(heads),
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row} | "
+            + " | ".join(MARK[by[(row, *h)].status] if (row, *h) in by else "" for h in heads)
+            + " |"
+        )
+    return lines
 
 
 def as_json(cells: list[Cell], versions: str = "") -> str:
@@ -200,7 +228,7 @@ def merge(parts: list[str]) -> tuple[list[Cell], str]:
                 by[key] = Cell(
                     *key,
                     "not available here",
-                    f"{src} and {dst} cannot share a process (numpy 1 vs 2, or one Keras "
-                    "backend per process): the 'file from' rows cover this direction",
+                    "no environment holds both (numpy 1 vs 2, or one Keras backend per "
+                    "process): the file twin covers this direction",
                 )
     return list(by.values()), "\n".join(dict.fromkeys(lines))

@@ -45,19 +45,33 @@ def show(path: str) -> str:
 
 
 def diff(a: str, b: str) -> tuple[str, bool]:
-    """Per path, the max absolute difference; then the keys only one side has. True if identical."""
+    """Per path, the max absolute difference; then the ties and the keys only one side has.
+    A tied parameter is found under any of its paths. True if the two hold the same values."""
     lines, same = [], True
     with Checkpoint(a) as left, Checkpoint(b) as right:
-        for key in left.paths():
-            shape, dtype = left.header[key]
-            if key not in right.header:
+        stored = {k: left.aliases().get(k, k) for k in left.paths(aliases=True)}
+        theirs = {k: right.aliases().get(k, k) for k in right.paths(aliases=True)}
+        for key, where in stored.items():
+            if key not in theirs:
                 continue
-            other_shape, other_dtype = right.header[key]
+            other = theirs[key]
+            if (key != where) != (key != other):  # stored in one file, an alias in the other
+                lines.append(
+                    f"{key}: "
+                    + (f"tied to {where} in A" if key != where else "stored in A")
+                    + ", "
+                    + (f"tied to {other} in B" if key != other else "stored in B")
+                )
+                same = False
+            if key != where and key != other:
+                continue  # compared under the key it is stored at
+            shape, dtype = left.header[where]
+            other_shape, other_dtype = right.header[other]
             if shape != other_shape:
                 lines.append(f"{key}: shape {shape} in A, {other_shape} in B")
                 same = False
                 continue
-            x, y = left[key], right[key]
+            x, y = left[where], right[other]
             if x.dtype.kind in "biufc" and y.dtype.kind in "biufc":
                 delta = (
                     float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64))))
@@ -69,8 +83,8 @@ def diff(a: str, b: str) -> tuple[str, bool]:
             note = "" if dtype == other_dtype else f"  (dtype {dtype} in A, {other_dtype} in B)"
             lines.append(f"{key}: max abs diff {delta:.6g}{note}")
             same = same and delta == 0 and not note
-        missing = [k for k in left.paths() if k not in right.header]
-        unexpected = [k for k in right.paths() if k not in left.header]
+        missing = [k for k in stored if k not in theirs]
+        unexpected = [k for k in theirs if k not in stored]
     if missing:
         lines.append("only in A (missing from B): " + ", ".join(missing))
     if unexpected:

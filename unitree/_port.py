@@ -188,7 +188,8 @@ def port(
         differences = _settings(s, d, s_tree, d_tree, report)
         if strict:
             problems += differences
-        report.pairs.append(Pair(s.path, d.path, d.kind or s.kind, rule, "; ".join(notes)))
+        note = "; ".join(dict.fromkeys(notes))  # both sides' codecs may say the same
+        report.pairs.append(Pair(s.path, d.path, d.kind or s.kind, rule, note))
 
     # ties: a source storage must stay one storage; a destination storage must get one value
     dst_of: dict[int, set[int]] = {}
@@ -313,13 +314,20 @@ def _settings(s: Layer, d: Layer, s_tree: Any, d_tree: Any, report: PortReport) 
     b = d_tree._adapter.settings(d.module)
     for (one, tree, layer), other in (((a, s_tree, s), b), ((b, d_tree, d), a)):
         for name, value in one.items():  # one-sided settings that change results (Gluon's flatten)
-            if name not in other and name in _ONE_SIDED and value != _ONE_SIDED[name]:
+            if name not in other and name in _ONE_SIDED and value != _ONE_SIDED[name][0]:
                 report.notes.append(
-                    f"{layer.path}: the {tree.backend} layer has {name}={value!r}, which the other framework does not have: same results only when its input is already flat"
+                    f"{layer.path or '(root)'}: the {tree.backend} layer has {name}={value!r}, "
+                    f"{_ONE_SIDED[name][1]}"
                 )
     report.settings += out
     return out
 
 
-# Settings only one framework has, and the value the others behave as.
-_ONE_SIDED = {"flatten": False}
+# Settings only one framework has: the value the others behave as, and what differs otherwise.
+_ONE_SIDED = {
+    "flatten": (
+        False,
+        "it flattens an N-d input itself: the other framework's layer acts on the last axis, so "
+        "the outputs agree when that model flattens first (a Flatten layer) or the input is 2-d",
+    )
+}

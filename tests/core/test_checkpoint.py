@@ -309,3 +309,17 @@ def test_a_codec_layer_is_saved_under_torch_names_and_loads_anywhere(tmp_path):
     np.testing.assert_array_equal(
         leaf(keras, "cell.bias"), stored["rnn.bias_ih_l0"] + stored["rnn.bias_hh_l0"]
     )
+
+
+def test_diff_finds_a_tied_parameter_under_any_of_its_paths(make, tied, model, tmp_path, capsys):
+    a, b = tmp_path / "tied.safetensors", tmp_path / "untied.safetensors"
+    ut.save(make(tied), a)
+    untied = make(model)
+    untied.load_state_dict({k: make(tied)[k].numpy() for k, _ in untied.named_parameters()})
+    ut.save(untied, b)
+    assert main(["diff", str(a), str(b)]) == 1
+    out = capsys.readouterr().out
+    assert "4.weight: tied to 2.weight in A, stored in B" in out
+    assert "only in" not in out  # every path is in both, stored or tied
+    assert "4.weight: max abs diff 0" in out  # compared under the key B stores it at
+    assert main(["diff", str(a), str(a)]) == 0

@@ -249,10 +249,12 @@ FLATTENED = {
         False,
     ),
     # channels_first flattens as torch does: nothing to permute
+    # 5 channels against a 4 x 4 map: with as many channels as columns, Keras 3.15 on
+    # TensorFlow adds a channels_first conv's bias along the columns (checked against torch)
     "conv_channels_first": (
-        lambda: [layers.Conv2D(4, 3, data_format="channels_first"), layers.Activation("relu")],
-        lambda: [nn.Conv2d(3, 4, 3), nn.ReLU()],
-        64,
+        lambda: [layers.Conv2D(5, 3, data_format="channels_first"), layers.Activation("relu")],
+        lambda: [nn.Conv2d(3, 5, 3), nn.ReLU()],
+        80,
         True,
     ),
     "conv_transpose": (
