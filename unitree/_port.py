@@ -105,7 +105,8 @@ def port(
     dtypes (converted only when lossless, unless ``cast=True``), ties (a tie in
     the source must be one storage in the destination), and layer settings
     that change results without being parameters (norm epsilons, batch-norm
-    momentum, conv padding, stride, dilation, groups). ``strict=True`` raises
+    momentum, conv padding, stride, dilation, groups, attention heads, recurrent
+    activations). ``strict=True`` raises
     :class:`unitree.PortError` for any difference, naming every one, and
     writes nothing; ``strict=False`` copies what matches and reports the rest.
     Returns a :class:`PortReport`.
@@ -113,47 +114,9 @@ def port(
     s_node, d_node = _node(src), _node(dst)
     s_tree, d_tree = s_node._tree, d_node._tree
     report = PortReport(s_tree.backend, d_tree.backend)
-    problems: list[str] = []
-    S, D = layers(s_node), layers(d_node)
-    renamed = _renamer(rename)
-
-    # 1. by path (after renaming), 2. the rest by structure, in order
-    by_path: dict[str, list[Layer]] = {}
-    for s in S:
-        by_path.setdefault(renamed(s.path), []).append(s)
-    matched: dict[int, tuple[Layer, str]] = {}  # id(dst layer) -> (src layer, rule)
-    taken: set[int] = set()
-    for d in D:
-        for s in by_path.get(d.path, []):
-            if id(s) not in taken and _fits(s, d):
-                matched[id(d)] = (s, "path" if renamed(s.path) == s.path else "rename")
-                taken.add(id(s))
-                break
-    rest_s = [s for s in S if id(s) not in taken]
-    rest_d = [d for d in D if id(d) not in matched]
-    for s, d in zip(rest_s, rest_d):
-        if not _fits(s, d):
-            why = _differences(s, d, s_tree, d_tree)
-            problems.append(
-                f"by structure, {_describe(s, s_tree.backend)} does not fit {_describe(d, d_tree.backend)}"
-                + (f"; their settings differ: {'; '.join(why)}" if why else "")
-            )
-            break
-        matched[id(d)] = (s, "structure")
-        taken.add(id(s))
-    for s in S:
-        if id(s) not in taken:
-            problems.append(
-                f"source layer {_describe(s, s_tree.backend)}: no destination layer matches it"
-            )
-    for d in D:
-        if id(d) not in matched:
-            problems.append(
-                f"destination layer {_describe(d, d_tree.backend)}: no source layer matches it"
-            )
+    pairs, problems = _match(layers(s_node), layers(d_node), _renamer(rename), s_tree, d_tree)
     if not strict:
         report.skipped, problems = problems, []
-    pairs = [(matched[id(d)][0], d, matched[id(d)][1]) for d in D if id(d) in matched]
 
     # what each destination tensor takes, checked
     s_slots = slots(s_node)
@@ -237,6 +200,49 @@ def port(
         report.bytes += math.prod(shape) * want.itemsize
     _write_all(w for layer, values in plan.values() for w in layer.writes(values))
     return report
+
+
+def _match(
+    S: list[Layer], D: list[Layer], renamed: Callable[[str], str], s_tree: Any, d_tree: Any
+) -> tuple[list[tuple[Layer, Layer, str]], list[str]]:
+    """(source layer, destination layer, rule) pairs in destination order, and what did not
+    match: by path (after renaming) first, then the rest by structure, in order."""
+    problems: list[str] = []
+    by_path: dict[str, list[Layer]] = {}
+    for s in S:
+        by_path.setdefault(renamed(s.path), []).append(s)
+    matched: dict[int, tuple[Layer, str]] = {}  # id(dst layer) -> (src layer, rule)
+    taken: set[int] = set()
+    for d in D:
+        for s in by_path.get(d.path, []):
+            if id(s) not in taken and _fits(s, d):
+                matched[id(d)] = (s, "path" if renamed(s.path) == s.path else "rename")
+                taken.add(id(s))
+                break
+    rest_s = [s for s in S if id(s) not in taken]
+    rest_d = [d for d in D if id(d) not in matched]
+    for s, d in zip(rest_s, rest_d):
+        if not _fits(s, d):
+            why = _differences(s, d, s_tree, d_tree)
+            problems.append(
+                f"by structure, {_describe(s, s_tree.backend)} does not fit {_describe(d, d_tree.backend)}"
+                + (f"; their settings differ: {'; '.join(why)}" if why else "")
+            )
+            break
+        matched[id(d)] = (s, "structure")
+        taken.add(id(s))
+    for s in S:
+        if id(s) not in taken:
+            problems.append(
+                f"source layer {_describe(s, s_tree.backend)}: no destination layer matches it"
+            )
+    for d in D:
+        if id(d) not in matched:
+            problems.append(
+                f"destination layer {_describe(d, d_tree.backend)}: no source layer matches it"
+            )
+    pairs = [(matched[id(d)][0], d, matched[id(d)][1]) for d in D if id(d) in matched]
+    return pairs, problems
 
 
 def _node(obj: Any) -> Node:

@@ -1,11 +1,21 @@
 """Canonical leaf names and layouts: the one table every backend is read through.
 
 Canonical means what PyTorch holds for the same layer (DESIGN §3): a 4 -> 8
-dense layer has ``weight`` of shape (8, 4). A rule maps one native leaf name
-of one layer kind on one backend to its canonical name and, where the axes
-differ, to the permutation that turns the native array into the canonical
-one. The order of a kind's rules is the canonical leaf order (weight before
-bias). A layer kind or leaf that has no rule keeps its native name and layout.
+dense layer has ``weight`` of shape (8, 4). Two tables:
+
+- ``LAYOUTS``: per (backend, layer kind), one ``Rule`` per native leaf: its
+  canonical name and the transform of its values (``Permute`` axes, or a
+  reshape: ``Depthwise``, ``Flipped``; the core adds ``Flattened`` to a dense
+  layer fed by a flattened channels-last conv). The order of a kind's rules
+  is the canonical leaf order (weight before bias).
+- ``CODECS``: per (backend, layer kind), a ``Codec`` for the layers whose
+  canonical leaves are no single native leaf (Keras's one LSTM bias, Flax's
+  per-gate cells, attention's separate projections): it computes them from
+  the layer's whole subtree, both ways.
+
+A layer kind or leaf in neither keeps its native name and layout. Every
+rule is proven against each framework's own outputs in tests/<framework>/
+test_port.py and against numpy references of the formulas in tests/core.
 """
 
 from __future__ import annotations
