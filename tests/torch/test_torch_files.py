@@ -46,7 +46,7 @@ def test_bfloat16_and_the_lossless_rule(tmp_path):
     torch.testing.assert_close(dst[0].weight, src[0].weight.float(), rtol=0, atol=0)
     torch.save(mlp().double().state_dict(), tmp_path / "f64.pt")
     before = dst[0].weight.detach().clone()
-    with pytest.raises(ut.StateDictError, match="float64 in f64.pt, float32 in the model"):
+    with pytest.raises(ut.StateDictError, match=r"float64 in f64\.pt, float32 in the model"):
         ut.load(ut.wrap(dst), tmp_path / "f64.pt")
     torch.testing.assert_close(dst[0].weight, before, rtol=0, atol=0)  # nothing written
     ut.load(ut.wrap(dst), tmp_path / "f64.pt", cast=True)
