@@ -149,14 +149,14 @@ class Checkpoint:
         if not os.path.isfile(self.path):
             raise CheckpointError(f"{self.path}: no such checkpoint file.")
         try:
-            with safe_open(self.path, framework="numpy") as f:
+            with safe_open(self.path, framework="numpy") as f:  # validates the header
                 self.metadata: dict[str, str] = f.metadata() or {}
-            self._fd = os.open(self.path, os.O_RDONLY)
-            head = os.pread(self._fd, 8, 0)
-            length = int.from_bytes(head, "little")
-            raw = json.loads(os.pread(self._fd, length, 8))
+            with open(self.path, "rb") as f:
+                length = int.from_bytes(f.read(8), "little")
+                raw = json.loads(f.read(length))
         except Exception as e:
             raise CheckpointError(f"{self.path}: not a readable safetensors file ({e}).") from None
+        self._fd = os.open(self.path, os.O_RDONLY)
         self._start = 8 + length
         self.header: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
         self._offsets: dict[str, int] = {}
