@@ -96,6 +96,12 @@ _ATTENTION = {
 }
 _kind_of: dict[type, str | None] = {}  # filled per class on first sight
 
+
+def _class_kind(cls: type) -> str | None:
+    if cls not in _kind_of:
+        _kind_of[cls] = next((_KINDS[base] for base in cls.__mro__ if base in _KINDS), None)
+    return _kind_of[cls]
+
 # Keras's automatic variable names: "variable", "variable_12" (a process-global counter).
 _AUTO_NAME = re.compile(r"variable(_\d+)?")
 _PLAIN: set[str] = set()  # variable names seen to be neither automatic nor dotted
@@ -409,10 +415,7 @@ class KerasAdapter(Adapter):
         return type(module).__name__
 
     def kind(self, module: Any) -> str | None:
-        cls = type(module)
-        if cls not in _kind_of:
-            _kind_of[cls] = next((_KINDS[base] for base in cls.__mro__ if base in _KINDS), None)
-        kind = _kind_of[cls]
+        kind = _class_kind(type(module))
         if kind == "gru" and not getattr(module, "reset_after", True):
             return None  # resets before the recurrent matmul: no canonical (PyTorch) form
         return kind
@@ -428,8 +431,7 @@ class KerasAdapter(Adapter):
         their activations by name, and a GRU ``reset_after`` (PyTorch's GRU is ``True``);
         attention its ``num_heads``, which the parameter shapes do not show.
         """
-        self.kind(module)
-        kind = _kind_of[type(module)]  # a GRU that resets before the matmul reports it too
+        kind = _class_kind(type(module))  # a GRU that resets before the matmul reports it too
         if kind in _CONVS:
             return _conv_settings(module, kind)
         if kind in ("layer_norm", "group_norm"):
