@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import mxnet as mx
 import numpy as np
 import pytest
-from mxnet import autograd, gluon, npx
+from mxnet import autograd, gluon
 from mxnet.gluon import nn
 from safetensors.numpy import save_file
 from unitree_checks import assert_read_once
@@ -20,19 +19,6 @@ from conformance.cases import mlp_gradients
 pytestmark = pytest.mark.filterwarnings("ignore:Parameter .* is not used:UserWarning")
 
 X = np.random.default_rng(0).random((2, 4), dtype=np.float32)
-
-
-@pytest.fixture(params=["np", "nd"])
-def api(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
-    """numpy-style arrays (``npx.set_np()``, as the deck) or classic ``mx.nd``; restored after."""
-    was = mx.util.is_np_array(), mx.util.is_np_shape()
-    if request.param == "np":
-        npx.set_np()
-    else:
-        npx.reset_np()
-    array = mx.np.array if request.param == "np" else mx.nd.array
-    yield SimpleNamespace(array=array, type=type(array([0.0])))
-    mx.util.set_np(shape=was[1], array=was[0])
 
 
 def mlp(hybrid: bool = False, **init: object) -> gluon.Block:

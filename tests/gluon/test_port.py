@@ -4,14 +4,13 @@ kind by layer kind: the ported model computes what the source computes, on both 
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 from typing import Any, Callable, NamedTuple
 
 import mxnet as mx
 import numpy as np
 import pytest
 import torch
-from mxnet import autograd, gluon, npx
+from mxnet import autograd, gluon
 from mxnet.gluon import nn, rnn
 from torch import nn as tnn
 
@@ -22,18 +21,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:ndarray.context has been renamed"),
     pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN"),
 ]
-
-
-@pytest.fixture(params=["np", "nd"])
-def api(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
-    """numpy-style arrays (``npx.set_np()``, as the deck) or classic ``mx.nd``; restored after."""
-    was = mx.util.is_np_array(), mx.util.is_np_shape()
-    if request.param == "np":
-        npx.set_np()
-    else:
-        npx.reset_np()
-    yield SimpleNamespace(array=mx.np.array if request.param == "np" else mx.nd.array)
-    mx.util.set_np(shape=was[1], array=was[0])
 
 
 def rand(*shape: int, seed: int = 0) -> np.ndarray:
