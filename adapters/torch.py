@@ -18,7 +18,13 @@ import torch
 from torch import nn
 
 from unitree._adapter import Adapter, Leaf
-from unitree._errors import PathError, UninitializedError, UnsupportedModelError, ValueTypeError
+from unitree._errors import (
+    CheckpointError,
+    PathError,
+    UninitializedError,
+    UnsupportedModelError,
+    ValueTypeError,
+)
 
 _KINDS: dict[type, str] = {
     nn.Linear: "dense",
@@ -115,6 +121,26 @@ class TorchAdapter(Adapter):
         if cls not in _kind_of:
             _kind_of[cls] = next((_KINDS[base] for base in cls.__mro__ if base in _KINDS), None)
         return _kind_of[cls]
+
+    def state_dict_file(self, path: str) -> dict[str, torch.Tensor]:
+        """A ``torch.save``d state_dict, loaded with ``weights_only=True`` (never a plain
+        unpickle) and memory-mapped where the format allows, for ``ut.load``."""
+        try:
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(
+                f"{path}: not a PyTorch state_dict file that loads with weights_only=True ({type(e).__name__}: {e})."
+            ) from None
+        if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+        ):
+            raise CheckpointError(
+                f"{path}: expected a state_dict (a dict of names to tensors), got {type(state).__name__}."
+            )
+        return state
 
     def settings(self, module: nn.Module) -> dict[str, Any]:
         kind = self.kind(module)

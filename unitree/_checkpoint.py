@@ -206,49 +206,30 @@ class Checkpoint:
 
 
 class TorchFile:
-    """A PyTorch ``state_dict`` file (``torch.save``: ``.pt``, ``.pth``, ``.bin``), read with
-    ``weights_only=True`` (torch's restricted unpickler: tensors and plain containers, never
-    arbitrary objects) and memory-mapped, so tensors are read one at a time."""
+    """A PyTorch ``state_dict`` file (``torch.save``: ``.pt``, ``.pth``, ``.bin``), read by the
+    torch adapter with ``weights_only=True`` (torch's restricted unpickler: tensors and plain
+    containers, never arbitrary objects) and memory-mapped: tensors are read one at a time."""
 
     def __init__(self, path: PathLike) -> None:
+        from ._adapter import ADAPTERS, _load
+
         self.path = os.fspath(path)
         self.metadata: dict[str, str] = {}
         if not os.path.isfile(self.path):
             raise CheckpointError(f"{self.path}: no such checkpoint file.")
         try:
-            import torch
+            self._adapter = _load(ADAPTERS["torch"][0])
         except ImportError:
             raise CheckpointError(
                 f"{self.path} is a PyTorch file: reading it needs torch (pip install torch)."
             ) from None
-        try:
-            try:
-                state = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
-                state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise CheckpointError(
-                f"{self.path}: not a PyTorch state_dict file that loads with weights_only=True ({type(e).__name__}: {e})."
-            ) from None
-        if not isinstance(state, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-        ):
-            raise CheckpointError(
-                f"{self.path}: expected a state_dict (a dict of names to tensors), got {type(state).__name__}."
-            )
-        self._state = state
+        self._state = self._adapter.state_dict_file(self.path)  # type: ignore[attr-defined]
         self.header = {
-            k: (tuple(t.shape), numpy_dtype(str(t.dtype).removeprefix("torch.")))
-            for k, t in state.items()
+            k: (tuple(t.shape), numpy_dtype(self._adapter.dtype(t))) for k, t in self._state.items()
         }
 
     def __getitem__(self, key: str) -> np.ndarray:
-        t = self._state[key].detach()
-        if t.dtype.is_floating_point and t.element_size() == 2 and str(t.dtype) == "torch.bfloat16":
-            import torch
-
-            return t.view(torch.int16).numpy().view(self.header[key][1])
-        return t.numpy()
+        return self._adapter.read(self._state[key])
 
     def paths(self, aliases: bool = False) -> list[str]:
         return list(self.header)
