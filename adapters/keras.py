@@ -102,6 +102,7 @@ def _class_kind(cls: type) -> str | None:
         _kind_of[cls] = next((_KINDS[base] for base in cls.__mro__ if base in _KINDS), None)
     return _kind_of[cls]
 
+
 # Keras's automatic variable names: "variable", "variable_12" (a process-global counter).
 _AUTO_NAME = re.compile(r"variable(_\d+)?")
 _PLAIN: set[str] = set()  # variable names seen to be neither automatic nor dotted
