@@ -60,6 +60,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import config as flax_config
 from flax import linen as nn
@@ -912,6 +913,23 @@ class FlaxAdapter(Adapter):
             leaf.replace(_updated(leaf.array(), value, index))
         else:
             _set(leaf, _updated(_get(leaf), value, index))
+
+    def dlpack(self, leaf: Any) -> Any:
+        a = self._array(leaf)
+        return a if isinstance(a, jax.Array) else None
+
+    def write_dlpack(self, leaf: Any, tensor: Any) -> bool:
+        old = self._array(leaf)
+        if not isinstance(old, jax.Array):
+            return False
+        # an array of jax's own (the import may alias the other framework's memory), where
+        # the old one lives
+        new = jax.device_put(jnp.array(jax.dlpack.from_dlpack(tensor), copy=True), old.sharding)
+        if isinstance(leaf, _Var):
+            leaf.replace(new)
+        else:
+            _set(leaf, new)
+        return True
 
     def data(self, leaf: Any) -> Any:
         return self._array(leaf)

@@ -218,6 +218,14 @@ class TorchAdapter(Adapter):
             else:
                 leaf[index] = src.to(leaf.device)
 
+    def dlpack(self, leaf: torch.Tensor) -> torch.Tensor:
+        return leaf.detach()  # a tensor that requires grad cannot be exported
+
+    def write_dlpack(self, leaf: torch.Tensor, tensor: Any) -> bool:
+        with torch.no_grad():  # as write(): the version counter is bumped
+            leaf.copy_(torch.from_dlpack(tensor))
+        return True
+
     def data(self, leaf: torch.Tensor) -> torch.Tensor:
         return leaf.data
 

@@ -145,6 +145,17 @@ class Adapter(ABC):
         """Put back the value :meth:`backup` returned (or the core's copy, native layout)."""
         self.write(leaf, backup, None)
 
+    def dlpack(self, leaf: Any) -> Any:
+        """An object with ``__dlpack__`` for the leaf's tensor (native layout, on its device), or
+        None where the framework cannot export one: ``ut.port`` then goes through numpy."""
+        return None
+
+    def write_dlpack(self, leaf: Any, tensor: Any) -> bool:
+        """Copy ``tensor`` (another framework's, with ``__dlpack__``, the leaf's shape and
+        dtype) into the leaf, device to device, with no copy through the host; False where
+        the framework cannot take it (``ut.port`` then goes through numpy)."""
+        return False
+
     def data(self, leaf: Any) -> Any:
         """The framework's own tensor behind the leaf, native layout, no copy."""
         return leaf

@@ -9,10 +9,11 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+from ._adapter import Adapter
 from ._canon import Layer, Slot, _join, layers, slots
 from ._dtypes import numpy_dtype
 from ._errors import PortError
-from ._tree import Node, _write_all, wrap
+from ._tree import Foreign, Node, _write_all, wrap
 from .layouts import OPTIONAL, SAME_KIND
 
 
@@ -42,6 +43,7 @@ class PortReport:
         self.pairs: list[Pair] = []
         self.tensors = 0
         self.bytes = 0
+        self.dlpack = 0  # tensors that crossed frameworks through DLPack
         self.ties_kept: list[tuple[str, ...]] = []
         self.ties_split: list[tuple[str, ...]] = []
         self.settings: list[str] = []
@@ -58,7 +60,8 @@ class PortReport:
 
     def __str__(self) -> str:
         lines = [
-            f"port {self.src} -> {self.dst}: {self.tensors} tensors, {self.bytes:,} bytes, "
+            f"port {self.src} -> {self.dst}: {self.tensors} tensors ({self.dlpack} through DLPack), "
+            f"{self.bytes:,} bytes, "
             f"{len(self.pairs)} layers ({', '.join(f'{n} by {r}' for r, n in self.rules.items()) or 'none'})"
         ]
         width = max((len(p.src) for p in self.pairs), default=0)
@@ -185,15 +188,22 @@ def port(
             + "\n  ".join(problems)
         )
 
-    plan: dict[int, tuple[Layer, dict[str, Callable[[], np.ndarray]]]] = {}
+    plan: dict[int, tuple[Layer, dict[str, Callable[[], Any]]]] = {}
     cache: dict[int, dict[str, np.ndarray]] = {}
     for d_slot_ in d_slots:
         if id(d_slot_) not in takes:
             continue
         src_slot = takes[id(d_slot_)][0][0]
         want = numpy_dtype(d_slot_.layer.dtype(d_slot_.leaf))
+
+        def value(s: Slot = src_slot, w: np.dtype = want) -> np.ndarray:
+            return _value(s, cache).astype(w, copy=False)
+
+        tensor = _dlpack(src_slot, d_slot_)
+        if tensor is not None:
+            report.dlpack += 1
         plan.setdefault(id(d_slot_.layer), (d_slot_.layer, {}))[1][d_slot_.leaf] = (
-            lambda s=src_slot, w=want: _value(s, cache).astype(w, copy=False)
+            value if tensor is None else lambda t=tensor, v=value: Foreign(t, v)
         )
         shape = d_slot_.layer.shapes()[d_slot_.leaf] or ()
         report.tensors += 1
@@ -243,6 +253,22 @@ def _match(
             )
     pairs = [(matched[id(d)][0], d, matched[id(d)][1]) for d in D if id(d) in matched]
     return pairs, problems
+
+
+def _dlpack(src: Slot, dst: Slot) -> Any:
+    """The source tensor itself, for a leaf whose layout and dtype need no change on either
+    side: it then crosses frameworks through DLPack, with no copy through the host on a GPU."""
+    if src.layer.codec or dst.layer.codec:
+        return None
+    p, q = src.layer.params[src.leaf], dst.layer.params[dst.leaf]
+    if (
+        p._transform
+        or q._transform
+        or p.dtype != q.dtype
+        or type(q._adapter).write_dlpack is Adapter.write_dlpack
+    ):
+        return None
+    return p._adapter.dlpack(p._leaf)
 
 
 def _node(obj: Any) -> Node:

@@ -646,13 +646,27 @@ def _join(base: str, path: str) -> str:
     return f"{base}.{path}" if base and path else base or path
 
 
-def _write_all(writes: Iterable[tuple[Param, Callable[[], np.ndarray]]]) -> None:
-    """Write (Param, value thunk) pairs; if any write fails, put back every value written so far."""
+class Foreign(NamedTuple):
+    """Another framework's tensor for a leaf of the same layout and dtype (``ut.port``): it is
+    copied device to device through DLPack, or through ``numpy()`` where that cannot be."""
+
+    tensor: Any
+    numpy: Callable[[], np.ndarray]
+
+
+def _write_all(writes: Iterable[tuple[Param, Callable[[], Any]]]) -> None:
+    """Write (Param, value thunk) pairs; if any write fails, put back every value written so far.
+    A thunk gives a canonical numpy value, or a :class:`Foreign` tensor."""
     journal = _Journal()
     try:
         for p, value in writes:
             journal.keep(p)
-            p._write(value())
+            v = value()
+            if type(v) is Foreign:
+                if not p._adapter.write_dlpack(p._leaf, v.tensor):
+                    p._write(v.numpy())
+            else:
+                p._write(v)
     except BaseException:
         journal.undo()
         raise

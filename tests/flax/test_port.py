@@ -411,17 +411,55 @@ def test_failed_port_restores_the_arrays(api: Any, monkeypatch: pytest.MonkeyPat
     tree = api.tree(case)
     before = {k: p.data for k, p in [*tree.named_parameters(), *tree.named_buffers()]}
     calls = []
-    original = type(tree._adapter).write
+    cls = type(tree._adapter)
+    original, original_dlpack = cls.write, cls.write_dlpack
 
-    def write(self: Any, leaf: Any, value: np.ndarray, index: Any = None) -> None:
+    def fail_third() -> None:
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("disk full")
+
+    def write(self: Any, leaf: Any, value: np.ndarray, index: Any = None) -> None:
+        fail_third()
         original(self, leaf, value, index)
 
-    monkeypatch.setattr(type(tree._adapter), "write", write)
+    def write_dlpack(self: Any, leaf: Any, tensor: Any) -> bool:  # torch's tensors cross here
+        fail_third()
+        return original_dlpack(self, leaf, tensor)
+
+    monkeypatch.setattr(cls, "write", write)
+    monkeypatch.setattr(cls, "write_dlpack", write_dlpack)
     with pytest.raises(RuntimeError, match="disk full"):
         ut.port(torch_model(case), tree)
     monkeypatch.undo()
     after = {k: p.data for k, p in [*tree.named_parameters(), *tree.named_buffers()]}
     assert all(after[k] is before[k] for k in before)  # the very arrays: no copy was needed
+
+
+# -- DLPack: a tensor whose layout needs no change crosses without numpy -------------------------
+def test_tensors_that_need_no_change_cross_through_dlpack() -> None:
+    """Biases and norm scales go torch <-> NNX through DLPack (on a GPU: no copy through the
+    host; here on CPU the same path, checked for values and for no aliasing); kernels, which
+    need a transpose, through numpy."""
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.uniform_(-1, 1)
+
+    class Model(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs) -> None:
+            self.layers = nnx.List([nnx.Linear(4, 3, rngs=rngs), nnx.LayerNorm(3, rngs=rngs)])
+
+    model = Model(nnx.Rngs(0))
+    tree = ut.wrap(model)
+    report = ut.port(net, tree, strict=False)  # LayerNorm eps: 1e-5 against NNX 1e-6, reported
+    assert report.tensors == 4 and report.dlpack == 3  # all but the kernel
+    for (_, p), q in zip(tree.named_parameters(), net.parameters()):
+        np.testing.assert_array_equal(p.numpy(), q.detach().numpy())
+    with torch.no_grad():  # jax holds arrays of its own, not views of torch's memory
+        net[0].bias.add_(1.0)
+    assert not np.allclose(tree["layers.0.bias"].numpy(), net[0].bias.detach().numpy())
+    back = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+    assert ut.port(tree, back, strict=False).dlpack == 3
+    for (_, p), q in zip(tree.named_parameters(), back.parameters()):
+        np.testing.assert_array_equal(p.numpy(), q.detach().numpy())
