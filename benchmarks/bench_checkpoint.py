@@ -103,6 +103,7 @@ def port(repeat: int, make_flax: Callable[[], Any]) -> None:
         t_port = time.perf_counter()
         port_report = ut.port(src, dst)
         t_port = time.perf_counter() - t_port
+    crossed = f"{port_report.dlpack} of {port_report.tensors} tensors through DLPack"
     del port_report
     report(
         "ut.port torch -> flax: peak extra RSS / model",
@@ -123,5 +124,5 @@ def port(repeat: int, make_flax: Callable[[], Any]) -> None:
     print(
         f"{'ut.port torch -> flax: time':<44} {t_port:.2f} s; numpy copy of the bytes "
         f"{t_copy:.2f} s ({t_port / t_copy:.1f}x); transpose + jnp.asarray by hand "
-        f"{t_hand:.2f} s ({t_port / t_hand:.1f}x)"
+        f"{t_hand:.2f} s ({t_port / t_hand:.1f}x); {crossed} (the rest need a transpose)"
     )
