@@ -124,22 +124,42 @@ class TorchAdapter(Adapter):
 
     def state_dict_file(self, path: str) -> dict[str, torch.Tensor]:
         """A ``torch.save``d state_dict, loaded with ``weights_only=True`` (never a plain
-        unpickle) and memory-mapped where the format allows, for ``ut.load``."""
+        unpickle) and memory-mapped where the format allows, for ``ut.load``. A file that is
+        not one (truncated, corrupt, refused by the restricted unpickler, not a flat dict of
+        tensors) raises a ``CheckpointError`` naming the file and the problem."""
         try:
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
                 state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
+        except Exception as e:  # RuntimeError, UnpicklingError, EOFError, OSError...
+            # torch's messages run to paragraphs: keep the one that names the problem
+            text = str(e).strip()
+            if text.startswith("Weights only load failed"):
+                details = [p.strip() for p in text.split("\n\n")[1:] if p.strip()]
+                details = [p for p in details if not p.startswith("Check the documentation")]
+                text = "refused by the weights_only unpickler" + (
+                    f": {details[0]}" if details else ""
+                )
+            else:
+                text = text.splitlines()[0].split(". ")[0] if text else "the file ends early"
             raise CheckpointError(
-                f"{path}: not a PyTorch state_dict file that loads with weights_only=True ({type(e).__name__}: {e})."
+                f"{path}: not a PyTorch state_dict file that loads with weights_only=True"
+                f" ({type(e).__name__}: {text[:200].rstrip('.')})."
             ) from None
-        if not isinstance(state, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-        ):
+        if not isinstance(state, dict):
             raise CheckpointError(
-                f"{path}: expected a state_dict (a dict of names to tensors), got {type(state).__name__}."
+                f"{path}: expected a state_dict (a dict of names to tensors), got a {type(state).__name__}."
             )
+        for key, value in state.items():
+            if not isinstance(key, str):
+                raise CheckpointError(
+                    f"{path}: expected a state_dict (a dict of names to tensors), but the key {key!r} is not a string."
+                )
+            if not isinstance(value, torch.Tensor):
+                raise CheckpointError(
+                    f"{path}: expected a state_dict (a dict of names to tensors), but {key!r} holds {type(value).__name__}, not a tensor."
+                )
         return state
 
     def settings(self, module: nn.Module) -> dict[str, Any]:
@@ -270,10 +290,7 @@ class TorchAdapter(Adapter):
             )
         return x
 
-    def share(
-        self, src_owner: nn.Module, src_name: str, dst_owner: nn.Module, dst_name: str
-    ) -> None:
-        leaf = self.leaf(src_owner, src_name)
+    def share(self, leaf: torch.Tensor, dst_owner: nn.Module, dst_name: str) -> None:
         if isinstance(leaf, nn.Parameter):
             setattr(dst_owner, dst_name, leaf)
         else:
