@@ -26,6 +26,7 @@ KERAS = "keras==3.15.1"
 KERAS_BACKENDS = {"tensorflow": "tensorflow-cpu==2.21.0", "jax": "jax==0.10.2", "torch": TORCH}
 FLAX = ("flax==0.12.8", "jax==0.10.2")
 GLUON = ("mxnet==1.9.1", "numpy<1.24")  # MXNet 1.9.1 imports only with numpy < 1.24
+TESTING = ("pytest", "hypothesis==6.170.15")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKPOINTS = os.path.join(HERE, ".nox", "checkpoints")
@@ -70,7 +71,7 @@ def _suite(session: nox.Session, tests: str) -> None:
     session.run("unitree", "conformance", "--report", part, env=env, success_codes=[0, 1])
     args = session.posargs
     if not (args and os.path.exists(args[0])):  # no paths given: this environment's tests
-        args = [tests, "conformance", *args]
+        args = [tests, "tests/safety", "conformance", *args]
     session.run("pytest", *args, env=env)
 
 
@@ -84,21 +85,21 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def core(session: nox.Session) -> None:
     """The core alone: numpy and safetensors (and the optional rich), no framework installed."""
-    session.install("-e", ".", "pytest", "rich")
+    session.install("-e", ".", *TESTING, "rich")
     session.run("pytest", "tests/core", *session.posargs)
 
 
 @nox.session
 def torch(session: nox.Session) -> None:
     """The torch adapter's tests, and the conformance suite on torch."""
-    session.install("-e", ".[torch]", TORCH, "pytest", "ml_dtypes")
+    session.install("-e", ".[torch]", TORCH, *TESTING, "ml_dtypes")
     _suite(session, "tests/torch")
 
 
 @nox.session
 def gluon(session: nox.Session) -> None:
     """MXNet Gluon 1.9.1 in its own environment: it imports only with numpy < 1.24."""
-    session.install("-e", ".", *GLUON, TORCH, KERAS, "pytest", "rich")
+    session.install("-e", ".", *GLUON, TORCH, KERAS, *TESTING, "rich")
     if not session.posargs:  # the only numpy-1 environment: the core must pass here too
         session.run("pytest", "tests/core")
     _suite(session, "tests/gluon")
@@ -108,7 +109,7 @@ def _keras(backend: str) -> None:
     @nox.session(name=f"keras-{backend}")
     def keras(session: nox.Session) -> None:
         """Keras 3 on one of its backends: KERAS_BACKEND is read once, at import."""
-        session.install("-e", ".", KERAS, KERAS_BACKENDS[backend], TORCH, "pytest")
+        session.install("-e", ".", KERAS, KERAS_BACKENDS[backend], TORCH, *TESTING)
         _suite(session, "tests/keras")
 
 
@@ -119,7 +120,7 @@ for _backend in KERAS_BACKENDS:
 @nox.session
 def flax(session: nox.Session) -> None:
     """Flax linen and NNX on jax."""
-    session.install("-e", ".", *FLAX, TORCH, KERAS, "pytest")
+    session.install("-e", ".", *FLAX, TORCH, KERAS, *TESTING)
     _suite(session, "tests/flax")
 
 

@@ -1099,7 +1099,7 @@ class FlaxAdapter(Adapter):
             owned.add(id(var))
         return float(loss)
 
-    def share(self, src_owner: Any, src_name: str, dst_owner: Any, dst_name: str) -> None:
+    def share(self, var: Any, dst_owner: Any, dst_name: str) -> None:
         if isinstance(dst_owner, _Node):
             raise NotImplementedError(
                 "tree.tie is not supported on flax linen: linen shares parameters through the "
@@ -1107,7 +1107,6 @@ class FlaxAdapter(Adapter):
                 "(shared = nn.Dense(8); nn.Sequential([..., shared, ..., shared])), "
                 "then module.init; variables cannot be tied after init."
             )
-        var = self.leaf(src_owner, src_name)
         what = _classify(dst_owner)
         if what in (_LIST, _DICT):
             dst_owner[int(dst_name) if what == _LIST else dst_name] = var

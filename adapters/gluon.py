@@ -268,14 +268,23 @@ class GluonAdapter(Adapter):
             full = np.array(self.read(leaf))
             full[index] = value
             value, index = full, None
-        with autograd.pause():  # a write is never part of a graph being recorded
+        # one copy per context: if a later one fails, the earlier ones take the old value back
+        old = arrays[0].asnumpy() if len(arrays) > 1 else None
+        try:
+            with autograd.pause():  # a write is never part of a graph being recorded
+                for a in arrays:
+                    if index is None:
+                        a[:] = value
+                    else:
+                        a[where] = value
             for a in arrays:
-                if index is None:
-                    a[:] = value
-                else:
-                    a[where] = value
-        for a in arrays:
-            a.wait_to_read()  # synchronous, as in the other frameworks: the next read sees it
+                a.wait_to_read()  # synchronous, as in the other frameworks: the next read sees it
+        except BaseException:
+            if old is not None:
+                with autograd.pause():
+                    for a in arrays:
+                        a[:] = old
+            raise
         _tell_trainer(leaf)
 
     def data(self, leaf: Parameter) -> Any:
@@ -368,10 +377,7 @@ class GluonAdapter(Adapter):
         dtype = floating if x.dtype.kind == "f" else x.dtype
         return (mx.np.array if numpy_style else mx.nd.array)(x, ctx=ctx, dtype=dtype)
 
-    def share(
-        self, src_owner: gluon.Block, src_name: str, dst_owner: gluon.Block, dst_name: str
-    ) -> None:
-        param = self.leaf(src_owner, src_name)
+    def share(self, param: Parameter, dst_owner: gluon.Block, dst_name: str) -> None:
         old = dst_owner._reg_params.get(dst_name)
         dst_owner._reg_params[dst_name] = param
         object.__setattr__(dst_owner, dst_name, param)  # Block.__setattr__ refuses to rebind one

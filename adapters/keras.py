@@ -612,8 +612,10 @@ class KerasAdapter(Adapter):
         if entry is not None and entry[0] is ref:
             del self._grads[key]
 
-    def share(self, src_owner: Any, src_name: str, dst_owner: Any, dst_name: str) -> None:
-        new, old = self.leaf(src_owner, src_name), self.leaf(dst_owner, dst_name)
+    def share(self, new: Any, dst_owner: Any, dst_name: str) -> None:
+        old = self.leaf(dst_owner, dst_name)
+        if new is old:
+            return
         if type(new) is Unbuilt or type(old) is Unbuilt:
             raise UninitializedError(
                 "Cannot tie layers that are not built yet: their variables do not exist. "
@@ -621,7 +623,7 @@ class KerasAdapter(Adapter):
             )
         if self.shape(new) != self.shape(old):
             raise NotImplementedError(
-                f"tie is not supported by the keras adapter between {type(src_owner).__name__}.{src_name} "
+                f"tie is not supported by the keras adapter between {new.path} "
                 f"{self.shape(new)} and {type(dst_owner).__name__}.{dst_name} {self.shape(old)}: "
                 "one Keras variable cannot serve two layouts. Reuse one layer instance instead, "
                 "or a layer that reads the other's variable in its own layout."

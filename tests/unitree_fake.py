@@ -93,8 +93,8 @@ class FakeAdapter(Adapter):
         self.writes += 1
         leaf[... if index is None else index] = value
 
-    def share(self, src_owner: Mod, src_name: str, dst_owner: Mod, dst_name: str) -> None:
-        dst_owner.leaves[dst_name] = src_owner.leaves[src_name]
+    def share(self, leaf: Any, dst_owner: Mod, dst_name: str) -> None:
+        dst_owner.leaves[dst_name] = (leaf, dst_owner.leaves[dst_name][1])
 
 
 def dense(n_in: int, n_out: int, seed: int, backend: str = "flax", dtype: Any = np.float32) -> Mod:

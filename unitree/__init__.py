@@ -13,6 +13,7 @@ from ._adapter import Adapter, Leaf
 from ._checkpoint import load, save
 from ._errors import (
     CheckpointError,
+    NonFiniteError,
     PathError,
     PortError,
     ShapeError,
@@ -34,6 +35,7 @@ __all__ = [
     "Leaf",
     "LoadResult",
     "Node",
+    "NonFiniteError",
     "Pair",
     "Param",
     "ParamTree",

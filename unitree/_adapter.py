@@ -196,8 +196,9 @@ class Adapter(ABC):
     def backward(self, root: Any, loss_fn: Callable[[Any], Any], inputs: Sequence[Any]) -> float:
         raise self.unsupported("backward")
 
-    def share(self, src_owner: Any, src_name: str, dst_owner: Any, dst_name: str) -> None:
-        """Make ``dst_owner.dst_name`` the very leaf ``src_owner.src_name`` (native sharing)."""
+    def share(self, leaf: Any, dst_owner: Any, dst_name: str) -> None:
+        """Make ``dst_owner.dst_name`` the very ``leaf`` (native sharing). ``tree.tie`` also calls
+        it with the leaf that was there before, to undo a tie that failed halfway."""
         raise self.unsupported("tie")
 
     def shared(self, root: Any) -> None:

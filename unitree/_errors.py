@@ -50,6 +50,10 @@ class PortError(UnitreeError, ValueError):
     """``ut.port`` found layers, shapes, dtypes, ties or settings that do not match."""
 
 
+class NonFiniteError(UnitreeError, ValueError):
+    """A NaN or infinity in a value written with ``error_if_nonfinite=True``."""
+
+
 class ValueTypeError(UnitreeError, TypeError):
     """A value that is not numeric, or whose dtype cannot be written without loss."""
 

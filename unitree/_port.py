@@ -95,6 +95,7 @@ def port(
     *,
     rename: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
     cast: bool = False,
+    error_if_nonfinite: bool = False,
 ) -> PortReport:
     """Copy every parameter and buffer of ``src`` into ``dst``, whatever their frameworks.
 
@@ -112,6 +113,8 @@ def port(
     activations). ``strict=True`` raises
     :class:`unitree.PortError` for any difference, naming every one, and
     writes nothing; ``strict=False`` copies what matches and reports the rest.
+    ``error_if_nonfinite=True`` refuses a NaN or an infinity in any source
+    value (:class:`unitree.NonFiniteError`), and nothing is written.
     Returns a :class:`PortReport`.
     """
     s_node, d_node = _node(src), _node(dst)
@@ -208,7 +211,9 @@ def port(
         shape = d_slot_.layer.shapes()[d_slot_.leaf] or ()
         report.tensors += 1
         report.bytes += math.prod(shape) * want.itemsize
-    _write_all(w for layer, values in plan.values() for w in layer.writes(values))
+    _write_all(
+        (w for layer, values in plan.values() for w in layer.writes(values)), error_if_nonfinite
+    )
     return report
 
 

@@ -15,6 +15,7 @@ from . import _canon, _picture
 from ._adapter import Adapter, Leaf, adapter_for
 from ._dtypes import numpy_dtype
 from ._errors import (
+    NonFiniteError,
     PathError,
     ShapeError,
     StateDictError,
@@ -177,14 +178,20 @@ class Param:
         """Write ``value`` into ``self[index]`` in place; numpy broadcasting applies."""
         self._assign(value, index)
 
-    def set(self, value: Any) -> None:
-        """Replace the whole value with ``value`` (canonical layout, numpy or native), in place."""
-        self._assign(value, None)
+    def set(self, value: Any, *, error_if_nonfinite: bool = False) -> None:
+        """Replace the whole value with ``value`` (canonical layout, numpy or native), in place.
 
-    def _assign(self, value: Any, index: Any) -> None:
+        ``error_if_nonfinite=True`` refuses a value holding a NaN or an infinity
+        (:class:`NonFiniteError`), as torch's ``clip_grad_norm_`` does; nothing is written.
+        """
+        self._assign(value, None, error_if_nonfinite)
+
+    def _assign(self, value: Any, index: Any, error_if_nonfinite: bool = False) -> None:
         current = self.numpy()
         where = self.path if index is None else f"{self.path}[{_index_str(index)}]"
         value = self._validated(value, current.dtype, where)
+        if error_if_nonfinite:
+            _check_finite(value, where)
         if index is None:
             if value.shape != current.shape:
                 raise ShapeError(
@@ -239,6 +246,17 @@ class Param:
         extra = f", tied={self.paths}" if self._aliases else ""
         kind = "Buffer" if not self._is_param else "Param"
         return f"{kind}({self.path!r}, shape={'unknown' if shape is None else shape}, dtype={self.dtype!r}, device={self.device!r}{extra})"
+
+
+def _check_finite(value: np.ndarray, where: str) -> None:
+    if value.dtype.kind in "biu":
+        return
+    bad = value.size - int(np.count_nonzero(np.isfinite(value)))
+    if bad:
+        raise NonFiniteError(
+            f"Cannot write {where}: the value holds {bad} NaN or infinite numbers of {value.size}, "
+            "and error_if_nonfinite=True refuses them. Nothing was written."
+        )
 
 
 def _contiguous(a: np.ndarray, tile: int = 256) -> np.ndarray:
@@ -471,7 +489,13 @@ class Node:
         """
         return _canon.state(self)
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> LoadResult:
+    def load_state_dict(
+        self,
+        state_dict: Mapping[str, Any],
+        strict: bool = True,
+        *,
+        error_if_nonfinite: bool = False,
+    ) -> LoadResult:
         """Write every entry of ``state_dict`` (canonical layout) into the tree: all or nothing.
 
         Keys are paths; a tied parameter may be given under any of its paths,
@@ -481,6 +505,8 @@ class Node:
         and returns them; shapes and dtypes are always checked. Values are cast
         to the parameter's dtype when the kind of number stays the same
         (float64 -> float32, not float -> int), as PyTorch's copy does.
+        ``error_if_nonfinite=True`` refuses a NaN or an infinity anywhere
+        (:class:`NonFiniteError`), and nothing is written.
         """
         arrays: dict[str, np.ndarray] = {}
         bad: list[str] = []
@@ -498,6 +524,7 @@ class Node:
             strict,
             bad,
             casting="same_kind",
+            error_if_nonfinite=error_if_nonfinite,
         )
 
     def _load(
@@ -508,6 +535,7 @@ class Node:
         problems: list[str] | None = None,
         casting: str = "safe",
         source: str = "the source",
+        error_if_nonfinite: bool = False,
     ) -> LoadResult:
         """Validate every entry against the tree, then write them all or none.
 
@@ -568,7 +596,9 @@ class Node:
                 f"Cannot load into the {self._tree.backend} model{where}; nothing was written:\n  "
                 + "\n  ".join(problems)
             )
-        _write_all(w for layer, values in plan.values() for w in layer.writes(values))
+        _write_all(
+            (w for layer, values in plan.values() for w in layer.writes(values)), error_if_nonfinite
+        )
         return LoadResult(missing, unexpected)
 
     # -- changing the structure ------------------------------------------------------------
@@ -621,11 +651,21 @@ class Node:
             raise ShapeError(
                 f"Cannot tie {dst!r} to {src!r}; nothing changed:\n  " + "\n  ".join(problems)
             )
-        for _, p, (q, owner, name) in pairs:
-            if p is not q:
-                self._tree._adapter.share(p._owner, p._name, owner, name)
-        self._tree._adapter.shared(self._tree._native)
-        self._tree._fp = None  # the tie pattern changed: rebuild on next use
+        tree, adapter = self._tree, self._tree._adapter
+        done: list[tuple[Any, Any, str]] = []  # (the leaf that was there, owner, name)
+        try:
+            for _, p, (q, owner, name) in pairs:
+                if p is not q:  # kept first: a share that fails may have half happened
+                    done.append((adapter.leaf(owner, name), owner, name))
+                    adapter.share(p._leaf, owner, name)
+        except BaseException:  # put back every leaf tied so far: all or nothing
+            for old, owner, name in reversed(done):
+                if adapter.leaf(owner, name) is not old:
+                    adapter.share(old, owner, name)
+            raise
+        finally:
+            adapter.shared(tree._native)
+            tree._fp = None  # the tie pattern changed: rebuild on next use
 
     def _occurrences(self) -> dict[str, tuple[Param, Any, str]]:
         """{relative path: (Param, owner module, native name)} of every leaf occurrence."""
@@ -654,19 +694,25 @@ class Foreign(NamedTuple):
     numpy: Callable[[], np.ndarray]
 
 
-def _write_all(writes: Iterable[tuple[Param, Callable[[], Any]]]) -> None:
+def _write_all(
+    writes: Iterable[tuple[Param, Callable[[], Any]]], error_if_nonfinite: bool = False
+) -> None:
     """Write (Param, value thunk) pairs; if any write fails, put back every value written so far.
-    A thunk gives a canonical numpy value, or a :class:`Foreign` tensor."""
+    A thunk gives a canonical numpy value, or a :class:`Foreign` tensor. Values are checked
+    for NaN and infinity as they come (a checkpoint is read one tensor at a time), so a
+    refused one also puts back what was written before it."""
     journal = _Journal()
     try:
         for p, value in writes:
             journal.keep(p)
             v = value()
             if type(v) is Foreign:
-                if not p._adapter.write_dlpack(p._leaf, v.tensor):
-                    p._write(v.numpy())
-            else:
-                p._write(v)
+                if not error_if_nonfinite and p._adapter.write_dlpack(p._leaf, v.tensor):
+                    continue
+                v = v.numpy()
+            if error_if_nonfinite:
+                _check_finite(v, p.path)
+            p._write(v)
     except BaseException:
         journal.undo()
         raise

@@ -133,3 +133,42 @@ def port_forward(tree: ut.ParamTree, X: np.ndarray) -> np.ndarray:
     leaf = jax.tree_util.tree_leaves(tree.variables)[0]
     x = jax.device_put(np.asarray(X, np.int32), next(iter(leaf.devices())))
     return np.asarray(tree.native.apply(tree.variables, x))
+
+
+def random_model(spec: tuple, device: str) -> Model:
+    """The random architecture ``spec`` of ``torch.random_model``, channels-last: an
+    ``nn.Sequential`` (positions ``layers_N``), a tie the very module instance at two positions
+    (linen stores it once), initialized on ``device`` with a fresh seed, then every variable
+    replaced by random values."""
+    seed = next(_seeds)
+    shape, specs = spec
+    out: list = []
+    for kind, *a in specs:
+        if kind == "conv":
+            out.append(nn.Conv(a[1], (a[2],) * a[3], padding="VALID"))
+        elif kind == "bn":
+            out.append(nn.BatchNorm(use_running_average=True, momentum=0.9, epsilon=1e-5))
+        elif kind == "ln":
+            out.append(nn.LayerNorm(epsilon=1e-5))
+        elif kind == "dense":
+            out.append(nn.Dense(a[1]))
+        elif kind == "flatten":
+            out.append(lambda x: x.reshape(x.shape[0], -1))
+        else:
+            out.append(out[a[0]])
+    net = nn.Sequential(out)
+    rng = np.random.default_rng(seed)
+    with jax.default_device(_device(device)):
+        variables = net.init(jax.random.key(seed), np.zeros((shape[0], *shape[2:], shape[1])))
+        flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables), sep="/")
+        for key, v in flat.items():
+            lo, hi = (0.5, 2.0) if key.endswith("var") else (-1.0, 1.0)
+            flat[key] = jax.numpy.asarray(rng.uniform(lo, hi, v.shape).astype(np.float32))
+    return net, flax.traverse_util.unflatten_dict(flat, sep="/")
+
+
+def native_state(tree: ut.ParamTree) -> dict[str, tuple[int, np.ndarray]]:
+    """Linen's own view of the model: its variables dict, flattened (arrays are immutable:
+    identity is not part of it)."""
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(tree.variables), sep="/")
+    return {k: (0, np.array(v)) for k, v in flat.items()}

@@ -123,3 +123,48 @@ def port_forward(tree: ut.ParamTree, X: np.ndarray) -> np.ndarray:
     return np.asarray(
         tree.native(jax.device_put(np.asarray(X, np.int32), next(iter(kernel.devices()))))
     )
+
+
+def random_model(spec: tuple, device: str) -> nnx.Sequential:
+    """The random architecture ``spec`` of ``torch.random_model``, channels-last: an
+    ``nnx.Sequential`` on ``device``, a tie the very module at two positions, every Variable
+    set to random values (a fresh seed per call)."""
+    seed = next(_port_seeds)
+    rng = np.random.default_rng(seed)
+    with jax.default_device(_device(device)):
+        rngs = nnx.Rngs(seed)
+        out: list = []
+        for kind, *a in spec[1]:
+            if kind == "conv":
+                out.append(nnx.Conv(a[0], a[1], (a[2],) * a[3], padding="VALID", rngs=rngs))
+            elif kind == "bn":
+                out.append(
+                    nnx.BatchNorm(
+                        a[0], momentum=0.9, epsilon=1e-5, use_running_average=True, rngs=rngs
+                    )
+                )
+            elif kind == "ln":
+                out.append(nnx.LayerNorm(a[0], epsilon=1e-5, rngs=rngs))
+            elif kind == "dense":
+                out.append(nnx.Linear(a[0], a[1], rngs=rngs))
+            elif kind == "flatten":
+                out.append(lambda x: x.reshape(x.shape[0], -1))
+            else:
+                out.append(out[a[0]])
+        net = nnx.Sequential(*out)
+        for path, node in nnx.iter_graph(net):
+            if isinstance(node, nnx.Variable) and not isinstance(node, nnx.RngState):
+                lo, hi = (0.5, 2.0) if path[-1] == "var" else (-1.0, 1.0)
+                value = rng.uniform(lo, hi, node[...].shape).astype(np.float32)
+                node[...] = jax.numpy.asarray(value)
+    return net
+
+
+def native_state(tree: ut.ParamTree) -> dict[str, tuple[int, np.ndarray]]:
+    """NNX's own view of the model: {graph path: (identity, copy of the value)} of every
+    Variable, each shared one at its first path."""
+    return {
+        "/".join(map(str, path)): (id(node), np.array(node[...]))
+        for path, node in nnx.iter_graph(tree.native)
+        if isinstance(node, nnx.Variable) and not isinstance(node, nnx.RngState)
+    }

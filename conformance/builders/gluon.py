@@ -134,3 +134,53 @@ def port_forward(tree: ut.ParamTree, X: np.ndarray) -> np.ndarray:
     ctx = net.emb.weight.list_ctx()[0]
     with autograd.predict_mode():  # batch norm on its running statistics
         return net(mx.np.array(X, dtype="float32", ctx=ctx)).asnumpy()
+
+
+_random_seeds = iter(range(1, 1 << 62))  # a fresh seed per random model: two builds differ
+
+
+def random_model(spec: tuple, device: str) -> Block:
+    """The random architecture ``spec`` of ``torch.random_model``, channels-first: an
+    ``nn.Sequential`` with every shape given (nothing deferred), a tie the very block added
+    twice, every Parameter set to random values on ``device`` (a fresh seed per call)."""
+    npx.set_np()
+    rng = np.random.default_rng(next(_random_seeds))
+    ctx = _ctx(device)
+    out: list[Block] = []
+    for kind, *a in spec[1]:
+        if kind == "conv":
+            conv = (nn.Conv1D, nn.Conv2D)[a[3] - 1]
+            out.append(conv(a[1], (a[2],) * a[3], in_channels=a[0]))
+        elif kind == "bn":
+            out.append(nn.BatchNorm(momentum=0.9, epsilon=1e-5, in_channels=a[0]))
+        elif kind == "ln":
+            out.append(nn.LayerNorm(epsilon=1e-5, in_channels=a[0]))
+        elif kind == "dense":
+            out.append(nn.Dense(a[1], in_units=a[0]))
+        elif kind == "flatten":
+            out.append(nn.Flatten())
+        else:
+            out.append(out[a[0]])
+    net = nn.Sequential()
+    net.add(*out)
+    net.initialize(ctx=ctx)
+    for p in net.collect_params().values():
+        lo, hi = (0.5, 2.0) if p.name.endswith("var") else (-1.0, 1.0)
+        value = rng.uniform(lo, hi, p.shape).astype(np.float32)
+        p.set_data(mx.np.array(value, dtype="float32", ctx=ctx))
+    return net
+
+
+def native_state(tree: ut.ParamTree) -> dict[str, tuple[int, np.ndarray]]:
+    """Gluon's own view of the model: {child path.param: (identity, copy of the value)} for
+    every block's registered parameters, ties included."""
+    out: dict[str, tuple[int, np.ndarray]] = {}
+
+    def visit(block: Block, prefix: str) -> None:
+        for name, p in block._reg_params.items():
+            out[prefix + name] = (id(p), p.data().asnumpy().copy())
+        for name, child in block._children.items():
+            visit(child, f"{prefix}{name}.")  # 1.9.1 keeps the blocks themselves
+
+    visit(tree.native, "")
+    return out

@@ -155,3 +155,45 @@ def port_model(device: str) -> PortModel:
 def port_forward(tree: ut.ParamTree, X: np.ndarray) -> np.ndarray:
     # training=False: batch norm uses its moving statistics
     return _numpy(tree.native(np.asarray(X, np.int32), training=False))
+
+
+_random_seeds = iter(range(1, 1 << 62))  # a fresh seed per random model: two builds differ
+
+
+def random_model(spec: tuple, device: str) -> keras.Sequential:
+    """The random architecture ``spec`` of ``torch.random_model``, channels-last, built by a
+    first call under ``device``: the same positions in ``net.layers``, a tie the very layer
+    object twice, every variable assigned random values (a fresh seed per call)."""
+    rng = np.random.default_rng(next(_random_seeds))
+    shape, specs = spec
+    with keras.device(device):
+        out: list[keras.Layer] = []
+        for kind, *a in specs:
+            if kind == "conv":
+                out.append((layers.Conv1D, layers.Conv2D)[a[3] - 1](a[1], a[2]))
+            elif kind == "bn":
+                out.append(layers.BatchNormalization(epsilon=1e-5, momentum=0.9))
+            elif kind == "ln":
+                out.append(layers.LayerNormalization(epsilon=1e-5))
+            elif kind == "dense":
+                out.append(layers.Dense(a[1]))
+            elif kind == "flatten":
+                out.append(layers.Flatten())
+            else:
+                out.append(out[a[0]])
+        net = keras.Sequential(out)
+        net(np.zeros((shape[0], *shape[2:], shape[1]), np.float32))
+        for v in net.weights:
+            lo, hi = (0.5, 2.0) if v.name == "moving_variance" else (-1.0, 1.0)
+            v.assign(rng.uniform(lo, hi, tuple(v.shape)).astype(np.float32))
+    return net
+
+
+def native_state(tree: ut.ParamTree) -> dict[str, tuple[int, np.ndarray]]:
+    """Keras's own view of the model: {layer name/variable path: (identity, copy of the
+    value)} for the variables of every layer, ties included."""
+    return {
+        f"{layer.name}/{v.path}": (id(v), _numpy(v.value).copy())
+        for layer in tree.native._flatten_layers()
+        for v in layer.weights
+    }

@@ -103,3 +103,46 @@ def port_forward(tree: ut.ParamTree, X: np.ndarray) -> np.ndarray:
     device = next(net.parameters()).device
     with torch.no_grad():
         return net(torch.as_tensor(X, device=device)).cpu().numpy()
+
+
+_random_seeds = iter(range(1, 1 << 62))  # a fresh seed per random model: two builds differ
+
+
+def random_model(spec: tuple, device: str) -> nn.Module:
+    """A random architecture of tests/safety: ``spec`` is ``(shape, layers)``, the input shape
+    channels-first and each layer one of ``("conv", in, out, k, dims)``, ``("bn", c, dims)``,
+    ``("ln", c)``, ``("dense", in, out)``, ``("flatten",)`` or ``("tie", i)`` (the very layer at
+    position i again). A Sequential of those, paths its positions, every parameter and buffer
+    set to random values (a fresh seed per call), in inference mode. The other builders build
+    the same spec with the same paths."""
+    rng = np.random.default_rng(next(_random_seeds))
+    layers: list[nn.Module] = []
+    for kind, *a in spec[1]:
+        if kind == "conv":
+            layers.append((nn.Conv1d, nn.Conv2d)[a[3] - 1](a[0], a[1], a[2]))
+        elif kind == "bn":
+            layers.append((nn.BatchNorm2d if a[1] == 2 else nn.BatchNorm1d)(a[0], eps=1e-5))
+        elif kind == "ln":
+            layers.append(nn.LayerNorm(a[0], eps=1e-5))
+        elif kind == "dense":
+            layers.append(nn.Linear(a[0], a[1]))
+        elif kind == "flatten":
+            layers.append(nn.Flatten())
+        else:
+            layers.append(layers[a[0]])
+    net = nn.Sequential(*layers).to(device).eval()
+    with torch.no_grad():
+        for key, t in net.state_dict(keep_vars=True).items():
+            if t.is_floating_point():
+                lo, hi = (0.5, 2.0) if key.endswith("running_var") else (-1.0, 1.0)
+                t.copy_(torch.as_tensor(rng.uniform(lo, hi, tuple(t.shape)).astype(np.float32)))
+            else:  # num_batches_tracked
+                t.fill_(int(rng.integers(0, 1000)))
+    return net
+
+
+def native_state(tree: ut.ParamTree) -> dict[str, tuple[int, np.ndarray]]:
+    """Torch's own view of the model: {name: (identity, copy of the value)} for every
+    occurrence of every parameter and buffer, ties included (``keep_vars=True``)."""
+    state = tree.native.state_dict(keep_vars=True)
+    return {k: (id(t), t.detach().cpu().numpy().copy()) for k, t in state.items()}
