@@ -71,7 +71,7 @@ from flax.linen.linear import canonicalize_padding
 from flax.linen.recurrent import DenseParams
 
 from unitree._adapter import Adapter, Leaf
-from unitree._errors import PathError, UnsupportedModelError, ValueTypeError
+from unitree._errors import PathError, UnsupportedError, UnsupportedModelError, ValueTypeError
 
 _BY_CELL = "by cell"  # a recurrent wrapper (RNN) is the kind of its cell
 
@@ -1101,7 +1101,7 @@ class FlaxAdapter(Adapter):
 
     def share(self, var: Any, dst_owner: Any, dst_name: str) -> None:
         if isinstance(dst_owner, _Node):
-            raise NotImplementedError(
+            raise UnsupportedError(
                 "tree.tie is not supported on flax linen: linen shares parameters through the "
                 "module definition, by reusing one module instance at both positions "
                 "(shared = nn.Dense(8); nn.Sequential([..., shared, ..., shared])), "
@@ -1116,7 +1116,7 @@ class FlaxAdapter(Adapter):
     def variables(self, root: Any) -> Any:
         if isinstance(root, _Root):
             return root.variables
-        raise NotImplementedError(
+        raise UnsupportedError(
             "tree.variables is for flax linen, which keeps variables apart; an nnx.Module "
             "holds its own: nnx.state(tree.native)."
         )

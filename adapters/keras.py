@@ -58,7 +58,13 @@ import numpy as np
 from keras.src.models.functional import Functional  # no public name; stable across Keras 3
 
 from unitree._adapter import Adapter, Leaf
-from unitree._errors import PathError, UninitializedError, UnsupportedModelError, ValueTypeError
+from unitree._errors import (
+    PathError,
+    UninitializedError,
+    UnsupportedError,
+    UnsupportedModelError,
+    ValueTypeError,
+)
 
 BACKEND = keras.backend.backend()
 
@@ -622,7 +628,7 @@ class KerasAdapter(Adapter):
                 "Call the model once on an input, then tie."
             )
         if self.shape(new) != self.shape(old):
-            raise NotImplementedError(
+            raise UnsupportedError(
                 f"tie is not supported by the keras adapter between {new.path} "
                 f"{self.shape(new)} and {type(dst_owner).__name__}.{dst_name} {self.shape(old)}: "
                 "one Keras variable cannot serve two layouts. Reuse one layer instance instead, "
@@ -634,7 +640,7 @@ class KerasAdapter(Adapter):
         objects = self._objects(dst_owner)
         hidden = [v.name for v in objects if id(v) not in holders]
         if hidden:
-            raise NotImplementedError(
+            raise UnsupportedError(
                 f"tie is not supported by the keras adapter for {type(dst_owner).__name__}: it keeps "
                 f"{hidden} outside its attributes, so it cannot be pointed at another layer's variables. "
                 "Keras shares parameters by reusing the layer instance: put the same layer at both "

@@ -20,6 +20,7 @@ from ._errors import (
     StateDictError,
     UninitializedError,
     UnitreeError,
+    UnsupportedError,
     UnsupportedModelError,
     ValueTypeError,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "Summary",
     "UninitializedError",
     "UnitreeError",
+    "UnsupportedError",
     "UnsupportedModelError",
     "ValueTypeError",
     "load",

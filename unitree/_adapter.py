@@ -18,7 +18,7 @@ from typing import Any, Callable, ClassVar, NamedTuple
 
 import numpy as np
 
-from ._errors import UnsupportedModelError
+from ._errors import UnsupportedError, UnsupportedModelError
 
 
 class Leaf(NamedTuple):
@@ -208,12 +208,12 @@ class Adapter(ABC):
 
     def variables(self, root: Any) -> Any:
         """The current variables of a framework that keeps them apart from the module (flax linen)."""
-        raise NotImplementedError(
+        raise UnsupportedError(
             f"tree.variables is for flax linen, which keeps variables apart; a {self.name} model holds its own."
         )
 
-    def unsupported(self, capability: str) -> NotImplementedError:
-        return NotImplementedError(f"{capability} is not supported by the {self.name} adapter.")
+    def unsupported(self, capability: str) -> UnsupportedError:
+        return UnsupportedError(f"{capability} is not supported by the {self.name} adapter.")
 
 
 # The type's top-level module name -> (adapter module, what it wraps, the extra to install).

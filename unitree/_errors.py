@@ -62,5 +62,10 @@ class UnsupportedModelError(UnitreeError, TypeError):
     """An object that no adapter claims."""
 
 
+class UnsupportedError(UnitreeError, NotImplementedError):
+    """What a framework cannot do natively (``tree.tie`` on flax linen, where sharing is in
+    the module definition): the message says the native way."""
+
+
 class UninitializedError(UnitreeError, RuntimeError):
     """A parameter whose shape is not known yet (lazy or deferred initialization)."""

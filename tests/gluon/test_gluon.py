@@ -377,6 +377,37 @@ def test_writes_reach_every_context():
         np.testing.assert_array_equal(value(model[2].weight, ctx)[0], [2, 2, 2, 9, 2, 2, 2, 2])
 
 
+def test_a_write_failing_on_one_context_puts_back_the_others(monkeypatch):
+    """A data-parallel parameter is one array per context: if writing the second fails,
+    the first takes its old value back."""
+    import unitree.adapters.gluon as adapter
+
+    model = mlp(ctx=[mx.cpu(0), mx.cpu(1)])
+    p = ut.wrap(model)["2.weight"]
+    before = [value(model[2].weight, ctx) for ctx in (mx.cpu(0), mx.cpu(1))]
+
+    class Failing:
+        def __init__(self, array):
+            self.array = array
+
+        def __setitem__(self, index, v):
+            raise mx.base.MXNetError("out of memory on cpu(1)")
+
+        def __getattr__(self, name):
+            return getattr(self.array, name)
+
+    real = adapter._arrays
+    monkeypatch.setattr(adapter, "_arrays", lambda leaf: [real(leaf)[0], Failing(real(leaf)[1])])
+    for write in (
+        lambda: p.set(np.full((1, 8), 2.0, np.float32)),
+        lambda: p.__setitem__((0, 3), 9),
+    ):
+        with pytest.raises(mx.base.MXNetError, match="out of memory"):
+            write()
+        for ctx, old in zip((mx.cpu(0), mx.cpu(1)), before):
+            np.testing.assert_array_equal(value(model[2].weight, ctx), old)
+
+
 def test_errors_leave_the_model_unchanged(api):
     model = mlp()
     tree = ut.wrap(model)
