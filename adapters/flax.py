@@ -70,7 +70,7 @@ from flax.core.meta import AxisMetadata
 from flax.linen.linear import canonicalize_padding
 from flax.linen.recurrent import DenseParams
 
-from unitree._adapter import Adapter, Leaf
+from unitree._adapter import Adapter, Leaf, position
 from unitree._errors import PathError, UnsupportedError, UnsupportedModelError, ValueTypeError
 
 _BY_CELL = "by cell"  # a recurrent wrapper (RNN) is the kind of its cell
@@ -834,10 +834,10 @@ class FlaxAdapter(Adapter):
                 module.index = dict(module.children)
             return module.index.get(segment)
         if isinstance(module, nnx.Sequential):
-            layers = module.layers
-            if not (segment.isdigit() and int(segment) < len(layers)):
+            layers, i = module.layers, position(segment)
+            if i is None or i >= len(layers):
                 return None
-            return self._layer(module, int(segment), layers[int(segment)])
+            return self._layer(module, i, layers[i])
         return super().child(module, segment)
 
     def leaves(self, module: Any) -> Sequence[Leaf]:

@@ -57,7 +57,7 @@ import keras
 import numpy as np
 from keras.src.models.functional import Functional  # no public name; stable across Keras 3
 
-from unitree._adapter import Adapter, Leaf
+from unitree._adapter import Adapter, Leaf, position
 from unitree._errors import (
     PathError,
     UninitializedError,
@@ -330,8 +330,8 @@ class KerasAdapter(Adapter):
             return None
         layers = self._positional(module)
         if layers is not None:
-            if segment.isdigit():
-                i = int(segment)
+            i = position(segment)
+            if i is not None:
                 return layers[i] if i < len(layers) else None
             return next((x for x in layers if x.name == segment), None)
         found = dict(self._attribute_children(module))
@@ -343,7 +343,7 @@ class KerasAdapter(Adapter):
 
     def segment(self, module: Any, key: str) -> str:
         """A layer's own name (an alias) -> the path segment of its first position."""
-        if key.isdigit() and key == str(int(key)) and self._positional(module) is not None:
+        if position(key) is not None and self._positional(module) is not None:
             return key  # a position: the common case, without listing the children
         children = self.children(module)
         if any(seg == key for seg, _ in children):

@@ -242,6 +242,14 @@ FRAMEWORKS = {
 _loaded: dict[str, Adapter] = {}
 
 
+def position(segment: str) -> int | None:
+    """The position a path segment names ("0", "12"), or None: ASCII digits only, written as
+    ``str(i)`` writes them ("00", "+1" and "\u00b2" are names, not positions)."""
+    if segment.isascii() and segment.isdigit() and segment == str(int(segment)):
+        return int(segment)
+    return None
+
+
 def _load(module_name: str) -> Adapter:
     adapter = _loaded.get(module_name)
     if adapter is None:

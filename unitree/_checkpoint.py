@@ -414,7 +414,9 @@ class Checkpoint:
             return list(dict.fromkeys(order))
         return sorted(
             known,
-            key=lambda k: [(0, int(s), "") if s.isdigit() else (1, 0, s) for s in k.split(".")],
+            key=lambda k: [
+                (0, int(s), "") if s.isascii() and s.isdigit() else (1, 0, s) for s in k.split(".")
+            ],
         )
 
     def aliases(self) -> dict[str, str]:

@@ -23,7 +23,17 @@ from ._errors import (
     UnitreeError,
     ValueTypeError,
 )
-from .layouts import CHANNELS_LAST, CONVS, NORMS, OPTIONAL, Flattened, Rule, has_rules, rules
+from .layouts import (
+    CHANNELS_LAST,
+    CONVS,
+    NORMS,
+    OPTIONAL,
+    Flattened,
+    FlattenedVector,
+    Rule,
+    has_rules,
+    rules,
+)
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -842,6 +852,8 @@ class ParamTree(Node):
         params: list[Entry] = []
         buffers: list[Entry] = []
         seen: list[tuple[Any, Any]] = []  # (module, its leaves): the fingerprint, made when needed
+        renewed: list[tuple[Param, tuple[Any, ...]]] = []  # Params of an earlier read, re-placed
+        aliases: dict[Param, list[str]] = {}  # the paths after the first of each tied leaf
 
         plans: dict[Any, list[tuple[int, str, Rule | None]]] = {}
         channels_last = backend in CHANNELS_LAST
@@ -853,7 +865,8 @@ class ParamTree(Node):
             leaves: list[Leaf],
             plan: list[tuple[int, str, Rule | None]],
         ) -> list[tuple[int, str, Rule | None]]:
-            """The plan, with the dense kernel fed by a flattened conv output permuted."""
+            """The plan, with the dense kernel fed by a flattened conv output permuted, and the
+            vectors of a norm between the flatten and the dense layer likewise."""
             nonlocal channels
             if kind in CONVS:
                 i, _, rule = plan[0]  # the kernel
@@ -874,6 +887,16 @@ class ParamTree(Node):
                 if shape and shape[0] > channels and shape[0] % channels == 0:
                     plan = [(i, name, Rule(name, Flattened(channels))), *plan[1:]]
                 channels = 0
+            elif kind in NORMS and channels:  # over the channels, or over the flattened features
+                plan = [
+                    (i, name, Rule(name, FlattenedVector(channels)))
+                    if (shape := adapter.shape(leaves[i][1]))
+                    and len(shape) == 1
+                    and shape[0] > channels
+                    and shape[0] % channels == 0
+                    else (i, name, rule)
+                    for i, name, rule in plan
+                ]
             elif kind not in NORMS:
                 channels = 0
             return plan
@@ -906,19 +929,27 @@ class ParamTree(Node):
                             p = Param(
                                 adapter, native, native_name, path, rule, is_param, persistent
                             )
-                        else:
-                            p.__init__(
-                                adapter, native, native_name, path, rule, is_param, persistent
+                        else:  # renewed once the read is done: another thread may be using it
+                            renewed.append(
+                                (
+                                    p,
+                                    (
+                                        adapter,
+                                        native,
+                                        native_name,
+                                        path,
+                                        rule,
+                                        is_param,
+                                        persistent,
+                                    ),
+                                )
                             )
                         by_ident[ident] = p
                         entry = (path, p)
                         (params if is_param else buffers).append(entry)
                     else:
                         entry = (path, p)
-                        if p._aliases is None:
-                            p._aliases = [path]
-                        else:
-                            p._aliases.append(path)
+                        aliases.setdefault(p, []).append(path)
                     flat.append(entry)
             for seg, child in adapter.children(native):
                 path = pre + seg
@@ -932,6 +963,10 @@ class ParamTree(Node):
             raise UnitreeError(
                 f"The {backend} model is nested too deeply to read, or contains itself: a module tree cannot have cycles."
             ) from None
+        for p, args in renewed:
+            p.__init__(*args)
+        for p, paths in aliases.items():
+            p._aliases = paths
         self._by_ident, self._flat, self._modules = by_ident, flat, modules
         self._unique_params, self._unique_buffers = params, buffers
         self._nodes = {}
@@ -973,7 +1008,9 @@ class ParamTree(Node):
     def _find(self, path: str) -> tuple[Any, Param | None] | None:
         """Follow ``path`` through the live model: (module, None), (owner, Param), or None."""
         if self._fp is None:
-            self._build()
+            with self._lock:  # threads that arrive together: one reads, the others wait for it
+                if self._fp is None:
+                    self._read()
         adapter = self._adapter
         native = self._native
         segments = path.split(".") if path else []

@@ -88,6 +88,26 @@ class Flattened:
         return a.reshape(out, c, n // c).transpose(2, 1, 0).reshape(n, out)
 
 
+class FlattenedVector:
+    """A per-feature vector (norm scale, shift, running statistics) of a norm layer over the
+    flatten of a channels-last conv output: its features come channels fastest, PyTorch's
+    channels slowest, as for :class:`Flattened`'s input axis."""
+
+    view = False
+
+    def __init__(self, channels: int) -> None:
+        self.channels = channels
+
+    def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return shape
+
+    def to_canonical(self, a: np.ndarray) -> np.ndarray:
+        return a.reshape(-1, self.channels).T.reshape(-1)
+
+    def to_native(self, a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return a.reshape(self.channels, -1).T.reshape(-1)
+
+
 class Codec:
     """The canonical leaves of a layer computed from its whole subtree (see ``unitree._canon``).
 

@@ -21,6 +21,7 @@ from unitree.layouts import (
     LAYOUTS,
     Depthwise,
     Flattened,
+    FlattenedVector,
     Flipped,
     Permute,
     channels_last_kernel,
@@ -72,6 +73,22 @@ def test_flattened_is_what_torch_linear_after_flatten_holds():
     np.testing.assert_array_equal(t.to_native(weight, kernel.shape), kernel)
     # not a plain transpose: the input axis is permuted
     assert not np.allclose(kernel.T @ np.moveaxis(x, -1, 0).reshape(-1), y)
+
+
+def test_flattened_vector_is_what_a_torch_norm_after_flatten_holds():
+    h, w, c = 2, 3, 4
+    x = rand(h, w, c)  # a channels-last feature map, flattened, then scaled feature by feature
+    scale = rand(h * w * c)
+    y = x.reshape(-1) * scale
+    t = FlattenedVector(c)
+    weight = t.to_canonical(scale)
+    # PyTorch: the (C, H, W) flatten, then weight * x; the same numbers in its order
+    np.testing.assert_array_equal(
+        weight * np.moveaxis(x, -1, 0).reshape(-1),
+        np.moveaxis(y.reshape(h, w, c), -1, 0).reshape(-1),
+    )
+    np.testing.assert_array_equal(t.to_native(weight, scale.shape), scale)
+    assert not np.array_equal(weight, scale)
 
 
 def depthwise_keras(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
