@@ -145,6 +145,9 @@ def port(
                 problems.append(
                     f"{_join(s.path, leaf)}: dtype {have} in the source, {want} in {_join(d.path, leaf)}{why}"
                 )
+            mixed = _mixed(s, d, leaf)
+            if mixed:
+                (problems if strict else notes).append(f"{_join(s.path, leaf)}: {mixed}")
             src_slot = s_slot[_join(s.path, leaf)]
             takes.setdefault(id(d_slot[_join(d.path, leaf)]), []).append(
                 (src_slot, _join(s.path, leaf))
@@ -215,6 +218,20 @@ def port(
         (w for layer, values in plan.values() for w in layer.writes(values)), error_if_nonfinite
     )
     return report
+
+
+def _mixed(s: Layer, d: Layer, leaf: str) -> str | None:
+    """Why a tied leaf fed by a channels-last flatten at some of its uses only cannot be ported
+    to a framework where it is not so (no one layout serves all its uses), or None."""
+    sp = s.params.get(leaf) if s.codec is None else None
+    dp = d.params.get(leaf) if d.codec is None else None
+    tied = [tree.backend for tree, p in ((s.tree, sp), (d.tree, dp)) if p in tree._mixed]
+    if len(tied) != 1:  # on neither side, or on both alike (Keras to Flax)
+        return None
+    return (
+        f"tied, and fed by a channels-last flatten at some of its uses only in the {tied[0]} "
+        "model: no one layout serves every use in the other framework, whose outputs would differ"
+    )
 
 
 def _match(

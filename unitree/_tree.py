@@ -688,6 +688,10 @@ class Node:
         return out
 
 
+def _flattens(rule: Rule | None) -> bool:
+    return rule is not None and type(rule.transform) in (Flattened, FlattenedVector)
+
+
 def _optional(key: str) -> bool:
     return key.rpartition(".")[2] in OPTIONAL
 
@@ -802,6 +806,7 @@ class ParamTree(Node):
         self._unique_params: list[Entry] = []  # named_parameters() of the root
         self._unique_buffers: list[Entry] = []
         self._nodes: dict[str, Node] = {}
+        self._mixed: set[Param] = set()  # leaves no one canonical layout serves (see _read)
         self._lock = threading.RLock()  # one re-read at a time: it resets the Params' paths
 
     @property
@@ -852,7 +857,8 @@ class ParamTree(Node):
         params: list[Entry] = []
         buffers: list[Entry] = []
         seen: list[tuple[Any, Any]] = []  # (module, its leaves): the fingerprint, made when needed
-        renewed: list[tuple[Param, tuple[Any, ...]]] = []  # Params of an earlier read, re-placed
+        renewed: dict[Param, tuple[Any, ...]] = {}  # Params of an earlier read, re-placed
+        mixed: set[Param] = set()  # tied, and fed by a channels-last flatten at some uses only
         aliases: dict[Param, list[str]] = {}  # the paths after the first of each tied leaf
 
         plans: dict[Any, list[tuple[int, str, Rule | None]]] = {}
@@ -925,31 +931,20 @@ class ParamTree(Node):
                     p = by_ident.get(ident)
                     if p is None:
                         p = old.get(ident) if old else None  # keep Param identity across re-reads
+                        args = (adapter, native, native_name, path, rule, is_param, persistent)
                         if p is None:
-                            p = Param(
-                                adapter, native, native_name, path, rule, is_param, persistent
-                            )
+                            p = Param(*args)
                         else:  # renewed once the read is done: another thread may be using it
-                            renewed.append(
-                                (
-                                    p,
-                                    (
-                                        adapter,
-                                        native,
-                                        native_name,
-                                        path,
-                                        rule,
-                                        is_param,
-                                        persistent,
-                                    ),
-                                )
-                            )
+                            renewed[p] = args
                         by_ident[ident] = p
                         entry = (path, p)
                         (params if is_param else buffers).append(entry)
                     else:
                         entry = (path, p)
                         aliases.setdefault(p, []).append(path)
+                        first = renewed[p][4] if p in renewed else p._rule
+                        if _flattens(first) != _flattens(rule):
+                            mixed.add(p)
                     flat.append(entry)
             for seg, child in adapter.children(native):
                 path = pre + seg
@@ -963,13 +958,14 @@ class ParamTree(Node):
             raise UnitreeError(
                 f"The {backend} model is nested too deeply to read, or contains itself: a module tree cannot have cycles."
             ) from None
-        for p, args in renewed:
+        for p, args in renewed.items():
             p.__init__(*args)
         for p, paths in aliases.items():
             p._aliases = paths
         self._by_ident, self._flat, self._modules = by_ident, flat, modules
         self._unique_params, self._unique_buffers = params, buffers
         self._nodes = {}
+        self._mixed = mixed
         self._fp = _Seen(seen)
 
     def _leaf_items(self, native: Any) -> list[tuple[str, str, Param]]:

@@ -228,6 +228,32 @@ def test_conv_flatten_dense_from_channels_last_to_torch_and_back(backend):
         np.testing.assert_array_equal(leaf(back, path), leaf(src, path))
 
 
+@pytest.mark.parametrize("backend", ["flax", "keras"])
+def test_a_tied_dense_fed_by_a_flatten_at_one_use_only_is_refused(backend):
+    """One kernel after the flatten (its input axis permuted for PyTorch) and after a dense
+    layer (not permuted): no one torch weight computes both uses."""
+
+    def net(backend: str, seed: int) -> Mod:
+        shared = dense(L * C, L * C, seed + 1, backend)
+        return seq(conv(C_IN, C, K, seed, backend), flatten(), shared, shared)
+
+    src, dst = net(backend, 1), net("torch", 10)
+    before = values(dst)
+    with pytest.raises(ut.PortError, match=r"2\.weight: tied, and fed by a channels-last flatten"):
+        ut.port(wrap(src, backend), wrap(dst, "torch"))
+    assert values(dst) == before
+    report = ut.port(wrap(src, backend), wrap(dst, "torch"), strict=False)
+    assert "flatten at some of its uses only" in report.pairs[1].note
+    ut.port(wrap(src, backend), wrap(net(backend, 20), backend))  # the same on both sides: fine
+    untied = seq(conv(C_IN, C, K, 1, backend), flatten(), dense(L * C, L * C, 2, backend))
+    ut.port(
+        wrap(untied, backend),
+        wrap(
+            seq(conv(C_IN, C, K, 1, "torch"), flatten(), dense(L * C, L * C, 2, "torch")), "torch"
+        ),
+    )
+
+
 def test_a_failure_halfway_through_the_writes_puts_everything_back():
     src, dst = mlp(), mlp(backend="torch", seed=10)
     adapter = FakeAdapter("torch")
