@@ -411,16 +411,19 @@ def test_a_path_that_is_no_file_is_refused(tmp_path, capsys, make, word):
     assert_refused(make(tmp_path), word, capsys)
 
 
-@pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads unreadable files"
-)
-def test_an_unreadable_file_is_refused(tmp_path, capsys):
+def test_an_unreadable_file_is_refused(tmp_path, capsys, monkeypatch):
+    """As the operating system refuses a file without read permission (root reads any file, so
+    the refusal is played by ``os.open``)."""
     path = _write(tmp_path, lambda h, d: valid())
-    path.chmod(0)
-    try:
-        assert_refused(path, "permission denied", capsys)
-    finally:
-        path.chmod(0o600)
+    real = os.open
+
+    def refuse(file: Any, *args: Any, **kwargs: Any) -> int:
+        if os.fspath(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse)
+    assert_refused(path, "permission denied", capsys)
 
 
 def _sparse(tmp_path: Path, length: int, size: int) -> Path:
