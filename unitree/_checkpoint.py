@@ -453,6 +453,10 @@ class TorchFile:
                 f"{self.path} is a PyTorch file: reading it needs torch (pip install torch)."
             ) from None
         self._state = self._adapter.state_dict_file(self.path)  # type: ignore[attr-defined]
+        for key in self._state:  # the names a safetensors file may hold, and no others
+            why = _bad_name(key)
+            if why:
+                raise CheckpointError(f"{self.path}: invalid tensor name {key!r}: {why}.")
         self.header = {
             k: (tuple(t.shape), numpy_dtype(self._adapter.dtype(t))) for k, t in self._state.items()
         }

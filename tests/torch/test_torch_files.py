@@ -127,6 +127,9 @@ def test_a_corrupt_torch_file_is_refused(tmp_path):
         ("nested.pt", {"model": {"0.weight": torch.zeros(8, 4)}}, "'model' holds dict"),
         ("number.pt", {"0.weight": torch.zeros(8, 4), "epoch": 3}, "'epoch' holds int"),
         ("int-keys.pt", {0: torch.zeros(8, 4)}, "the key 0 is not a string"),
+        ("parent.pt", {"../0.weight": torch.zeros(8, 4)}, "invalid tensor name '../0.weight'"),
+        ("slash.pt", {"0/weight": torch.zeros(8, 4)}, "invalid tensor name '0/weight'"),
+        ("control.pt", {"0.wei\nght": torch.zeros(8, 4)}, "control character"),
     ],
 )
 def test_a_torch_file_that_is_not_a_flat_state_dict_is_refused(tmp_path, name, obj, match):
