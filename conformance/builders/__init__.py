@@ -9,7 +9,7 @@ framework's own API, so the cases can check unitree against the framework.
     version: str                                the framework's version, for the report
     names: dict[str, str]                       native class names for the picture
     can_tie: bool                               whether ``tree.tie`` shares natively (False: it
-                                                must raise NotImplementedError saying why)
+                                                must raise unitree.UnsupportedError saying why)
     devices() -> list[str]                      every device the framework sees here
     deck_mlp(device, X) -> model                the deck's toy model exactly as the deck writes it
                                                 on this framework, after its first call on X
@@ -50,4 +50,31 @@ The port model is the same function on every backend, with the same paths:
     tied_a Dense 8 -> 8, then ReLU
     tied_b the very same layer object as tied_a (a tie), then ReLU
     out    Dense 8 -> 3
+
+The safety tests (``tests/safety``) add two more:
+
+    native_state(tree) -> {name: (id, array)}   the framework's own view of every parameter and
+                                                buffer: the identity of its native object and a
+                                                copy of its value (what "unchanged" compares)
+    random_model(spec, device) -> model         the random architecture ``spec`` (see
+                                                ``tests/safety/test_random_models.py``), built
+                                                natively at the same paths on every backend,
+                                                with random values
 """
+
+# A random architecture with every kind of layer: conv, batch norms over channels and over
+# features, flatten, dense, layer norm, and the dense layer at 5 used again at 7 (a tie).
+RICH = (
+    (2, 3, 5),
+    (
+        ("conv", 3, 4, 2, 1),
+        ("bn", 4, 1),
+        ("flatten",),
+        ("dense", 16, 6),
+        ("ln", 6),
+        ("dense", 6, 6),
+        ("bn", 6, 0),
+        ("tie", 5),
+        ("dense", 6, 2),
+    ),
+)

@@ -18,29 +18,13 @@ from typing import Any, Callable
 import pytest
 
 import unitree as ut
+from conformance.builders import RICH
 
 THREADS, REPEATS, ROUNDS = 8, 20, 5
 
-# a random architecture (see test_random_models): conv, batch norms, flatten, dense, layer norm,
-# and the dense layer at 5 used again at 7 (a tie)
-SPEC = (
-    (2, 3, 5),
-    (
-        ("conv", 3, 4, 2, 1),
-        ("bn", 4, 1),
-        ("flatten",),
-        ("dense", 16, 6),
-        ("ln", 6),
-        ("dense", 6, 6),
-        ("bn", 6, 0),
-        ("tie", 5),
-        ("dense", 6, 2),
-    ),
-)
-
 
 def model(b: ModuleType, device: str, which: str) -> Any:
-    return b.port_model(device) if which == "port" else b.random_model(SPEC, device)
+    return b.port_model(device) if which == "port" else b.random_model(RICH, device)
 
 
 Read = Callable[[ut.ParamTree, list[str]], Any]

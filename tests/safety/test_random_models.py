@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 import unitree as ut
 from conformance import backends
+from conformance.builders import RICH
 
 Layer = tuple  # one of the tuples of the module docstring
 Spec = tuple[tuple[int, ...], tuple[Layer, ...]]
@@ -207,22 +208,6 @@ def test_port_keeps_outputs(builder: ModuleType, device: str, spec: Spec) -> Non
 
 
 # -- random paths and globs ------------------------------------------------------------------
-
-# the deck's shapes with every kind of layer and a tie (at 5 and 7)
-RICH: Spec = (
-    (2, 3, 5),
-    (
-        ("conv", 3, 4, 2, 1),
-        ("bn", 4, 1),
-        ("flatten",),
-        ("dense", 16, 6),
-        ("ln", 6),
-        ("dense", 6, 6),
-        ("bn", 6, 0),
-        ("tie", 5),
-        ("dense", 6, 2),
-    ),
-)
 
 
 class Known(NamedTuple):
