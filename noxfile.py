@@ -1,9 +1,10 @@
-"""One session per backend environment; `nox` runs them all (DESIGN §8).
+"""One session per backend environment; `nox` runs them all (docs/architecture.md, "Environments").
 
 nox                     every test session, then the conformance matrix of all environments
 nox -s conformance      the conformance cases on every environment, then the matrix
 nox -s torch            one environment: its unit tests and the conformance suite
-nox -s bench            the performance ratios of DESIGN §7
+nox -s wheel            the built wheel alone: `unitree conformance` from the installed package
+nox -s bench            the performance ratios (benchmarks/)
 nox -r ...              reuse the environments already installed
 
 Each backend session also writes its column of the matrix to .nox/reports/parts/;
@@ -50,7 +51,7 @@ ENV: dict[str, dict[str, str]] = {
     "flax": {"UNITREE_BACKENDS": "flax-linen,flax-nnx", **_keras_env("jax")},
 }
 
-nox.options.sessions = ["lint", "core", *ENVIRONMENTS, "matrix"]
+nox.options.sessions = ["lint", "core", "wheel", *ENVIRONMENTS, "matrix"]
 
 
 def _suite(session: nox.Session, tests: str) -> None:
@@ -68,11 +69,30 @@ def _suite(session: nox.Session, tests: str) -> None:
     part = os.path.join(PARTS, f"{session.name}.json")
     if os.path.exists(part):
         os.remove(part)  # a column from an earlier run must never stand in for this one
+    # exit status 1 is a failing cell: pytest still runs, then the session fails (below)
     session.run("unitree", "conformance", "--report", part, env=env, success_codes=[0, 1])
     args = session.posargs
     if not (args and os.path.exists(args[0])):  # no paths given: this environment's tests
-        args = [tests, "tests/safety", "conformance", *args]
+        args = [tests, "tests/safety", "tests/conformance", *args]
     session.run("pytest", *args, env=env)
+    failed = _failed_cells(part)
+    if failed:
+        session.error(
+            f"{len(failed)} conformance cell(s) failed in {session.name}:\n" + "\n".join(failed)
+        )
+
+
+def _failed_cells(part: str) -> list[str]:
+    """The failing cells of a matrix column (a missing column is a failure too)."""
+    if not os.path.exists(part):
+        return [f"no column written to {part}"]
+    with open(part) as f:
+        cells = json.load(f)["cells"]
+    return [
+        f"  {c['case']} on {c['backend']} {c['device']}: {c['detail']}"
+        for c in cells
+        if c["status"] == "fail"
+    ]
 
 
 @nox.session
@@ -87,6 +107,34 @@ def core(session: nox.Session) -> None:
     """The core alone: numpy and safetensors (and the optional rich), no framework installed."""
     session.install("-e", ".", *TESTING, "rich")
     session.run("pytest", "tests/core", *session.posargs)
+
+
+@nox.session
+def wheel(session: nox.Session) -> None:
+    """The built wheel in a fresh environment with torch, run from outside the checkout:
+    ``unitree conformance`` and ``python -m unitree conformance`` use the shipped suite."""
+    dist = os.path.join(session.create_tmp(), "dist")
+    if os.path.isdir(dist):
+        for name in os.listdir(dist):
+            os.remove(os.path.join(dist, name))
+    session.install("pip")
+    session.run("pip", "wheel", "--no-deps", "--quiet", "-w", dist, HERE)
+    (built,) = (os.path.join(dist, n) for n in os.listdir(dist) if n.endswith(".whl"))
+    session.install("--force-reinstall", "--no-deps", built)
+    session.install(f"{built}[torch]", TORCH)
+    work = os.path.join(session.create_tmp(), "run")
+    os.makedirs(work, exist_ok=True)
+    session.chdir(work)  # no source checkout here: only the installed package can answer
+    env = {"UNITREE_CHECKPOINTS": os.path.join(work, "checkpoints"), "UNITREE_BACKENDS": ""}
+    session.run(
+        "python",
+        "-c",
+        "import unitree.conformance as c, sys; sys.exit('site-packages' not in c.__file__)",
+    )
+    session.run("unitree", "conformance", "--report", "matrix.md", env=env)
+    session.run(
+        "python", "-m", "unitree", "conformance", "--backend", "torch", "--device", "cpu", env=env
+    )
 
 
 @nox.session
@@ -188,6 +236,6 @@ def conformance(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def bench(session: nox.Session) -> None:
-    """The ratios of DESIGN §7, each measured in its framework's environment (nox -s bench)."""
+    """The performance ratios, each measured in its framework's environment (nox -s bench)."""
     for name in ENVIRONMENTS:
         session.notify(name, posargs=["bench", *session.posargs])

@@ -12,11 +12,11 @@ import os
 from types import ModuleType
 
 BUILDERS = {
-    "torch": "conformance.builders.torch",
-    "keras": "conformance.builders.keras",  # on whichever backend KERAS_BACKEND names
-    "flax-linen": "conformance.builders.flax_linen",
-    "flax-nnx": "conformance.builders.flax_nnx",
-    "gluon": "conformance.builders.gluon",
+    "torch": "unitree.conformance.builders.torch",
+    "keras": "unitree.conformance.builders.keras",  # on whichever backend KERAS_BACKEND names
+    "flax-linen": "unitree.conformance.builders.flax_linen",
+    "flax-nnx": "unitree.conformance.builders.flax_nnx",
+    "gluon": "unitree.conformance.builders.gluon",
 }
 
 

@@ -7,7 +7,7 @@ import traceback
 from types import ModuleType
 from typing import Callable, NamedTuple
 
-from conformance import backends, cases
+from . import backends, cases
 
 COLUMNS = ("cpu", "gpu")
 

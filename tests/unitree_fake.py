@@ -52,6 +52,7 @@ class FakeAdapter(Adapter):
         self.name = backend  # the layout rules and codecs of this backend apply
         self.writes = 0
         self.fail_after: int | None = None  # fail once, on the write after this many
+        self.frozen: set[int] = set()  # ids of the arrays of frozen parameters
 
     def children(self, module: Mod) -> list[tuple[str, Mod]]:
         return list(module.children.items())
@@ -81,7 +82,7 @@ class FakeAdapter(Adapter):
         return "cpu"
 
     def trainable(self, leaf: np.ndarray) -> bool:
-        return True
+        return id(leaf) not in self.frozen
 
     def read(self, leaf: np.ndarray) -> np.ndarray:
         return leaf
@@ -126,18 +127,18 @@ def flatten() -> Mod:
     return Mod("Flatten", "flatten")
 
 
-def mlp(shared: bool = False, backend: str = "flax", seed: int = 0) -> Mod:
+def mlp(shared: bool = False, backend: str = "flax", seed: int = 0, dtype: Any = np.float32) -> Mod:
     """Dense(4->8), relu, Dense(8->8) [, relu, the same Dense again], relu, Dense(8->1); another
     ``seed`` gives other values."""
-    mid = dense(8, 8, seed + 2, backend)
+    mid = dense(8, 8, seed + 2, backend, dtype)
     layers = [
-        dense(4, 8, seed + 1, backend),
+        dense(4, 8, seed + 1, backend, dtype),
         Mod("relu"),
         mid,
         Mod("relu"),
-        mid if shared else dense(8, 8, seed + 3, backend),
+        mid if shared else dense(8, 8, seed + 3, backend, dtype),
         Mod("relu"),
-        dense(8, 1, seed + 4, backend),
+        dense(8, 1, seed + 4, backend, dtype),
     ]
     return Mod("Sequential", **{str(i): m for i, m in enumerate(layers)})
 

@@ -13,15 +13,17 @@ import math
 import os
 import stat
 import sys
+import threading
 from typing import TYPE_CHECKING, Any, Callable, Union
 
 import numpy as np
 
 from ._dtypes import numpy_dtype
 from ._errors import CheckpointError, UninitializedError, ValueTypeError
+from ._tree import as_node
 
 if TYPE_CHECKING:
-    from ._tree import LoadResult, Node
+    from ._tree import LoadResult
 
 PathLike = Union[str, "os.PathLike[str]"]
 FORMAT, FORMAT_VERSION = "unitree", "1"
@@ -36,8 +38,11 @@ _DTYPES = {
 _CODES = {v: k for k, v in _DTYPES.items()}
 
 
-def save(tree: Node, path: PathLike, *, metadata: dict[str, str] | None = None) -> None:
+def save(tree: Any, path: PathLike, *, metadata: dict[str, str] | None = None) -> None:
     """Write ``tree``'s parameters and persistent buffers to a safetensors file, atomically.
+
+    ``tree`` is a tree, a node of one (its subtree, paths relative to it), or a native model
+    (wrapped first).
 
     Canonical names and layouts; a tied parameter is stored once, under its
     first path. The header is written first, then the tensors one at a time in
@@ -49,6 +54,7 @@ def save(tree: Node, path: PathLike, *, metadata: dict[str, str] | None = None) 
     """
     from ._canon import _join, layers, slots
 
+    tree = as_node(tree)
     entries = [s for s in slots(tree) if s.layer.persistent(s.leaf)]
     for key in (key for slot in entries for key in slot.keys):
         why = _bad_name(key)  # what Checkpoint refuses to read, save refuses to write
@@ -63,6 +69,12 @@ def save(tree: Node, path: PathLike, *, metadata: dict[str, str] | None = None) 
                 f"Cannot save {slot.keys[0]}: it is not initialized yet. Run the model once on an input first."
             )
         dtype = numpy_dtype(slot.layer.dtype(slot.leaf))
+        if dtype.name not in _CODES:
+            raise ValueTypeError(
+                f"Cannot save {slot.keys[0]} to {os.fspath(path)}: safetensors has no {dtype.name} "
+                f"type (it holds {', '.join(sorted(_CODES))}). Cast the parameter to one of "
+                "those first; nothing was written."
+            )
         size = math.prod(shape) * dtype.itemsize
         header[slot.keys[0]] = {
             "dtype": _CODES[dtype.name],
@@ -114,14 +126,32 @@ def save(tree: Node, path: PathLike, *, metadata: dict[str, str] | None = None) 
 
 
 def atomic_write(path: PathLike, write: Callable[[Any], None]) -> None:
-    """Call ``write(file)`` on a temporary file next to ``path``, fsync it, rename it to ``path``."""
-    import tempfile
+    """Call ``write(file)`` on a temporary file next to ``path``, fsync it, rename it to ``path``.
+
+    The file gets the permissions ``open(path, "wb")`` would give it: those of the file it
+    replaces, or for a new file 0o666 less the process's umask (the temporary file is
+    created with that mode, so the umask applies as it does to ``open``).
+    """
+    import secrets
 
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        mode: int | None = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mode = None  # a new file
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, flags, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "wb") as f:
+            if mode is not None:
+                os.chmod(tmp, mode)
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -220,11 +250,14 @@ class Checkpoint:
 
     def __init__(self, path: PathLike) -> None:
         self.path = os.fspath(path)
+        self._lock = threading.Lock()
         problem = _file_error(self.path)
         if problem is not None:
             raise problem
         try:  # O_NONBLOCK: a FIFO put in the file's place must not hang the open
-            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            self._fd = os.open(
+                self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+            )
         except OSError as e:
             raise CheckpointError(
                 f"{self.path}: cannot read the checkpoint ({e.strerror})."
@@ -238,15 +271,27 @@ class Checkpoint:
     def _error(self, problem: str) -> CheckpointError:
         return CheckpointError(f"{self.path}: {problem}.")
 
+    def _pread(self, view: memoryview, offset: int) -> int:
+        """Read into ``view`` from ``offset``: the number of bytes read, 0 at the end of the file.
+        ``os.preadv`` leaves the file position alone, so threads may read at once; where there
+        is none (Windows), a seek and a read, one thread at a time."""
+        if hasattr(os, "preadv"):
+            return os.preadv(self._fd, [view], offset)
+        with self._lock:
+            os.lseek(self._fd, offset, os.SEEK_SET)
+            data = os.read(self._fd, len(view))
+        view[: len(data)] = data
+        return len(data)
+
     def _read(self, n: int, offset: int) -> bytes:
-        parts, done = [], 0
+        out = bytearray(n)
+        view, done = memoryview(out), 0
         while done < n:
-            part = os.pread(self._fd, n - done, offset + done)
-            if not part:
+            got = self._pread(view[done:], offset + done)
+            if not got:
                 raise self._error("truncated: the file ends inside the header")
-            parts.append(part)
-            done += len(part)
-        return b"".join(parts)
+            done += got
+        return bytes(out)
 
     def _json(self, text: str | bytes, what: str) -> Any:
         try:
@@ -399,7 +444,7 @@ class Checkpoint:
         view, offset = memoryview(a.reshape(-1).view(np.uint8)), self._offsets[key]
         done = 0
         while done < len(view):
-            n = os.preadv(self._fd, [view[done:]], offset + done)
+            n = self._pread(view[done:], offset + done)
             if n == 0:
                 raise CheckpointError(f"{self.path}: the file ends inside {key}: it was truncated.")
             done += n
@@ -497,14 +542,15 @@ def open_checkpoint(path: PathLike) -> Checkpoint | TorchFile:
 
 
 def load(
-    tree: Node,
+    tree: Any,
     path: PathLike,
     strict: bool = True,
     *,
     cast: bool = False,
     error_if_nonfinite: bool = False,
 ) -> LoadResult:
-    """Read a checkpoint onto ``tree``, whatever backend wrote it: all or nothing.
+    """Read a checkpoint onto ``tree`` (a tree, a node, or a native model), whatever backend
+    wrote it: all or nothing.
 
     ``path`` is a unitree (safetensors) checkpoint, any safetensors file with
     canonical names, or a PyTorch ``state_dict`` file (read with
@@ -517,6 +563,7 @@ def load(
     (:class:`unitree.NonFiniteError`); tensors are checked as they are read,
     and what was written before the refused one is put back.
     """
+    tree = as_node(tree)
     with open_checkpoint(path) as ckpt:
         return tree._load(
             ckpt.header,

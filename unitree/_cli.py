@@ -10,16 +10,22 @@ from typing import Any
 
 import numpy as np
 
-from ._checkpoint import Checkpoint
+from ._checkpoint import TorchFile, open_checkpoint
 from ._errors import UnitreeError
 from ._picture import Branch, render, shape_text
 
 
 def show(path: str) -> str:
-    """The picture of a checkpoint's tree, from its header alone: no framework, no tensor read."""
-    with Checkpoint(path) as ckpt:
+    """The picture of a checkpoint's tree: what ``ut.load`` reads, a safetensors file (from its
+    header alone, no framework needed) or a PyTorch ``state_dict`` file (through torch)."""
+    with open_checkpoint(path) as ckpt:
         header, alias, order = ckpt.header, ckpt.aliases(), ckpt.paths(aliases=True)
-        backend = ckpt.metadata.get("backend", "unknown backend")
+        if isinstance(ckpt, TorchFile):
+            backend = "PyTorch state_dict"
+        else:
+            backend = ckpt.metadata.get("backend", "unknown backend")
+            if not backend.isprintable():  # the file's words, never a terminal's escape codes
+                backend = ascii(backend)
     root: dict[str, Any] = {}
     for key in order:
         node = root
@@ -48,7 +54,7 @@ def diff(a: str, b: str) -> tuple[str, bool]:
     """Per path, the max absolute difference; then the ties and the keys only one side has.
     A tied parameter is found under any of its paths. True if the two hold the same values."""
     lines, same = [], True
-    with Checkpoint(a) as left, Checkpoint(b) as right:
+    with open_checkpoint(a) as left, open_checkpoint(b) as right:
         stored = {k: left.aliases().get(k, k) for k in left.paths(aliases=True)}
         theirs = {k: right.aliases().get(k, k) for k in right.paths(aliases=True)}
         for key, where in stored.items():
@@ -92,17 +98,6 @@ def diff(a: str, b: str) -> tuple[str, bool]:
     return "\n".join(lines), same and not missing and not unexpected
 
 
-def _suite_root() -> Path:
-    """The source checkout holding conformance/: the suite is not shipped in the wheel."""
-    here = Path(__file__).resolve().parent.parent
-    for folder in (Path.cwd(), *Path.cwd().parents, here):
-        if (folder / "conformance" / "cases.py").is_file():
-            return folder
-    raise UnitreeError(
-        "The conformance suite is not shipped in the wheel: run `unitree conformance` inside a unitree source checkout."
-    )
-
-
 def conformance(
     backend: list[str] | None,
     device: str | None,
@@ -110,8 +105,9 @@ def conformance(
     merge: str | None = None,
     files: bool = False,
 ) -> int:
-    sys.path.insert(0, str(_suite_root()))
-    from conformance import backends, matrix
+    """Run the deck's cases (``unitree.conformance``) on the backends installed here, or on
+    ``backend``, and print the matrix; 1 if any cell failed."""
+    from .conformance import backends, matrix
 
     if merge:
         parts = sorted(Path(merge).glob("*.json"))
@@ -123,6 +119,12 @@ def conformance(
     else:
         named = backend or backends.named()
         names = named or backends.importable()
+        if not names:
+            raise UnitreeError(
+                "No framework with a conformance builder is installed here: install one "
+                "(pip install 'unitree-params[torch]'; [keras] with a Keras backend, [flax], "
+                "[gluon]) or name one with --backend."
+            )
         if files:  # the file twin's second pass: every port checkpoint saved by any environment
             cells = matrix.run_files(names, device, save=False)
         else:

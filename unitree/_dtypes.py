@@ -8,18 +8,20 @@ from ._errors import ValueTypeError
 
 
 def numpy_dtype(name: str) -> np.dtype:
-    """``np.dtype(name)``, with bfloat16 and the float8 types taken from ml_dtypes."""
+    """``np.dtype(name)``, with bfloat16 and the float8 types taken from ml_dtypes.
+
+    Raises:
+        ValueTypeError: neither numpy nor ml_dtypes knows ``name``.
+    """
     try:
         return np.dtype(name)
     except TypeError:
         pass
-    try:
-        import ml_dtypes
-    except ImportError:
-        raise ValueTypeError(
-            f"The dtype {name} needs the ml_dtypes package: pip install ml_dtypes."
-        ) from None
+    import ml_dtypes  # a dependency, imported when first needed: import unitree stays fast
+
     try:
         return np.dtype(getattr(ml_dtypes, name))
-    except AttributeError:
-        raise ValueTypeError(f"Unknown dtype {name!r}.") from None
+    except (AttributeError, TypeError):
+        raise ValueTypeError(
+            f"Unknown dtype {name!r}: neither numpy nor ml_dtypes has it."
+        ) from None

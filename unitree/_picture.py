@@ -71,34 +71,48 @@ def draw(tree: ParamTree, native: Any) -> str:
 class Summary:
     """``ut.summary(tree)``: one row per parameter and buffer (ties once), then totals.
 
-    ``str(summary)`` is a plain-text table; with ``rich`` installed,
+    ``frozen`` marks a parameter the framework computes no gradient for
+    (``requires_grad=False``, Keras's ``trainable=False``...). ``str(summary)``
+    and the REPL show a plain-text table; with ``rich`` installed,
     ``rich.print(summary)`` draws it as a rich table.
     """
 
-    columns = ("path", "type", "shape", "dtype", "count", "tied with")
+    columns = ("path", "type", "shape", "dtype", "count", "frozen", "tied with")
 
     def __init__(self, node: Node) -> None:
         self.rows: list[tuple[str, ...]] = []
-        self.params = self.buffers = self.bytes = 0
+        self.params = self.frozen = self.buffers = self.bytes = 0
         owners = {path: n.type_name for path, n in node.named_modules(remove_duplicate=False)}
         for paths, p in node._unique():
             shape = p.shape
             count = 0 if shape is None else math.prod(shape)
             kind = owners.get(paths[0].rpartition(".")[0], "")
+            frozen = not p.is_buffer and not p.trainable
             if p.is_buffer:
                 kind += " [buffer]"
                 self.buffers += count
             else:
                 self.params += count
+                self.frozen += count if frozen else 0
             self.bytes += count * numpy_dtype(p.dtype).itemsize
             self.rows.append(
-                (paths[0], kind, shape_text(shape), p.dtype, f"{count:,}", ", ".join(paths[1:]))
+                (
+                    paths[0],
+                    kind,
+                    shape_text(shape),
+                    p.dtype,
+                    f"{count:,}",
+                    "frozen" if frozen else "",
+                    ", ".join(paths[1:]),
+                )
             )
 
     @property
     def footer(self) -> str:
+        frozen = f" ({self.frozen:,} frozen)" if self.frozen else ""
         return (
-            f"parameters: {self.params:,}   buffers: {self.buffers:,}   size: {_human(self.bytes)}"
+            f"parameters: {self.params:,}{frozen}   buffers: {self.buffers:,}   "
+            f"size: {_human(self.bytes)}"
         )
 
     def __str__(self) -> str:
@@ -107,6 +121,8 @@ class Summary:
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join([*lines, self.footer])
+
+    __repr__ = __str__
 
     def __rich__(self) -> Any:
         from rich.table import Table
@@ -125,8 +141,9 @@ def _human(n: int) -> str:
     raise AssertionError
 
 
-def summary(tree: Node) -> Summary:
-    """The table of ``tree``: path, type, shape, dtype, count, tied-with, and totals.
+def summary(tree: Any) -> Summary:
+    """The table of ``tree`` (a tree, a node, or a native model): path, type, shape, dtype,
+    count, frozen, tied-with, and totals.
 
     >>> print(ut.summary(tree))
     path      type    shape   dtype    count  tied with
@@ -134,4 +151,6 @@ def summary(tree: Node) -> Summary:
     0.weight  Linear  (8, 4)  float32  32
     ...
     """
-    return Summary(tree)
+    from ._tree import as_node  # _tree draws its pictures with this module
+
+    return Summary(as_node(tree))

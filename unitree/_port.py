@@ -13,7 +13,7 @@ from ._adapter import Adapter
 from ._canon import Layer, Slot, _join, layers, slots
 from ._dtypes import numpy_dtype
 from ._errors import PortError
-from ._tree import Foreign, Node, _write_all, wrap
+from ._tree import Foreign, _write_all, as_node
 from .layouts import OPTIONAL, SAME_KIND
 
 
@@ -117,10 +117,12 @@ def port(
     value (:class:`unitree.NonFiniteError`), and nothing is written.
     Returns a :class:`PortReport`.
     """
-    s_node, d_node = _node(src), _node(dst)
+    s_node, d_node = as_node(src), as_node(dst)
     s_tree, d_tree = s_node._tree, d_node._tree
     report = PortReport(s_tree.backend, d_tree.backend)
-    pairs, problems = _match(layers(s_node), layers(d_node), _renamer(rename), s_tree, d_tree)
+    s_layers, d_layers = layers(s_node), layers(d_node)
+    renamed = _renamer(rename, [s.path for s in s_layers], [d.path for d in d_layers])
+    pairs, problems = _match(s_layers, d_layers, renamed, s_tree, d_tree)
     if not strict:
         report.skipped, problems = problems, []
 
@@ -293,23 +295,66 @@ def _dlpack(src: Slot, dst: Slot) -> Any:
     return p._adapter.dlpack(p._leaf)
 
 
-def _node(obj: Any) -> Node:
-    return obj if isinstance(obj, Node) else wrap(obj)
-
-
-def _renamer(rename: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> Callable[[str], str]:
+def _renamer(
+    rename: Mapping[str, str] | Iterable[tuple[str, str]] | None,
+    sources: list[str],
+    destinations: list[str],
+) -> Callable[[str], str]:
+    """The function that maps a source layer path through ``rename``'s (pattern, replacement)
+    pairs, in order (``re.sub``). A pattern that matches no source layer path, or that maps
+    one onto a path no destination layer has, is a mistake the port would otherwise ignore:
+    it raises a ``PortError`` naming the pattern."""
     if not rename:
         return lambda path: path
-    patterns = [
-        (re.compile(p), r) for p, r in (rename.items() if isinstance(rename, Mapping) else rename)
-    ]
+    items = list(rename.items() if isinstance(rename, Mapping) else rename)
+    try:
+        patterns = [(p, re.compile(p), r) for p, r in items]
+    except (re.error, TypeError) as e:
+        raise PortError(
+            f"Cannot port: rename= holds a pattern that is no regular expression ({e})."
+        ) from None
+    used: dict[str, list[str]] = {p: [] for p, _, _ in patterns}
 
-    def renamed(path: str) -> str:
-        for pattern, replacement in patterns:
+    def renamed(path: str, note: bool = False) -> str:
+        source = path
+        for text, pattern, replacement in patterns:
+            if note and pattern.search(path):
+                used[text].append(source)
             path = pattern.sub(replacement, path)
         return path
 
+    problems = []
+    known = set(destinations)
+    for path in sources:
+        new = renamed(path, note=True)
+        if new != path and new not in known:
+            which = [repr(p) for p, paths in used.items() if path in paths]
+            problems.append(
+                f"rename {', '.join(which)} maps the source layer {path!r} to {new!r}, "
+                f"which is no destination layer{_closest(new, destinations)}"
+            )
+    for text, paths in used.items():
+        if not paths:
+            problems.insert(
+                0,
+                f"rename {text!r} matches no source layer path{_closest(text, sources, 'source')}",
+            )
+    if problems:
+        raise PortError(
+            "Cannot port: rename= does not say what it means; nothing was written:\n  "
+            + "\n  ".join(problems)
+        )
     return renamed
+
+
+def _closest(path: str, paths: list[str], side: str = "destination") -> str:
+    import difflib
+
+    close = difflib.get_close_matches(path, paths, n=3, cutoff=0.3)
+    shown = close or paths[:5]
+    if not shown:
+        return f" (the {side} model has no layers)"
+    return f" ({'closest' if close else 'the'} {side} layer paths: {', '.join(map(repr, shown))})"
 
 
 def _fits(s: Layer, d: Layer) -> bool:

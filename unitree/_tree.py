@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import gc
 import threading
@@ -21,6 +20,7 @@ from ._errors import (
     StateDictError,
     UninitializedError,
     UnitreeError,
+    UnsupportedModelError,
     ValueTypeError,
 )
 from .layouts import (
@@ -504,6 +504,7 @@ class Node:
         state_dict: Mapping[str, Any],
         strict: bool = True,
         *,
+        cast: bool = False,
         error_if_nonfinite: bool = False,
     ) -> LoadResult:
         """Write every entry of ``state_dict`` (canonical layout) into the tree: all or nothing.
@@ -512,11 +513,23 @@ class Node:
         and if it is given under several they must agree. Every missing,
         unexpected or mismatched entry is named in one ``StateDictError``, and
         nothing is written. ``strict=False`` skips missing and unexpected keys
-        and returns them; shapes and dtypes are always checked. Values are cast
-        to the parameter's dtype when the kind of number stays the same
-        (float64 -> float32, not float -> int), as PyTorch's copy does.
+        and returns them; shapes and dtypes are always checked.
+
+        The dtype policy is ``ut.load``'s and ``ut.port``'s: a value is converted to the
+        parameter's dtype only when no value can change (numpy's ``can_cast(...,
+        "safe")``: float16 -> float32, int8 -> int32), unless ``cast=True`` (any numeric
+        conversion: float64 -> float32 rounds, as PyTorch's ``copy_`` would).
         ``error_if_nonfinite=True`` refuses a NaN or an infinity anywhere
         (:class:`NonFiniteError`), and nothing is written.
+
+        Returns:
+            ``LoadResult(missing_keys, unexpected_keys)``: empty lists under ``strict=True``.
+
+        Raises:
+            StateDictError: missing or unexpected keys (under ``strict``), a shape or dtype
+                that does not fit, a value that is not a numeric array, tied paths given
+                different values.
+            NonFiniteError: with ``error_if_nonfinite=True``, a NaN or an infinity.
         """
         arrays: dict[str, np.ndarray] = {}
         bad: list[str] = []
@@ -533,7 +546,7 @@ class Node:
             arrays.__getitem__,
             strict,
             bad,
-            casting="same_kind",
+            casting="unsafe" if cast else "safe",
             error_if_nonfinite=error_if_nonfinite,
         )
 
@@ -686,6 +699,14 @@ class Node:
             for name, native_name, p in tree._leaf_items(native):
                 out[_join(path, name)] = (p, native, native_name)
         return out
+
+
+def _unnameable(backend: str, pre: str, segment: str, what: str) -> UnsupportedModelError:
+    return UnsupportedModelError(
+        f"The {backend} model has a {what} named {segment!r} under {pre[:-1] or 'the root'!r}: "
+        "paths join their segments with '.', so a name that is empty or holds a '.' could not "
+        "be looked up again. Rename it (a dict key, say), as torch's add_module requires."
+    )
 
 
 def _flattens(rule: Rule | None) -> bool:
@@ -917,7 +938,7 @@ class ParamTree(Node):
                     key = (adapter.kind(native), *[leaf[0] for leaf in leaves])
                     plan = plans.get(key)
                     if plan is None:
-                        plan = plans[key] = _plan(leaves, rules(backend, key[0]))
+                        plan = plans[key] = _plan(leaves, rules(backend, key[0], key[1:]))
                     if channels_last:
                         plan = flattened(native, key[0], leaves, plan)
                 else:  # native names and order: the plan depends on the count alone
@@ -926,7 +947,10 @@ class ParamTree(Node):
                         plan = plans[len(leaves)] = [(i, "", None) for i in range(len(leaves))]
                 for i, name, rule in plan:
                     native_name, obj, is_param, persistent = leaves[i]
-                    path = pre + (name or native_name)
+                    leaf_name = name or native_name
+                    if not leaf_name or "." in leaf_name:
+                        raise _unnameable(backend, pre, leaf_name, "leaf")
+                    path = pre + leaf_name
                     ident = id(obj) if same else adapter.identity(obj)
                     p = by_ident.get(ident)
                     if p is None:
@@ -947,12 +971,14 @@ class ParamTree(Node):
                             mixed.add(p)
                     flat.append(entry)
             for seg, child in adapter.children(native):
+                if not seg or "." in seg:
+                    raise _unnameable(backend, pre, seg, "module")
                 path = pre + seg
                 modules.append((path, child))
                 visit(child, path + ".")
 
         try:
-            with _gc_paused():
+            with _gc_pause:
                 visit(self._native, "")
         except RecursionError:
             raise UnitreeError(
@@ -973,7 +999,8 @@ class ParamTree(Node):
         adapter = self._adapter
         leaves = adapter.leaves(native)
         out = []
-        for i, name, _ in _plan(leaves, rules(adapter.name, adapter.kind(native))):
+        table = rules(adapter.name, adapter.kind(native), [leaf[0] for leaf in leaves])
+        for i, name, _ in _plan(leaves, table):
             native_name, obj = leaves[i][:2]
             p = self._by_ident.get(adapter.identity(obj))
             if p is None:  # a leaf we have not seen: the model changed since the last read
@@ -1093,32 +1120,69 @@ def _plan(
 def wrap(model: Any, *state: Any) -> ParamTree:
     """The framework-neutral tree of ``model``.
 
-    ``wrap(net)`` for a torch ``nn.Module``. A ``ParamTree`` is returned as is.
+    ``wrap(net)`` for a torch ``nn.Module``, a Keras layer or model, an NNX module or a Gluon
+    block; ``wrap(module, variables)`` for a flax linen module and its variables. A
+    ``ParamTree`` is returned as it is.
+
+    Raises:
+        UnsupportedModelError: no adapter claims ``model`` (its framework's extra is not
+            installed, or it is not a model), or extra arguments given with a ``ParamTree``
+            (its variables are already inside it) or with a model of a framework that keeps
+            no variables apart.
 
     >>> tree = wrap(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)))
     >>> [(path, p.shape) for path, p in tree.named_parameters()]
     [('0.weight', (8, 4)), ('0.bias', (8,)), ('2.weight', (1, 8)), ('2.bias', (1,))]
     """
     if isinstance(model, ParamTree):
+        if state:
+            raise UnsupportedModelError(
+                f"wrap() got a ParamTree and {len(state)} more argument(s): a tree already holds "
+                "its variables. Wrap the module itself: ut.wrap(module, variables)."
+            )
         return model
     adapter = adapter_for(model)
-    with _gc_paused():  # an adapter may read the whole structure here (flax linen)
+    with _gc_pause:  # an adapter may read the whole structure here (flax linen)
         root = adapter.root(model, *state)
     return ParamTree(adapter, root)
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC while reading a model's structure.
+def as_node(obj: Any) -> Node:
+    """``obj`` if it is a tree or a node of one, else ``wrap(obj)``: what every public function
+    that takes a tree does with a native model."""
+    return obj if isinstance(obj, Node) else wrap(obj)
+
+
+class _GCPause:
+    """Pauses the cyclic GC while a model's structure is read, across threads.
 
     A read allocates tens of thousands of small objects, all reachable; each
     collection it triggers would walk the whole model graph (and the
     framework's heap) again, for nothing: it often doubled the time of a wrap.
+    The switch is process-wide, so readers in several threads share one pause:
+    the first one in turns the collector off, the last one out turns it back on,
+    and only if it was on when the first one came in (a user's own
+    ``gc.disable()`` stays in force).
     """
-    paused = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if paused:
-            gc.enable()
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._readers = 0
+        self._resume = False
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._readers == 0:
+                self._resume = gc.isenabled()
+                gc.disable()
+            self._readers += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._lock:
+            self._readers -= 1
+            if self._readers == 0 and self._resume:
+                self._resume = False
+                gc.enable()
+
+
+_gc_pause = _GCPause()

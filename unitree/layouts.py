@@ -21,6 +21,8 @@ test_port.py and against numpy references of the formulas in tests/core.
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Iterable
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -231,19 +233,25 @@ _NORM = {"gamma": _WEIGHT, "beta": _BIAS}
 _BATCH_NORM = {**_NORM, "running_mean": Rule("running_mean"), "running_var": Rule("running_var")}
 
 
-def _recurrent(prefixes: tuple[str, str]) -> dict[str, Rule]:
-    """Gluon's fused RNN leaves (l0_i2h_weight, r0_h2h_bias) as PyTorch's (weight_ih_l0,
-    bias_hh_l0_reverse), in PyTorch's order; the gate order is the same (SEMANTICS §3)."""
+_RECURRENT_LEAF = re.compile(r"([lr])(\d+)_(?:(i2h|h2h)_(weight|bias)|(h2r)_weight)")
+
+
+def _recurrent(names: Iterable[str]) -> dict[str, Rule]:
+    """Gluon's fused RNN leaves (l0_i2h_weight, r0_h2h_bias, l1_h2r_weight) as PyTorch's
+    (weight_ih_l0, bias_hh_l0_reverse, weight_hr_l1), for any number of layers, in PyTorch's
+    order; the gate order is the same (i, f, g, o and r, z, n, as each framework's docs give
+    its formulas)."""
     out = {}
-    for layer in range(16):
-        for direction, suffix in zip(prefixes, ("", "_reverse")):
-            for kind in ("weight", "bias"):
-                for gluon, torch in (("i2h", "ih"), ("h2h", "hh")):
-                    out[f"{direction}{layer}_{gluon}_{kind}"] = Rule(
-                        f"{kind}_{torch}_l{layer}{suffix}"
-                    )
-            # an LSTM with projection_size: PyTorch's proj_size
-            out[f"{direction}{layer}_h2r_weight"] = Rule(f"weight_hr_l{layer}{suffix}")
+    for name in names:
+        m = _RECURRENT_LEAF.fullmatch(name)
+        if m is None:
+            continue
+        direction, layer, gate, kind, projection = m.groups()
+        suffix = "_reverse" if direction == "r" else ""
+        if projection:  # an LSTM with projection_size: PyTorch's proj_size
+            out[name] = Rule(f"weight_hr_l{layer}{suffix}")
+        else:
+            out[name] = Rule(f"{kind}_{'ih' if gate == 'i2h' else 'hh'}_l{layer}{suffix}")
     return dict(sorted(out.items(), key=lambda item: _torch_order(item[1].canonical)))
 
 
@@ -284,8 +292,13 @@ LAYOUTS: dict[tuple[str, str], dict[str, Rule]] = {
     # otherwise the shapes differ and a port or load says so
     ("gluon", "group_norm"): _NORM,
     ("gluon", "batch_norm"): _BATCH_NORM,
-    ("gluon", "lstm"): _recurrent(("l", "r")),
-    ("gluon", "gru"): _recurrent(("l", "r")),
+}
+
+# Kinds whose rules depend on the leaves a layer has (Gluon's RNN layers: one set per layer
+# and direction): made from the leaf names by rules().
+GENERATED: dict[tuple[str, str], Callable[[Iterable[str]], dict[str, Rule]]] = {
+    ("gluon", "lstm"): _recurrent,
+    ("gluon", "gru"): _recurrent,
 }
 
 
@@ -456,9 +469,13 @@ CODECS: dict[tuple[str, str], Codec] = {
 }
 
 
-def rules(backend: str, kind: str | None) -> dict[str, Rule] | None:
-    """The rules of one layer kind on one backend, in canonical leaf order, or None."""
-    return LAYOUTS.get((backend, kind)) if kind else None
+def rules(backend: str, kind: str | None, names: Iterable[str] = ()) -> dict[str, Rule] | None:
+    """The rules of one layer kind on one backend, in canonical leaf order, or None; ``names``
+    are the layer's native leaf names (the rules of a ``GENERATED`` kind are made from them)."""
+    if not kind:
+        return None
+    make = GENERATED.get((backend, kind))
+    return make(names) if make is not None else LAYOUTS.get((backend, kind))
 
 
 def codec_for(backend: str, kind: str | None) -> Codec | None:
@@ -475,7 +492,7 @@ def has_rules(backend: str) -> bool:
     return backend in _BACKENDS
 
 
-_BACKENDS = {backend for backend, _ in LAYOUTS}
+_BACKENDS = {backend for backend, _ in (*LAYOUTS, *GENERATED)}
 
 # Canonical leaves a framework may lack without changing results: PyTorch's batch-norm counter.
 OPTIONAL = frozenset({"num_batches_tracked"})

@@ -15,7 +15,8 @@ import numpy as np
 from flax import nnx
 
 import unitree as ut
-from conformance.builders import flax_linen
+
+from . import flax_linen
 
 name = "flax"
 label = "flax-nnx"

@@ -323,3 +323,88 @@ def test_diff_finds_a_tied_parameter_under_any_of_its_paths(make, tied, model, t
     assert "only in" not in out  # every path is in both, stored or tied
     assert "4.weight: max abs diff 0" in out  # compared under the key B stores it at
     assert main(["diff", str(a), str(a)]) == 0
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_save_gives_a_new_file_the_permissions_open_would(tmp_path, make, model, umask):
+    old = os.umask(umask)
+    try:
+        with open(tmp_path / "by-open", "wb"):
+            pass
+        ut.save(make(model), tmp_path / "m.safetensors")
+    finally:
+        os.umask(old)
+    want = os.stat(tmp_path / "by-open").st_mode & 0o777
+    assert want == 0o666 & ~umask
+    assert os.stat(tmp_path / "m.safetensors").st_mode & 0o777 == want
+
+
+def test_save_over_a_file_keeps_its_permissions(tmp_path, make, model):
+    path = tmp_path / "m.safetensors"
+    ut.save(make(model), path)
+    for mode in (0o644, 0o640, 0o600, 0o664):
+        os.chmod(path, mode)
+        ut.save(make(model), path)
+        assert os.stat(path).st_mode & 0o777 == mode
+    assert sorted(os.listdir(tmp_path)) == ["m.safetensors"]
+
+
+def test_a_dtype_safetensors_lacks_is_refused_before_writing(tmp_path):
+    """complex128 used to raise a bare KeyError('complex128') from the middle of save."""
+    z = np.zeros((2, 3), np.complex128)
+    tree = ut.ParamTree(FakeAdapter("torch"), Mod("Net", **{"0": Mod("Linear", "dense", weight=z)}))
+    with pytest.raises(ut.ValueTypeError, match="0.weight.*safetensors has no complex128") as e:
+        ut.save(tree, tmp_path / "m.safetensors")
+    assert isinstance(e.value, ut.UnitreeError) and "nothing was written" in str(e.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_bfloat16_needs_nothing_more_than_the_core(tmp_path, capsys):
+    """ml_dtypes is a dependency of the core: bf16 works in an environment with no framework."""
+    import ml_dtypes
+
+    w = np.arange(6, dtype=np.float32).reshape(2, 3).astype(ml_dtypes.bfloat16)
+    tree = ut.ParamTree(FakeAdapter("torch"), Mod("Net", **{"0": Mod("Linear", "dense", weight=w)}))
+    assert tree["0.weight"].dtype == "bfloat16"
+    assert tree.state_dict()["0.weight"].dtype == ml_dtypes.bfloat16
+    path = tmp_path / "bf16.safetensors"
+    ut.save(tree, path)
+    assert main(["show", str(path)]) == 0
+    assert "weight (2, 3) bfloat16" in capsys.readouterr().out
+    other = ut.ParamTree(
+        FakeAdapter("torch"), Mod("Net", **{"0": Mod("Linear", "dense", weight=w * 0)})
+    )
+    ut.load(other, path)
+    assert other["0.weight"].numpy().tobytes() == w.tobytes()
+
+
+def test_reading_works_where_the_os_has_no_pread(tmp_path, make, tied, model, monkeypatch):
+    """Windows has neither os.pread nor os.preadv: a seek and a read, under a lock."""
+    path = tmp_path / "m.safetensors"
+    ut.save(make(tied), path)
+    monkeypatch.delattr(os, "preadv", raising=False)
+    monkeypatch.delattr(os, "pread", raising=False)
+    with ut._checkpoint.Checkpoint(path) as ckpt:
+        read = {k: ckpt[k] for k in ckpt.header}
+    for key, value in load_file(path).items():
+        assert read[key].tobytes() == value.tobytes(), key
+    dst = make(mlp(shared=True, seed=5))
+    ut.load(dst, path)
+    assert all(np.array_equal(dst.state_dict()[k], v) for k, v in load_file(path).items())
+
+
+def test_show_of_a_pytorch_file_without_torch_says_what_it_needs(tmp_path, capsys):
+    """`unitree show model.pt` used to say the header length was over safetensors' limit."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None:
+        return  # the torch environment shows the file instead: tests/torch
+    import zipfile
+
+    path = tmp_path / "model.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("model/data.pkl", b"")
+    assert main(["show", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "model.pt is a PyTorch file: reading it needs torch" in err
+    assert "header" not in err

@@ -18,13 +18,13 @@ import pytest
 import unitree as ut
 from unitree.layouts import (
     CODECS,
-    LAYOUTS,
     Depthwise,
     Flattened,
     FlattenedVector,
     Flipped,
     Permute,
     channels_last_kernel,
+    rules,
 )
 
 RNG = np.random.default_rng(0)
@@ -578,21 +578,28 @@ def torch_rnn_order(layers: int, bidirectional: bool) -> list[str]:
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_gluon_recurrent_renames_in_torch_order(kind):
-    table = LAYOUTS[("gluon", kind)]
+    def gluon(layers, directions):
+        return [
+            f"{d}{layer}_{w}_{kind_}"
+            for layer in range(layers)
+            for d in directions
+            for w in ("i2h", "h2h")
+            for kind_ in ("weight", "bias")
+        ]
+
+    table = rules("gluon", kind, gluon(2, "lr"))
     assert table["l0_i2h_weight"].canonical == "weight_ih_l0"
     assert table["r1_h2h_bias"].canonical == "bias_hh_l1_reverse"
     assert table["l1_h2h_weight"].canonical == "weight_hh_l1"
     assert table["r0_i2h_bias"].canonical == "bias_ih_l0_reverse"
     assert all(rule.transform is None for rule in table.values())  # same layout, same gate order
     # a 2-layer bidirectional layer's leaves, in the table's order, are torch's order
-    gluon = [
-        f"{d}{layer}_{w}_{kind_}"
-        for layer in range(2)
-        for d in "lr"
-        for w in ("i2h", "h2h")
-        for kind_ in ("weight", "bias")
-    ]
-    ordered = [table[n].canonical for n in table if n in gluon]
-    assert ordered == torch_rnn_order(2, bidirectional=True)
-    unidirectional = [table[n].canonical for n in table if n in gluon and n.startswith("l")]
-    assert unidirectional == torch_rnn_order(2, bidirectional=False)
+    assert [rule.canonical for rule in table.values()] == torch_rnn_order(2, bidirectional=True)
+    unidirectional = rules("gluon", kind, gluon(2, "l"))
+    assert [r.canonical for r in unidirectional.values()] == torch_rnn_order(2, bidirectional=False)
+    # as many layers as the model has: the 17th and later are renamed too (a table of 16 was not)
+    deep = rules("gluon", kind, gluon(20, "lr"))
+    assert [rule.canonical for rule in deep.values()] == torch_rnn_order(20, bidirectional=True)
+    projected = rules("gluon", kind, ["l17_h2r_weight", "r17_h2r_weight"])
+    assert [r.canonical for r in projected.values()] == ["weight_hr_l17", "weight_hr_l17_reverse"]
+    assert rules("gluon", kind, ["l0_i2h_kernel"]) == {}  # not Gluon's: no rule, native name kept

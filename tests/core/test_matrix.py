@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conformance.matrix import Cell, as_json, markdown, merge
+from unitree.conformance.matrix import Cell, as_json, markdown, merge
 
 
 def test_markdown_marks_each_cell_and_gives_the_reasons():

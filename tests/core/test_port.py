@@ -362,3 +362,32 @@ def test_a_keras_gru_resetting_before_the_matmul_is_not_ported_silently():
     )
     with pytest.raises(ut.PortError, match="reset_after"):
         ut.port(wrap(seq(keras), "keras"), wrap(seq(torch), "torch"))
+
+
+def test_a_rename_that_matches_nothing_or_leads_nowhere_is_an_error():
+    """A mistyped rename= used to be ignored, and the port matched by structure instead."""
+
+    def src() -> Mod:
+        return Mod("Model", x=dense(8, 8, 1), y=dense(8, 8, 2))
+
+    def dst() -> Mod:
+        return Mod("Model", q=dense(8, 8, 11, "torch"), p=dense(8, 8, 12, "torch"))
+
+    a, b = src(), dst()
+    before = values(b)
+    with pytest.raises(ut.PortError, match=r"rename '\^z\$' matches no source layer path") as e:
+        ut.port(wrap(a, "flax"), wrap(b, "torch"), rename={r"^x$": "p", r"^z$": "q"})
+    assert "'x'" in str(e.value) and "nothing was written" in str(e.value)  # the paths there are
+    with pytest.raises(
+        ut.PortError,
+        match=r"rename '\^x\$' maps the source layer 'x' to 'P', which is no destination layer",
+    ):
+        ut.port(wrap(a, "flax"), wrap(b, "torch"), rename={r"^x$": "P", r"^y$": "q"})
+    with pytest.raises(ut.PortError, match="no regular expression"):
+        ut.port(wrap(a, "flax"), wrap(b, "torch"), rename={"(": "p"})
+    with pytest.raises(ut.PortError, match="matches no source layer path"):  # strict or not
+        ut.port(wrap(a, "flax"), wrap(b, "torch"), strict=False, rename={"^w$": "p"})
+    assert values(b) == before
+    # several patterns in a row: both are named where together they lead nowhere
+    with pytest.raises(ut.PortError, match=r"rename '\^x\$', 'p' maps the source layer 'x'"):
+        ut.port(wrap(a, "flax"), wrap(b, "torch"), rename=[(r"^x$", "p"), ("p", "pp")])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from unitree_fake import Mod, dense
+from unitree_fake import Mod, dense, mlp
 
 import unitree as ut
 from unitree.layouts import channels_last_kernel, inverse
@@ -158,10 +158,27 @@ def test_tied_keys_must_agree(make, tied):
     tree.load_state_dict(sd)  # given under the alias only: fine
 
 
-def test_dtype_rules(make, model):
+def test_dtype_rules(make, model, tmp_path):
+    """One dtype policy for load_state_dict, ut.load and ut.port: lossless conversions only
+    (float16 -> float32), any numeric one with cast=True; refused, nothing is written."""
     tree = make(model)
-    sd = tree.state_dict()
-    tree.load_state_dict({k: v.astype(np.float64) for k, v in sd.items()})  # same kind: cast
+    sd = {k: v.copy() for k, v in tree.state_dict().items()}
+    doubles = {k: v.astype(np.float64) + 1e-12 for k, v in sd.items()}  # rounds to float32
+    with pytest.raises(
+        ut.StateDictError,
+        match=r"0.weight: dtype float64 in the source, float32 in the model \(a lossy cast: pass cast=True",
+    ):
+        tree.load_state_dict(doubles)
+    assert all(np.array_equal(tree[k].numpy(), v) for k, v in sd.items())  # nothing written
+    ut.save(make(mlp(dtype="float64")), tmp_path / "f64.safetensors")
+    with pytest.raises(ut.StateDictError, match="a lossy cast: pass cast=True"):
+        ut.load(tree, tmp_path / "f64.safetensors")
+    with pytest.raises(ut.PortError, match="a lossy cast: pass cast=True"):
+        ut.port(make(mlp(dtype="float64")), tree)
+    assert all(np.array_equal(tree[k].numpy(), v) for k, v in sd.items())
+    tree.load_state_dict(doubles, cast=True)  # rounded, as numpy's astype rounds
+    assert all(np.array_equal(tree[k].numpy(), v.astype(np.float32)) for k, v in doubles.items())
+    tree.load_state_dict({k: v.astype(np.float16) for k, v in sd.items()})  # lossless
     with pytest.raises(
         ut.StateDictError, match=r"0.weight: dtype complex128 in the source, float32 in the model"
     ):
@@ -210,12 +227,19 @@ def test_params_survive_a_reread(make, model):
     assert tree["0.weight"] is p
 
 
-def test_summary(make, tied):
-    text = str(ut.summary(make(tied)))
-    lines = text.splitlines()
-    assert lines[0].split() == ["path", "type", "shape", "dtype", "count", "tied", "with"]
+def test_summary(make, tied, adapter):
+    tree = make(tied)
+    summary = ut.summary(tree)
+    lines = str(summary).splitlines()
+    assert lines[0].split() == ["path", "type", "shape", "dtype", "count", "frozen", "tied", "with"]
     assert lines[4].split() == ["2.weight", "Dense", "(8,", "8)", "float32", "64", "4.weight"]
     assert lines[-1] == "parameters: 121   buffers: 0   size: 484 B"
+    assert repr(summary) == str(summary)  # a REPL shows the table, not an object address
+    adapter.frozen.add(id(tree["0.weight"].native))  # requires_grad=False, trainable=False...
+    lines = str(ut.summary(tree)).splitlines()
+    assert lines[2].split() == ["0.weight", "Dense", "(8,", "4)", "float32", "32", "frozen"]
+    assert lines[3].split() == ["0.bias", "Dense", "(8,)", "float32", "8"]
+    assert lines[-1] == "parameters: 121 (32 frozen)   buffers: 0   size: 484 B"
 
 
 def test_buffers(make):
@@ -323,3 +347,51 @@ def test_a_capability_an_adapter_lacks_is_named(make, model):
         tree.backward(lambda y: y, None)
     with pytest.raises(NotImplementedError, match=r"tree\.variables is for flax linen"):
         tree.variables  # noqa: B018
+
+
+def test_wrap_of_a_tree_with_variables_refuses_instead_of_dropping_them(make, model):
+    tree = make(model)
+    assert ut.wrap(tree) is tree
+    with pytest.raises(ut.UnsupportedModelError, match="a tree already holds its variables"):
+        ut.wrap(tree, {"params": {}})
+
+
+def test_the_gc_pause_is_shared_by_threads_and_keeps_a_users_choice(make, adapter):
+    """Readers in several threads used to switch the process-wide collector on under each
+    other, and a read turned it back on after a user's own gc.disable()."""
+    import gc
+    import threading
+
+    first, second = mlp(seed=1), mlp(seed=2)
+    inside = threading.Barrier(3)
+    go = {id(first): threading.Event(), id(second): threading.Event()}
+    seen: list[bool] = []
+    children = adapter.children
+
+    def slow_children(module):  # both readers wait inside their read of the root
+        if id(module) in go:
+            inside.wait(timeout=10)
+            go[id(module)].wait(timeout=10)
+            seen.append(gc.isenabled())
+        return children(module)
+
+    adapter.children = slow_children
+    assert gc.isenabled()
+    threads = [threading.Thread(target=make(m).state_dict) for m in (first, second)]
+    for t in threads:
+        t.start()
+    inside.wait(timeout=10)
+    assert not gc.isenabled()
+    go[id(first)].set()
+    threads[0].join()  # the first reader is done; the second is still reading
+    go[id(second)].set()
+    threads[1].join()
+    assert seen == [False, False]  # the first one out did not switch it on under the second
+    assert gc.isenabled()  # the last one out did
+    adapter.children = children
+    gc.disable()  # the user's choice outlives a read
+    try:
+        make(mlp(seed=3)).state_dict()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

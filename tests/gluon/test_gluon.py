@@ -10,10 +10,10 @@ import pytest
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
 from safetensors.numpy import save_file
+from unitree.conformance.cases import mlp_gradients
 from unitree_checks import assert_read_once
 
 import unitree as ut
-from conformance.cases import mlp_gradients
 
 # The unused heads of Net: a hybridized block warns about them on every first call.
 pytestmark = pytest.mark.filterwarnings("ignore:Parameter .* is not used:UserWarning")

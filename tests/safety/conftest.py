@@ -4,8 +4,7 @@ environment selects (``UNITREE_BACKENDS``) and on each device that backend sees.
 from __future__ import annotations
 
 import pytest
-
-from conformance import backends
+from unitree.conformance import backends
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

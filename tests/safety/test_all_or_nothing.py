@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from unitree.conformance import backends
+from unitree.conformance.builders import torch as torch_builder
+from unitree.conformance.cases import TOKENS, X
 
 import unitree as ut
-from conformance import backends
-from conformance.builders import torch as torch_builder
-from conformance.cases import TOKENS, X
 
 BUILDERS = [
     pytest.param(b, d, id=f"{b.label}-{d}") for b in backends.selected() for d in b.devices()

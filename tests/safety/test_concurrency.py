@@ -16,9 +16,9 @@ from types import ModuleType
 from typing import Any, Callable
 
 import pytest
+from unitree.conformance.builders import RICH
 
 import unitree as ut
-from conformance.builders import RICH
 
 THREADS, REPEATS, ROUNDS = 8, 20, 5
 

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
+from unitree.conformance import backends
+from unitree.conformance.builders import RICH
 
 import unitree as ut
-from conformance import backends
-from conformance.builders import RICH
 
 Layer = tuple  # one of the tuples of the module docstring
 Spec = tuple[tuple[int, ...], tuple[Layer, ...]]

@@ -6,8 +6,7 @@ from types import ModuleType
 from typing import Callable
 
 import pytest
-
-from conformance import backends, cases
+from unitree.conformance import backends, cases
 
 PARAMS = [
     pytest.param(b, device, case, id=f"{case.__name__}-{b.name}-{device}")
