@@ -73,7 +73,7 @@ def _suite(session: nox.Session, tests: str) -> None:
     session.run("unitree", "conformance", "--report", part, env=env, success_codes=[0, 1])
     args = session.posargs
     if not (args and os.path.exists(args[0])):  # no paths given: this environment's tests
-        args = [tests, "tests/safety", "tests/conformance", *args]
+        args = [tests, "tests/safety", "tests/conformance", "tests/readme", *args]
     session.run("pytest", *args, env=env)
     failed = _failed_cells(part)
     if failed:
@@ -106,7 +106,7 @@ def lint(session: nox.Session) -> None:
 def core(session: nox.Session) -> None:
     """The core alone: numpy and safetensors (and the optional rich), no framework installed."""
     session.install("-e", ".", *TESTING, "rich")
-    session.run("pytest", "tests/core", *session.posargs)
+    session.run("pytest", "tests/core", "tests/readme", *session.posargs)
 
 
 @nox.session
