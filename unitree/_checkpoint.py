@@ -1,7 +1,7 @@
 """Canonical checkpoints: safetensors files with canonical names and layouts.
 
 One file that every backend reads: paths and layouts are the canonical ones
-(DESIGN §3), a tied parameter is stored once under its first path, and the
+(docs/architecture.md), a tied parameter is stored once under its first path, and the
 metadata records the tie groups, the source backend and the format version.
 Nothing is ever unpickled.
 """

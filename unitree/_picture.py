@@ -1,4 +1,4 @@
-"""The tree picture (DESIGN §5) and the summary table."""
+"""The tree picture (the deck's drawing of a model) and the summary table."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ def _numeric(a: np.ndarray) -> bool:
 class Param:
     """One parameter or buffer: one underlying storage, however many paths reach it.
 
-    Values are always in the canonical layout (DESIGN §3). ``p.numpy()`` is
+    Values are always in the canonical layout (PyTorch's). ``p.numpy()`` is
     read-only; write with ``p[i, j] = v`` or ``p.set(v)``, which tell the
     framework, so every alias and the native model see the change.
     """

@@ -1,13 +1,15 @@
-"""Canonical leaf names and layouts: the one table every backend is read through.
+"""Canonical leaf names and layouts: the tables every backend is read through.
 
-Canonical means what PyTorch holds for the same layer (DESIGN §3): a 4 -> 8
-dense layer has ``weight`` of shape (8, 4). Two tables:
+Canonical means what PyTorch holds for the same layer (docs/architecture.md, "The
+canonical tables"): a 4 -> 8 dense layer has ``weight`` of shape (8, 4). The tables:
 
 - ``LAYOUTS``: per (backend, layer kind), one ``Rule`` per native leaf: its
   canonical name and the transform of its values (``Permute`` axes, or a
   reshape: ``Depthwise``, ``Flipped``; the core adds ``Flattened`` to a dense
   layer fed by a flattened channels-last conv). The order of a kind's rules
   is the canonical leaf order (weight before bias).
+- ``GENERATED``: per (backend, layer kind), a function that makes such rules from a
+  layer's leaf names, where their number varies (Gluon's RNN layers, one set per layer).
 - ``CODECS``: per (backend, layer kind), a ``Codec`` for the layers whose
   canonical leaves are no single native leaf (Keras's one LSTM bias, Flax's
   per-gate cells, attention's separate projections): it computes them from
