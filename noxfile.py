@@ -232,7 +232,7 @@ def _crossed_numpy_boundary(session: nox.Session) -> None:
 def conformance(session: nox.Session) -> None:
     """The conformance suite alone on every environment, then the matrix."""
     for name in ENVIRONMENTS:
-        session.notify(name, posargs=["conformance"])
+        session.notify(name, posargs=["tests/conformance"])
     session.notify("matrix")
 
 
