@@ -668,9 +668,16 @@ def _call_order(keys: list[str]) -> list[str]:
 
 def _linen_root(module: nn.Module, state: tuple[Any, ...]) -> _Root:
     if len(state) != 1:
+        given = (
+            "the module alone"
+            if not state
+            else f"{len(state)} arguments after the module, not one variables dict"
+        )
         raise UnsupportedModelError(
-            f"A flax linen module keeps its variables apart: wrap it as ut.wrap(module, variables), "
-            f"with variables = module.init(key, x); got {len(state)} arguments after the module."
+            f"A flax linen {type(module).__name__} keeps its variables apart, so it has no values "
+            f"of its own (got {given}): wrap it with them first, tree = ut.wrap(module, "
+            "variables), with variables = module.init(key, x), and pass the tree to "
+            "ut.save, ut.load, ut.port or ut.summary."
         )
     variables = state[0]
     if not isinstance(variables, Mapping):

@@ -162,6 +162,26 @@ class TorchAdapter(Adapter):
                 )
         return state
 
+    @staticmethod
+    def shared_storage(state: dict[str, torch.Tensor]) -> dict[str, str]:
+        """{key: the first key with the very same tensor}: a tied parameter that
+        ``torch.save`` stored once and the state_dict lists under each of its names."""
+        first: dict[tuple[Any, ...], str] = {}
+        out: dict[str, str] = {}
+        for key, t in state.items():
+            where = (
+                t.untyped_storage().data_ptr(),
+                t.storage_offset(),
+                tuple(t.shape),
+                t.stride(),
+                t.dtype,
+            )
+            if where in first:
+                out[key] = first[where]
+            else:
+                first[where] = key
+        return out
+
     def settings(self, module: nn.Module) -> dict[str, Any]:
         kind = self.kind(module)
         if kind in ("conv", "conv_transpose"):

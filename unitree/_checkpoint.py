@@ -505,18 +505,24 @@ class TorchFile:
         self.header = {
             k: (tuple(t.shape), numpy_dtype(self._adapter.dtype(t))) for k, t in self._state.items()
         }
+        # every key stays in the header (torch's own load fills an untied model from it too)
+        self._aliases: dict[str, str] = self._adapter.shared_storage(self._state)  # type: ignore[attr-defined]
 
     def __getitem__(self, key: str) -> np.ndarray:
         return self._adapter.read(self._state[key])
 
     def paths(self, aliases: bool = False) -> list[str]:
-        return list(self.header)
+        return [k for k in self.header if aliases or k not in self._aliases]
 
     def aliases(self) -> dict[str, str]:
-        return {}
+        """{key of a tensor torch stored once under several keys: its first key}."""
+        return dict(self._aliases)
 
     def ties(self) -> list[tuple[str, ...]]:
-        return []
+        groups: dict[str, list[str]] = {}
+        for alias, first in self._aliases.items():
+            groups.setdefault(first, [first]).append(alias)
+        return [tuple(g) for g in groups.values()]
 
     def __enter__(self) -> TorchFile:
         return self

@@ -44,10 +44,11 @@ def show(path: str) -> str:
             for name, item in node.items()
         ]
 
-    count = sum(int(np.prod(s)) for s, _ in header.values())
-    size = sum(int(np.prod(s)) * d.itemsize for s, d in header.values())
+    stored = [entry for key, entry in header.items() if key not in alias]  # a tie once
+    count = sum(int(np.prod(s)) for s, _ in stored)
+    size = sum(int(np.prod(s)) * d.itemsize for s, d in stored)
     picture = render(f"{os.path.basename(path)} ({backend})", branches(root))
-    return f"{picture}\n{len(header)} tensors, {count:,} values, {size:,} bytes"
+    return f"{picture}\n{len(stored)} tensors, {count:,} values, {size:,} bytes"
 
 
 def diff(a: str, b: str) -> tuple[str, bool]:

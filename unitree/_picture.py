@@ -145,11 +145,19 @@ def summary(tree: Any) -> Summary:
     """The table of ``tree`` (a tree, a node, or a native model): path, type, shape, dtype,
     count, frozen, tied-with, and totals.
 
-    >>> print(ut.summary(tree))
-    path      type    shape   dtype    count  tied with
-    --------  ------  ------  -------  -----  ---------
-    0.weight  Linear  (8, 4)  float32  32
-    ...
+    Raises:
+        UnsupportedModelError: ``tree`` is no tree and no model an adapter claims.
+
+    >>> ut.summary(net)  # the deck's shared-layer model on torch, 0.weight frozen
+    path      type    shape   dtype    count  frozen  tied with
+    --------  ------  ------  -------  -----  ------  ---------
+    0.weight  Linear  (8, 4)  float32  32     frozen
+    0.bias    Linear  (8,)    float32  8
+    2.weight  Linear  (8, 8)  float32  64             4.weight
+    2.bias    Linear  (8,)    float32  8              4.bias
+    6.weight  Linear  (1, 8)  float32  8
+    6.bias    Linear  (1,)    float32  1
+    parameters: 121 (32 frozen)   buffers: 0   size: 484 B
     """
     from ._tree import as_node  # _tree draws its pictures with this module
 

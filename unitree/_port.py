@@ -64,9 +64,10 @@ class PortReport:
             f"{self.bytes:,} bytes, "
             f"{len(self.pairs)} layers ({', '.join(f'{n} by {r}' for r, n in self.rules.items()) or 'none'})"
         ]
-        width = max((len(p.src) for p in self.pairs), default=0)
+        width = max((len(p.src or "(root)") for p in self.pairs), default=0)
+        right = max((len(p.dst or "(root)") for p in self.pairs), default=0)
         for p in self.pairs:
-            arrow = f"{p.src or '(root)':<{width}} -> {p.dst or '(root)'}"
+            arrow = f"{p.src or '(root)':<{width}} -> {p.dst or '(root)':<{right}}"
             lines.append(
                 f"  {arrow}  [{p.kind or '-'}, by {p.rule}]" + (f"  {p.note}" if p.note else "")
             )

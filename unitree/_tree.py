@@ -176,7 +176,12 @@ class Param:
 
     @property
     def grad(self) -> np.ndarray | None:
-        """The gradient, canonical layout, read-only; None before any backward pass."""
+        """The gradient, canonical layout, read-only; None before any backward pass.
+
+        Like ``numpy()``, a view of the framework's memory where it keeps the gradient
+        (torch, Keras on torch: the next backward adds to it in place, so an array read
+        earlier changes too) and a snapshot elsewhere: ``.copy()`` it to keep a value.
+        """
         g = self._adapter.grad(self._leaf)
         if g is None:
             return None

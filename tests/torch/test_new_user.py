@@ -67,3 +67,21 @@ def test_show_and_diff_read_a_pytorch_file(tmp_path, capsys):
     assert "0.weight: max abs diff 0" in capsys.readouterr().out
     torch.save(mlp(1).state_dict(), tmp_path / "other.pt")
     assert main(["diff", str(tmp_path / "model.pt"), str(tmp_path / "other.pt")]) == 1
+
+
+def test_show_of_a_tied_pytorch_file_marks_the_tie_and_counts_it_once(tmp_path, capsys):
+    torch.manual_seed(0)
+    shared = nn.Linear(8, 8)
+    src = nn.Sequential(nn.Linear(4, 8), shared, shared)
+    torch.save(src.state_dict(), tmp_path / "tied.pt")  # torch stores the tied tensors once
+    ut.save(src, tmp_path / "tied.safetensors")
+    outputs = []
+    for name in ("tied.pt", "tied.safetensors"):
+        assert main(["show", str(tmp_path / name)]) == 0
+        outputs.append(capsys.readouterr().out.splitlines()[1:])
+    assert outputs[0] == outputs[1]  # the same tree, whichever file holds it
+    assert "   ├─ weight (8, 8) float32 = 1.weight" in outputs[0]
+    assert outputs[0][-1] == "4 tensors, 112 values, 448 bytes"
+    untied = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 8))
+    assert ut.load(untied, tmp_path / "tied.pt") == ([], [])  # as torch's own load would
+    assert torch.equal(untied[2].weight, shared.weight)
