@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Any, Callable
 
 import numpy as np
-from run import best, report
+from run import SEED, best, report
 
 import unitree as ut
 
@@ -27,6 +27,7 @@ def torch_model() -> Any:
     import torch
     from torch import nn
 
+    torch.manual_seed(SEED)
     with torch.no_grad():
         return nn.Sequential(*[nn.Linear(WIDTH, WIDTH) for _ in range(LAYERS)])
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 from flax import nnx
-from run import traversal
+from run import SEED, traversal
 
 import unitree as ut
 
@@ -23,7 +23,7 @@ LAYERS = 5000  # a kernel and a bias each: 10,000 tensors
 def linen(repeat: int) -> None:
     net = nn.Sequential([nn.Dense(4) for _ in range(LAYERS)])
     # shapes without running 5,000 initializers, then small real arrays
-    shapes = jax.eval_shape(net.init, jax.random.key(0), jnp.ones((1, 4)))
+    shapes = jax.eval_shape(net.init, jax.random.key(SEED), jnp.ones((1, 4)))
     variables = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     n = len(jax.tree_util.tree_leaves(variables))
     traversal(
@@ -35,14 +35,14 @@ def linen(repeat: int) -> None:
     )
 
     layer = nn.Dense(256)
-    small = layer.init(jax.random.key(0), jnp.ones((1, 256)))
+    small = layer.init(jax.random.key(SEED), jnp.ones((1, 256)))
     p = ut.wrap(layer, small)["weight"]
     shared = np.shares_memory(p.numpy(), np.asarray(small["params"]["kernel"]))
     print(f"{'linen: p.numpy() shares memory with the array':<44} {shared}")
 
 
 def nnx_model(repeat: int) -> None:
-    rngs = nnx.Rngs(0)
+    rngs = nnx.Rngs(SEED)
     model = nnx.Sequential(*[nnx.Linear(4, 4, rngs=rngs) for _ in range(LAYERS)])
     n = len(jax.tree_util.tree_leaves(nnx.state(model)))
     native = lambda: nnx.state(model)  # noqa: E731
@@ -58,7 +58,7 @@ def nnx_model(repeat: int) -> None:
 def port_target() -> ut.ParamTree:
     """The 1 GiB model of bench_checkpoint in linen, its variables zeros of the right shapes."""
     net = nn.Sequential([nn.Dense(bench_checkpoint.WIDTH) for _ in range(bench_checkpoint.LAYERS)])
-    shapes = jax.eval_shape(net.init, jax.random.key(0), jnp.ones((1, bench_checkpoint.WIDTH)))
+    shapes = jax.eval_shape(net.init, jax.random.key(SEED), jnp.ones((1, bench_checkpoint.WIDTH)))
     variables = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     return ut.wrap(net, variables)
 

@@ -7,12 +7,13 @@ import sys
 import mxnet as mx
 import numpy as np
 from mxnet.gluon import nn
-from run import best, traversal
+from run import SEED, best, traversal
 
 import unitree as ut
 
 
 def main(repeat: int) -> None:
+    mx.random.seed(SEED)  # Gluon's initializers
     layers = 5000  # a weight and a bias each: 10,000 tensors
     model = nn.Sequential()
     model.add(*[nn.Dense(4, in_units=4) for _ in range(layers)])

@@ -6,7 +6,7 @@ import sys
 
 import keras
 import numpy as np
-from run import best, traversal
+from run import SEED, best, traversal
 
 import unitree as ut
 
@@ -22,6 +22,7 @@ def _numpy(v: keras.Variable) -> np.ndarray:
 
 
 def main(repeat: int) -> None:
+    keras.utils.set_random_seed(SEED)  # Keras's initializers, and Python's, numpy's, the backend's
     # 50 blocks of 100 Dense layers, a kernel and a bias each: 10,000 variables. Each layer is
     # built on its own: building 5,000 layers as one Sequential recurses past Python's limit.
     blocks = []

@@ -7,13 +7,14 @@ import sys
 import bench_checkpoint
 import numpy as np
 import torch
-from run import traversal
+from run import SEED, traversal
 from torch import nn
 
 import unitree as ut
 
 
 def main(repeat: int) -> None:
+    torch.manual_seed(SEED)
     layers = 5000  # a weight and a bias each: 10,000 tensors
     model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(layers)])
     n = len(list(model.parameters()))

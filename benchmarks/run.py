@@ -1,4 +1,4 @@
-"""The performance figures of DESIGN §7, each a ratio against the framework's own operation
+"""The performance figures (docs/architecture.md), each a ratio against the framework's own operation
 measured side by side in this run. Run by ``nox -s bench``; never a timed test.
 
     python benchmarks/run.py [BACKEND] [--repeat N]
@@ -19,6 +19,7 @@ import time
 from typing import Any, Callable
 
 FRAMEWORKS = ["torch", "tensorflow", "keras", "jax", "flax", "mxnet"]
+SEED = 0  # every random value of every benchmark: the same models on every run
 
 
 def best(fn: Callable[[], object], repeat: int) -> float:

@@ -11,12 +11,12 @@ framework's own API, so the cases can check unitree against the framework.
     can_tie: bool                               whether ``tree.tie`` shares natively (False: it
                                                 must raise unitree.UnsupportedError saying why)
     devices() -> list[str]                      every device the framework sees here
-    deck_mlp(device, X) -> model                the deck's toy model exactly as the deck writes it
+    deck_mlp(device, X, *, seed=0) -> model     the deck's toy model exactly as the deck writes it
                                                 on this framework, after its first call on X
     deck_layers: tuple[int, int]                positions of that model's two dense layers
-    mlp(device, X) -> model                     dense(8), ReLU, dense(1) as three layers, called
+    mlp(device, X, *, seed=0) -> model          dense(8), ReLU, dense(1) as three layers, called
                                                 on X: the deck's picture, paths 0 and 2 everywhere
-    deck_tied(device, X, tied=True) -> (model, (i, j))
+    deck_tied(device, X, tied=True, *, seed=0) -> (model, (i, j))
                                                 the deck's shared-layer model and the two positions
                                                 of the shared layer; tied=False: separate layers
     wrap(model) -> ParamTree                    ut.wrap(model) (flax linen: module and variables)
@@ -26,9 +26,18 @@ framework's own API, so the cases can check unitree against the framework.
                                                 read with the framework's own API
     is_parameter(obj), is_tensor(obj) -> bool   the framework's parameter and tensor types
 
-The port matrix (``cases.PORT_CASES``) adds two names:
+Every function that builds a model takes a keyword ``seed`` and draws every random value of
+that build from it: the framework's own random state is seeded for the build (torch inside
+``torch.random.fork_rng``, so the caller's generator is left as it was; Keras through
+``keras.utils.set_random_seed``; Gluon through ``mx.random.seed``; Flax through keys and
+``nnx.Rngs`` made from the seed), and numpy generators are ``default_rng(seed)``. The same
+call with the same seed builds the same values, on every run and whatever ran before it;
+a case that needs two models with other values (a model to load or port into, beside the
+one it came from) passes other seeds.
 
-    port_model(device) -> model                 the port model below, built natively with the
+The port matrix (``cases.port``, ``port_save`` and ``port_load``) adds two names:
+
+    port_model(device, *, seed=0) -> model      the port model below, built natively with the
                                                 framework's own random init, and with random
                                                 batch-norm running statistics set through the
                                                 framework's API, ready for inference
@@ -56,10 +65,11 @@ The safety tests (``tests/safety``) add two more:
     native_state(tree) -> {name: (id, array)}   the framework's own view of every parameter and
                                                 buffer: the identity of its native object and a
                                                 copy of its value (what "unchanged" compares)
-    random_model(spec, device) -> model         the random architecture ``spec`` (see
+    random_model(spec, device, *, seed=0) -> model
+                                                the random architecture ``spec`` (see
                                                 ``tests/safety/test_random_models.py``), built
                                                 natively at the same paths on every backend,
-                                                with random values
+                                                with random values drawn from ``seed``
 """
 
 # A random architecture with every kind of layer: conv, batch norms over channels and over

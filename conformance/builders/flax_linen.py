@@ -1,12 +1,10 @@
-"""The deck's models in Flax linen, as ../shared/deck/jax-flax.txt builds them.
+"""The deck's models in Flax linen, as the deck's JAX/Flax chapter builds them.
 
 A linen model is its module and its variables: the builders hand ``wrap`` the
 pair ``(module, variables)`` that ``module.init`` made.
 """
 
 from __future__ import annotations
-
-import itertools
 
 import flax
 import jax
@@ -21,8 +19,6 @@ version = f"{flax.__version__} (jax {jax.__version__})"
 names = {"sequential": "Sequential", "dense": "Dense", "relu": "relu"}
 can_tie = False  # linen shares through the module definition (one instance at two positions)
 deck_layers = (0, 2)
-
-_seeds = itertools.count()  # the deck's d2l.get_key(): a fresh key per model
 
 Model = tuple[nn.Module, dict]
 
@@ -40,24 +36,27 @@ def _device(device: str) -> jax.Device:
     return jax.devices(platform)[int(index or 0)]
 
 
-def _init(net: nn.Module, X: np.ndarray, device: str) -> Model:
+def _init(net: nn.Module, X: np.ndarray, device: str, seed: int) -> Model:
+    # the deck's d2l.get_key(): a key per model, here the one ``seed`` names
     with jax.default_device(_device(device)):
-        return net, net.init(jax.random.key(next(_seeds)), X)
+        return net, net.init(jax.random.key(seed), X)
 
 
-def deck_mlp(device: str, X: np.ndarray) -> Model:
-    return _init(nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(1)]), X, device)
+def deck_mlp(device: str, X: np.ndarray, *, seed: int = 0) -> Model:
+    return _init(nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(1)]), X, device, seed)
 
 
 mlp = deck_mlp  # the deck's linen model is already dense, ReLU, dense
 
 
-def deck_tied(device: str, X: np.ndarray, tied: bool = True) -> tuple[Model, tuple[int, int]]:
+def deck_tied(
+    device: str, X: np.ndarray, tied: bool = True, *, seed: int = 0
+) -> tuple[Model, tuple[int, int]]:
     # We need to give the shared layer a name so that we can refer to its parameters
     shared = nn.Dense(8)
     other = shared if tied else nn.Dense(8)
     net = nn.Sequential([nn.Dense(8), nn.relu, shared, nn.relu, other, nn.relu, nn.Dense(1)])
-    model = _init(net, X, device)
+    model = _init(net, X, device, seed)
     assert (len(model[1]["params"]) == 3) is tied  # the deck's check: one parameter set shared
     return model, (2, 4)
 
@@ -115,8 +114,7 @@ class PortModel(nn.Module):
         return self.out(nn.relu(self.tied_b(h)))
 
 
-def port_model(device: str) -> Model:
-    seed = next(_seeds)
+def port_model(device: str, *, seed: int = 0) -> Model:
     net = PortModel()
     with jax.default_device(_device(device)):
         variables = net.init(jax.random.key(seed), np.zeros((2, 6), np.int32))
@@ -135,12 +133,11 @@ def port_forward(tree: ut.ParamTree, X: np.ndarray) -> np.ndarray:
     return np.asarray(tree.native.apply(tree.variables, x))
 
 
-def random_model(spec: tuple, device: str) -> Model:
+def random_model(spec: tuple, device: str, *, seed: int = 0) -> Model:
     """The random architecture ``spec`` of ``torch.random_model``, channels-last: an
     ``nn.Sequential`` (positions ``layers_N``), a tie the very module instance at two positions
-    (linen stores it once), initialized on ``device`` with a fresh seed, then every variable
-    replaced by random values."""
-    seed = next(_seeds)
+    (linen stores it once), initialized on ``device`` from ``seed``, then every variable
+    replaced by random values drawn from ``seed``."""
     shape, specs = spec
     out: list = []
     for kind, *a in specs:

@@ -1,4 +1,4 @@
-"""The deck's models in Flax NNX: the linen deck (../shared/deck/jax-flax.txt) in NNX's API.
+"""The deck's models in Flax NNX: the deck's JAX/Flax chapter, written in NNX's API.
 
 NNX layers are eager: ``nnx.Linear`` takes its input size, so the deck's models
 are written with ``in_features`` and run once on X.
@@ -6,7 +6,6 @@ are written with ``in_features`` and run once on X.
 
 from __future__ import annotations
 
-import itertools
 from typing import Callable
 
 import flax
@@ -26,20 +25,24 @@ can_tie = True
 deck_layers = (0, 2)
 devices, _device = flax_linen.devices, flax_linen._device  # the same jax devices
 
-_rngs = nnx.Rngs(0)
 
-
-def _built(device: str, X: np.ndarray, layers: Callable[[], tuple]) -> nnx.Sequential:
-    """``nnx.Sequential(*layers())`` made on ``device``, after its first call on X."""
+def _built(
+    device: str, X: np.ndarray, seed: int, layers: Callable[[nnx.Rngs], tuple]
+) -> nnx.Sequential:
+    """``nnx.Sequential(*layers(rngs))`` made on ``device`` with ``nnx.Rngs(seed)``, after its
+    first call on X."""
     with jax.default_device(_device(device)):
-        net = nnx.Sequential(*layers())
+        net = nnx.Sequential(*layers(nnx.Rngs(seed)))
         net(jax.numpy.asarray(X))
     return net
 
 
-def deck_mlp(device: str, X: np.ndarray) -> nnx.Sequential:
+def deck_mlp(device: str, X: np.ndarray, *, seed: int = 0) -> nnx.Sequential:
     return _built(
-        device, X, lambda: (nnx.Linear(4, 8, rngs=_rngs), nnx.relu, nnx.Linear(8, 1, rngs=_rngs))
+        device,
+        X,
+        seed,
+        lambda rngs: (nnx.Linear(4, 8, rngs=rngs), nnx.relu, nnx.Linear(8, 1, rngs=rngs)),
     )
 
 
@@ -47,15 +50,15 @@ mlp = deck_mlp  # already dense, ReLU, dense
 
 
 def deck_tied(
-    device: str, X: np.ndarray, tied: bool = True
+    device: str, X: np.ndarray, tied: bool = True, *, seed: int = 0
 ) -> tuple[nnx.Sequential, tuple[int, int]]:
-    def layers() -> tuple:
-        shared = nnx.Linear(8, 8, rngs=_rngs)
-        other = shared if tied else nnx.Linear(8, 8, rngs=_rngs)
-        first, last = nnx.Linear(4, 8, rngs=_rngs), nnx.Linear(8, 1, rngs=_rngs)
+    def layers(rngs: nnx.Rngs) -> tuple:
+        shared = nnx.Linear(8, 8, rngs=rngs)
+        other = shared if tied else nnx.Linear(8, 8, rngs=rngs)
+        first, last = nnx.Linear(4, 8, rngs=rngs), nnx.Linear(8, 1, rngs=rngs)
         return first, nnx.relu, shared, nnx.relu, other, nnx.relu, last
 
-    return _built(device, X, layers), (2, 4)
+    return _built(device, X, seed, layers), (2, 4)
 
 
 wrap = ut.wrap
@@ -106,11 +109,7 @@ class PortModel(nnx.Module):
         return self.out(nnx.relu(self.tied_b(h)))
 
 
-_port_seeds = itertools.count()
-
-
-def port_model(device: str) -> PortModel:
-    seed = next(_port_seeds)
+def port_model(device: str, *, seed: int = 0) -> PortModel:
     with jax.default_device(_device(device)):
         net = PortModel(nnx.Rngs(seed))
         rng = np.random.default_rng(seed)
@@ -126,11 +125,10 @@ def port_forward(tree: ut.ParamTree, X: np.ndarray) -> np.ndarray:
     )
 
 
-def random_model(spec: tuple, device: str) -> nnx.Sequential:
+def random_model(spec: tuple, device: str, *, seed: int = 0) -> nnx.Sequential:
     """The random architecture ``spec`` of ``torch.random_model``, channels-last: an
     ``nnx.Sequential`` on ``device``, a tie the very module at two positions, every Variable
-    set to random values (a fresh seed per call)."""
-    seed = next(_port_seeds)
+    set to random values drawn from ``seed``."""
     rng = np.random.default_rng(seed)
     with jax.default_device(_device(device)):
         rngs = nnx.Rngs(seed)

@@ -1,4 +1,4 @@
-"""The deck's models in MXNet Gluon, as ../shared/deck/mxnet-gluon.txt builds them.
+"""The deck's models in MXNet Gluon, as the deck's MXNet chapter builds them.
 
 The deck turns on numpy-style arrays (``npx.set_np()``) and puts the ReLU
 inside the first Dense layer, so its toy model has its dense layers at 0 and
@@ -30,28 +30,31 @@ def _ctx(device: str) -> mx.Context:
     return mx.cpu() if device == "cpu" else mx.gpu(int(device.partition(":")[2]))
 
 
-def _run(net: Block, X: np.ndarray, device: str) -> Block:
+def _run(net: Block, X: np.ndarray, device: str, seed: int) -> Block:
+    mx.random.seed(seed)  # MXNet's global generator (every context's): the initializers draw
     net.initialize(ctx=_ctx(device))  # the deck's default initialization
     net(mx.np.array(X, ctx=_ctx(device)))  # the deck's first call: deferred shapes are decided
     return net
 
 
-def deck_mlp(device: str, X: np.ndarray) -> Block:
+def deck_mlp(device: str, X: np.ndarray, *, seed: int = 0) -> Block:
     npx.set_np()
     net = nn.Sequential()
     net.add(nn.Dense(8, activation="relu"))
     net.add(nn.Dense(1))
-    return _run(net, X, device)
+    return _run(net, X, device, seed)
 
 
-def mlp(device: str, X: np.ndarray) -> Block:
+def mlp(device: str, X: np.ndarray, *, seed: int = 0) -> Block:
     npx.set_np()
     net = nn.Sequential()
     net.add(nn.Dense(8), nn.Activation("relu"), nn.Dense(1))
-    return _run(net, X, device)
+    return _run(net, X, device, seed)
 
 
-def deck_tied(device: str, X: np.ndarray, tied: bool = True) -> tuple[Block, tuple[int, int]]:
+def deck_tied(
+    device: str, X: np.ndarray, tied: bool = True, *, seed: int = 0
+) -> tuple[Block, tuple[int, int]]:
     npx.set_np()
     net = nn.Sequential()
     shared = nn.Dense(8, activation="relu")
@@ -63,7 +66,7 @@ def deck_tied(device: str, X: np.ndarray, tied: bool = True) -> tuple[Block, tup
     else:
         shared_clone = nn.Dense(8, activation="relu", params=shared.params)
     net.add(nn.Dense(8, activation="relu"), shared, shared_clone, nn.Dense(10))
-    return _run(net, X, device), (1, 2)
+    return _run(net, X, device, seed), (1, 2)
 
 
 wrap = ut.wrap
@@ -116,14 +119,15 @@ class PortModel(Block):
         return self.out(npx.relu(self.tied_b(h)))
 
 
-def port_model(device: str) -> Block:
+def port_model(device: str, *, seed: int = 0) -> Block:
     npx.set_np()
     ctx = _ctx(device)
     net = PortModel()
+    mx.random.seed(seed)
     # Gluon's own Xavier init: its default Uniform(0.07) ignores fan-in, and nine layers of it
-    # leave outputs near 1e-5, below the tolerance the port cases compare with
+    # shrink the outputs to near 1e-5; Xavier keeps them near 1, as the other frameworks do
     net.initialize(mx.init.Xavier(), ctx=ctx)  # every shape is given: nothing deferred
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(seed)
     net.bn.running_mean.set_data(mx.np.array(rng.uniform(-0.5, 0.5, 8), dtype="float32", ctx=ctx))
     net.bn.running_var.set_data(mx.np.array(rng.uniform(0.5, 2.0, 8), dtype="float32", ctx=ctx))
     return net
@@ -136,15 +140,12 @@ def port_forward(tree: ut.ParamTree, X: np.ndarray) -> np.ndarray:
         return net(mx.np.array(X, dtype="float32", ctx=ctx)).asnumpy()
 
 
-_random_seeds = iter(range(1, 1 << 62))  # a fresh seed per random model: two builds differ
-
-
-def random_model(spec: tuple, device: str) -> Block:
+def random_model(spec: tuple, device: str, *, seed: int = 0) -> Block:
     """The random architecture ``spec`` of ``torch.random_model``, channels-first: an
     ``nn.Sequential`` with every shape given (nothing deferred), a tie the very block added
-    twice, every Parameter set to random values on ``device`` (a fresh seed per call)."""
+    twice, every Parameter set to random values on ``device``, drawn from ``seed``."""
     npx.set_np()
-    rng = np.random.default_rng(next(_random_seeds))
+    rng = np.random.default_rng(seed)
     ctx = _ctx(device)
     out: list[Block] = []
     for kind, *a in spec[1]:
@@ -163,6 +164,7 @@ def random_model(spec: tuple, device: str) -> Block:
             out.append(out[a[0]])
     net = nn.Sequential()
     net.add(*out)
+    mx.random.seed(seed)  # Gluon's own init, which the values below replace, draws too
     net.initialize(ctx=ctx)
     for p in net.collect_params().values():
         lo, hi = (0.5, 2.0) if p.name.endswith("var") else (-1.0, 1.0)

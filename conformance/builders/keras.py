@@ -1,4 +1,4 @@
-"""The deck's models in Keras 3, as ../shared/deck/tensorflow-keras.txt builds them.
+"""The deck's models in Keras 3, as the deck's TensorFlow/Keras chapter builds them.
 
 The backend is the one ``KERAS_BACKEND`` names (tensorflow, jax or torch): one
 matrix column each.
@@ -46,30 +46,39 @@ def devices() -> list[str]:
     return ["cpu"] + [f"gpu:{i}" for i in range(gpus)]
 
 
-def _run(build: Callable[[], keras.Model], device: str, X: np.ndarray) -> keras.Model:
+def _run(build: Callable[[], keras.Model], device: str, X: np.ndarray, seed: int) -> keras.Model:
+    # Keras's initializers draw their seeds from Python's random, its random ops from Keras's
+    # global SeedGenerator: set_random_seed seeds both (and numpy's, and the backend's)
+    keras.utils.set_random_seed(seed)
     with keras.device(device):  # variables are created on the first call, under this scope
         net = build()
         net(X)
     return net
 
 
-def deck_mlp(device: str, X: np.ndarray) -> keras.Model:
+def deck_mlp(device: str, X: np.ndarray, *, seed: int = 0) -> keras.Model:
     return _run(
         lambda: keras.Sequential(
             [layers.Flatten(), layers.Dense(8, activation="relu"), layers.Dense(1)]
         ),
         device,
         X,
+        seed,
     )
 
 
-def mlp(device: str, X: np.ndarray) -> keras.Model:
+def mlp(device: str, X: np.ndarray, *, seed: int = 0) -> keras.Model:
     return _run(
-        lambda: keras.Sequential([layers.Dense(8), layers.ReLU(), layers.Dense(1)]), device, X
+        lambda: keras.Sequential([layers.Dense(8), layers.ReLU(), layers.Dense(1)]),
+        device,
+        X,
+        seed,
     )
 
 
-def deck_tied(device: str, X: np.ndarray, tied: bool = True) -> tuple[keras.Model, tuple[int, int]]:
+def deck_tied(
+    device: str, X: np.ndarray, tied: bool = True, *, seed: int = 0
+) -> tuple[keras.Model, tuple[int, int]]:
     def build() -> keras.Model:
         # the deck's shared layer: one Dense instance at two positions of net.layers
         shared = layers.Dense(8, activation="relu")
@@ -78,7 +87,7 @@ def deck_tied(device: str, X: np.ndarray, tied: bool = True) -> tuple[keras.Mode
             [layers.Flatten(), layers.Dense(8, activation="relu"), shared, other, layers.Dense(1)]
         )
 
-    return _run(build, device, X), (2, 3)
+    return _run(build, device, X, seed), (2, 3)
 
 
 wrap = ut.wrap
@@ -141,14 +150,16 @@ class PortModel(keras.Model):
         return self.out(keras.ops.relu(self.tied_b(h)))
 
 
-def port_model(device: str) -> PortModel:
+def port_model(device: str, *, seed: int = 0) -> PortModel:
+    keras.utils.set_random_seed(seed)
     with keras.device(device):  # variables are created on the first call, under this scope
         net = PortModel()
         net(np.zeros((2, 6), np.int32))
         # random running statistics, set through Keras: the defaults (0, 1) would hide a port
         # that dropped them
-        net.bn.moving_mean.assign(keras.random.uniform((8,), -0.5, 0.5))
-        net.bn.moving_variance.assign(keras.random.uniform((8,), 0.5, 2.0))
+        stats = keras.random.SeedGenerator(seed)
+        net.bn.moving_mean.assign(keras.random.uniform((8,), -0.5, 0.5, seed=stats))
+        net.bn.moving_variance.assign(keras.random.uniform((8,), 0.5, 2.0, seed=stats))
     return net
 
 
@@ -157,14 +168,12 @@ def port_forward(tree: ut.ParamTree, X: np.ndarray) -> np.ndarray:
     return _numpy(tree.native(np.asarray(X, np.int32), training=False))
 
 
-_random_seeds = iter(range(1, 1 << 62))  # a fresh seed per random model: two builds differ
-
-
-def random_model(spec: tuple, device: str) -> keras.Sequential:
+def random_model(spec: tuple, device: str, *, seed: int = 0) -> keras.Sequential:
     """The random architecture ``spec`` of ``torch.random_model``, channels-last, built by a
     first call under ``device``: the same positions in ``net.layers``, a tie the very layer
-    object twice, every variable assigned random values (a fresh seed per call)."""
-    rng = np.random.default_rng(next(_random_seeds))
+    object twice, every variable assigned random values drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    keras.utils.set_random_seed(seed)  # Keras's own init, which those values replace, draws too
     shape, specs = spec
     with keras.device(device):
         out: list[keras.Layer] = []

@@ -1,6 +1,10 @@
-"""The deck's models in PyTorch, as ../shared/deck/pytorch.txt builds them."""
+"""The deck's models in PyTorch, as the deck's PyTorch chapter builds them."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,26 +23,43 @@ def devices() -> list[str]:
     return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 
 
-def _run(net: nn.Module, X: np.ndarray, device: str) -> nn.Module:
-    net.to(device)
-    net(torch.as_tensor(X, device=device))  # the deck's first call: LazyLinear takes its shapes
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """torch's random state seeded for one build, then put back as it was: the caller's own
+    random numbers go on as if the build never drew any."""
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
+        torch.manual_seed(seed)
+        yield
+
+
+def _run(build: Callable[[], nn.Module], X: np.ndarray, device: str, seed: int) -> nn.Module:
+    with _seeded(seed):
+        net = build().to(device)
+        # the deck's first call: LazyLinear takes its shapes, and its values, on the device
+        net(torch.as_tensor(X, device=device))
     return net
 
 
-def deck_mlp(device: str, X: np.ndarray) -> nn.Module:
-    return _run(nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(1)), X, device)
+def deck_mlp(device: str, X: np.ndarray, *, seed: int = 0) -> nn.Module:
+    return _run(
+        lambda: nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(1)), X, device, seed
+    )
 
 
 mlp = deck_mlp  # the deck's torch model is already dense, ReLU, dense
 
 
-def deck_tied(device: str, X: np.ndarray, tied: bool = True) -> tuple[nn.Module, tuple[int, int]]:
-    shared = nn.LazyLinear(8)
-    other = shared if tied else nn.LazyLinear(8)
-    net = nn.Sequential(
-        nn.LazyLinear(8), nn.ReLU(), shared, nn.ReLU(), other, nn.ReLU(), nn.LazyLinear(1)
-    )
-    return _run(net, X, device), (2, 4)
+def deck_tied(
+    device: str, X: np.ndarray, tied: bool = True, *, seed: int = 0
+) -> tuple[nn.Module, tuple[int, int]]:
+    def build() -> nn.Module:
+        shared = nn.LazyLinear(8)
+        other = shared if tied else nn.LazyLinear(8)
+        return nn.Sequential(
+            nn.LazyLinear(8), nn.ReLU(), shared, nn.ReLU(), other, nn.ReLU(), nn.LazyLinear(1)
+        )
+
+    return _run(build, X, device, seed), (2, 4)
 
 
 wrap = ut.wrap
@@ -90,9 +111,9 @@ class PortModel(nn.Module):
         return self.out(torch.relu(self.tied_b(h)))
 
 
-def port_model(device: str) -> nn.Module:
-    net = PortModel().to(device).eval()
-    with torch.no_grad():
+def port_model(device: str, *, seed: int = 0) -> nn.Module:
+    with _seeded(seed), torch.no_grad():
+        net = PortModel().to(device).eval()
         net.bn.running_mean.uniform_(-0.5, 0.5)
         net.bn.running_var.uniform_(0.5, 2.0)
     return net
@@ -105,31 +126,29 @@ def port_forward(tree: ut.ParamTree, X: np.ndarray) -> np.ndarray:
         return net(torch.as_tensor(X, device=device)).cpu().numpy()
 
 
-_random_seeds = iter(range(1, 1 << 62))  # a fresh seed per random model: two builds differ
-
-
-def random_model(spec: tuple, device: str) -> nn.Module:
+def random_model(spec: tuple, device: str, *, seed: int = 0) -> nn.Module:
     """A random architecture of tests/safety: ``spec`` is ``(shape, layers)``, the input shape
     channels-first and each layer one of ``("conv", in, out, k, dims)``, ``("bn", c, dims)``,
     ``("ln", c)``, ``("dense", in, out)``, ``("flatten",)`` or ``("tie", i)`` (the very layer at
     position i again). A Sequential of those, paths its positions, every parameter and buffer
-    set to random values (a fresh seed per call), in inference mode. The other builders build
-    the same spec with the same paths."""
-    rng = np.random.default_rng(next(_random_seeds))
+    set to random values drawn from ``seed``, in inference mode. The other builders build the
+    same spec with the same paths."""
+    rng = np.random.default_rng(seed)
     layers: list[nn.Module] = []
-    for kind, *a in spec[1]:
-        if kind == "conv":
-            layers.append((nn.Conv1d, nn.Conv2d)[a[3] - 1](a[0], a[1], a[2]))
-        elif kind == "bn":
-            layers.append((nn.BatchNorm2d if a[1] == 2 else nn.BatchNorm1d)(a[0], eps=1e-5))
-        elif kind == "ln":
-            layers.append(nn.LayerNorm(a[0], eps=1e-5))
-        elif kind == "dense":
-            layers.append(nn.Linear(a[0], a[1]))
-        elif kind == "flatten":
-            layers.append(nn.Flatten())
-        else:
-            layers.append(layers[a[0]])
+    with _seeded(seed):  # torch's own init, which the values below replace, draws too
+        for kind, *a in spec[1]:
+            if kind == "conv":
+                layers.append((nn.Conv1d, nn.Conv2d)[a[3] - 1](a[0], a[1], a[2]))
+            elif kind == "bn":
+                layers.append((nn.BatchNorm2d if a[1] == 2 else nn.BatchNorm1d)(a[0], eps=1e-5))
+            elif kind == "ln":
+                layers.append(nn.LayerNorm(a[0], eps=1e-5))
+            elif kind == "dense":
+                layers.append(nn.Linear(a[0], a[1]))
+            elif kind == "flatten":
+                layers.append(nn.Flatten())
+            else:
+                layers.append(layers[a[0]])
     net = nn.Sequential(*layers).to(device).eval()
     with torch.no_grad():
         for key, t in net.state_dict(keep_vars=True).items():

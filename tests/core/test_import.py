@@ -1,4 +1,4 @@
-"""``import unitree`` imports no framework (DESIGN §1), checked in a fresh interpreter."""
+"""``import unitree`` imports no framework (docs/architecture.md, "Layers"), checked in a fresh interpreter."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from mxnet import autograd, gluon
 from mxnet.gluon import nn
 from safetensors.numpy import save_file
 from unitree.conformance.cases import mlp_gradients
-from unitree_checks import assert_read_once
+from unitree_checks import assert_close, assert_differ, assert_read_once
 
 import unitree as ut
 
@@ -19,6 +19,13 @@ import unitree as ut
 pytestmark = pytest.mark.filterwarnings("ignore:Parameter .* is not used:UserWarning")
 
 X = np.random.default_rng(0).random((2, 4), dtype=np.float32)
+
+
+def mlp_want(tree: ut.ParamTree, x: np.ndarray) -> tuple[float, list, float, list]:
+    """The loss sum(mlp(x)) and its gradients by hand in float64, and their scales: the same
+    sums over the absolute values of their terms (float32's rounding is relative to those)."""
+    values = [p.numpy() for p in tree.parameters()]
+    return (*mlp_gradients(*values, x), *mlp_gradients(*map(np.abs, values), x))
 
 
 def mlp(hybrid: bool = False, **init: object) -> gluon.Block:
@@ -174,8 +181,8 @@ def test_hybridized_blocks_read_and_write(api):
         np.full(6, 2.0, np.float32)
     )  # in place: the cached graph sees it
     after = model(ids).asnumpy()
-    assert not np.allclose(before, after)
-    np.testing.assert_allclose(after, model.lm_head(model.blocks(model.wte(ids))).asnumpy())
+    assert_differ(before, after)
+    assert_close(after, model.lm_head(model.blocks(model.wte(ids))).asnumpy())
 
 
 def test_tie_after_hybridize_drops_the_cached_graphs(api):
@@ -192,10 +199,14 @@ def test_tie_after_hybridize_drops_the_cached_graphs(api):
     tree.tie("0.1", "0.2")
     assert inner[2].weight is inner[1].weight and inner[2].bias is inner[1].bias
     (W0, b0), (W1, b1) = ([value(p) for p in (d.weight, d.bias)] for d in (inner[0], inner[1]))
-    h = X @ W0.T + b0
-    want = (h @ W1.T + b1) @ W1.T + b1
-    np.testing.assert_allclose(outer(x).asnumpy(), want, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(inner(x).asnumpy(), want, rtol=1e-5, atol=1e-6)
+
+    def three(x, W0, b0, W1, b1):  # type: ignore[no-untyped-def]
+        return ((x @ W0.T + b0) @ W1.T + b1) @ W1.T + b1
+
+    values = [np.asarray(a, np.float64) for a in (X, W0, b0, W1, b1)]
+    want, scale = three(*values), three(*map(np.abs, values))  # float64; the terms' magnitudes
+    assert_close(outer(x).asnumpy(), want, scale=scale)
+    assert_close(inner(x).asnumpy(), want, scale=scale)
     names = list(outer.collect_params())  # what a Trainer takes: the dropped parameters are gone
     assert len(names) == 4 and inner[2].weight.name in names
 
@@ -442,15 +453,16 @@ def test_backward_matches_hand_computed_gradients_and_accumulates(api, hybrid):
         model.hybridize()
     tree = ut.wrap(model)
     assert all(p.grad is None for p in tree.parameters())
-    want_loss, grads = mlp_gradients(*(p.numpy() for p in tree.parameters()), X)
+    want_loss, grads, loss_scale, scales = mlp_want(tree, X)
     loss = tree.backward(lambda y: y.sum(), X)
-    assert isinstance(loss, float) and loss == pytest.approx(want_loss, rel=1e-5)
-    for (path, p), g in zip(tree.named_parameters(), grads):
-        np.testing.assert_allclose(p.grad, g, rtol=1e-5, atol=1e-6, err_msg=path)
+    assert isinstance(loss, float)
+    assert_close(loss, want_loss, scale=loss_scale)
+    for (path, p), g, s in zip(tree.named_parameters(), grads, scales):
+        assert_close(p.grad, g, scale=s, err_msg=path)
     tree.backward(lambda y: y.sum(), X)  # accumulates, as torch does
-    for (path, p), g in zip(tree.named_parameters(), grads):
-        np.testing.assert_allclose(p.grad, 2 * g, rtol=1e-5, atol=1e-6, err_msg=path)
-        np.testing.assert_allclose(p.native.grad().asnumpy(), 2 * g, rtol=1e-5, atol=1e-6)
+    for (path, p), g, s in zip(tree.named_parameters(), grads, scales):
+        assert_close(p.grad, 2 * g, scale=2 * s, err_msg=path)
+        assert_close(p.native.grad().asnumpy(), 2 * g, scale=2 * s, err_msg=path)
     for p in model.collect_params().values():  # Gluon's own reset resets p.grad too
         p.grad()[:] = 0
     assert not tree["0.weight"].grad.any()
@@ -460,10 +472,10 @@ def test_backward_with_grad_req_add_is_not_counted_twice(api):
     model = mlp()
     model.collect_params().setattr("grad_req", "add")
     tree = ut.wrap(model)
-    _, grads = mlp_gradients(*(p.numpy() for p in tree.parameters()), X)
+    _, grads, _, scales = mlp_want(tree, X)
     tree.backward(lambda y: y.sum(), X)
     tree.backward(lambda y: y.sum(), X)
-    np.testing.assert_allclose(tree["0.weight"].grad, 2 * grads[0], rtol=1e-5, atol=1e-6)
+    assert_close(tree["0.weight"].grad, 2 * grads[0], scale=2 * scales[0])
 
 
 def test_backward_through_a_nested_model(api):
@@ -480,10 +492,10 @@ def test_backward_through_a_nested_model(api):
     with autograd.record():
         ref_loss = loss_fn(ref(api.array(ids, dtype="int64")))
     ref_loss.backward()
-    assert loss == pytest.approx(ref_loss.asnumpy().item(), rel=1e-6)
+    assert_close(loss, ref_loss.asnumpy().item())  # a mean of squares: no cancellation
     for path, p in tree.named_parameters():
         native = ut.wrap(ref)[path].native.grad().asnumpy()
-        np.testing.assert_allclose(p.grad, native, rtol=1e-5, atol=1e-7, err_msg=path)
+        assert_close(p.grad, native, err_msg=path)
     assert not tree["heads.0.weight"].grad.any()  # unused: zeros, not a stale value
 
 
@@ -506,7 +518,7 @@ def test_a_parameter_used_twice_gets_the_sum(api):
     u.backward(lambda y: y.sum(), X)
     for leaf in ("weight", "bias"):
         total = u[1][leaf].grad + u[3][leaf].grad
-        np.testing.assert_allclose(t[1][leaf].grad, total, rtol=1e-5, atol=1e-6)
+        assert_close(t[1][leaf].grad, total, err_msg=leaf)
 
 
 class Switch(nn.Block):
@@ -528,12 +540,12 @@ def test_a_parameter_a_pass_does_not_use_keeps_its_sum(api):
     tree = ut.wrap(model)
     tree.backward(lambda y: y.sum(), X)
     first = tree["a.weight"].grad.copy()
-    np.testing.assert_allclose(first, X.sum(0, keepdims=True), rtol=1e-6)
+    assert_close(first, X.sum(0, keepdims=True, dtype=np.float64))  # X > 0: no cancellation
     assert tree["b.weight"].grad is None or not tree["b.weight"].grad.any()
     model.which = "b"
     tree.backward(lambda y: y.sum(), X)  # Gluon leaves a's buffer stale: it must not count twice
-    np.testing.assert_allclose(tree["a.weight"].grad, first, rtol=1e-6)
-    np.testing.assert_allclose(tree["b.weight"].grad, first, rtol=1e-6)
+    np.testing.assert_array_equal(tree["a.weight"].grad, first)  # untouched
+    assert_close(tree["b.weight"].grad, first)
 
 
 def test_backward_that_fails_changes_no_gradient(api):
@@ -553,9 +565,9 @@ def test_backward_that_fails_changes_no_gradient(api):
 def test_gradient_sums_over_contexts():
     model = mlp(ctx=[mx.cpu(0), mx.cpu(1)])
     tree = ut.wrap(model)
-    _, grads = mlp_gradients(*(p.numpy() for p in tree.parameters()), X)
+    _, grads, _, scales = mlp_want(tree, X)
     tree.backward(lambda y: y.sum(), X)  # the whole batch on the first context
-    np.testing.assert_allclose(tree["0.weight"].grad, grads[0], rtol=1e-5, atol=1e-6)
+    assert_close(tree["0.weight"].grad, grads[0], scale=scales[0])
     assert not model[0].weight.grad(mx.cpu(1)).asnumpy().any()
 
 
@@ -631,7 +643,7 @@ def test_checkpoint_round_trip_with_ties_and_buffers(api, tmp_path):
         assert ckpt.metadata["backend"] == "gluon"
     assert ut.load(ut.wrap(dst), tmp_path / "m.safetensors") == ([], [])
     x = api.array(X)
-    np.testing.assert_allclose(dst(x).asnumpy(), src(x).asnumpy(), rtol=1e-6)
+    assert_close(dst(x).asnumpy(), src(x).asnumpy())  # the same values, the same computation
     assert dst[2].weight is dst[3].weight  # the tie survives
 
 
@@ -660,10 +672,14 @@ def test_torch_layout_checkpoint_means_the_same_function(api, tmp_path):
     tree = ut.wrap(model)
     # torch's batch-norm counter, which Gluon lacks, is no error even under strict: reported
     assert ut.load(tree, tmp_path / "t.safetensors") == ([], ["1.num_batches_tracked"])
-    h = X @ state["0.weight"].T + state["0.bias"]
-    want = (h - state["1.running_mean"]) / np.sqrt(state["1.running_var"] + 1e-5)
-    want = want * state["1.weight"] + state["1.bias"]
-    np.testing.assert_allclose(model(api.array(X)).asnumpy(), want, rtol=1e-5, atol=1e-5)
+    s = {k: v.astype(np.float64) for k, v in state.items()}  # torch's formula, in float64
+    h = X @ s["0.weight"].T + s["0.bias"]
+    std = np.sqrt(s["1.running_var"] + 1e-5)
+    want = (h - s["1.running_mean"]) / std * s["1.weight"] + s["1.bias"]
+    # the same terms' magnitudes: float32's rounding is relative to them
+    h_scale = X @ np.abs(s["0.weight"]).T + np.abs(s["0.bias"]) + np.abs(s["1.running_mean"])
+    scale = h_scale / std * np.abs(s["1.weight"]) + np.abs(s["1.bias"])
+    assert_close(model(api.array(X)).asnumpy(), want, scale=scale)
 
 
 # -- the rest of the contract --------------------------------------------------------------------

@@ -10,7 +10,8 @@ import keras
 import numpy as np
 import pytest
 from keras import layers
-from unitree_checks import assert_read_once
+from unitree.conformance.cases import mlp_gradients
+from unitree_checks import assert_close, assert_differ, assert_read_once
 
 import unitree as ut
 
@@ -326,8 +327,9 @@ def test_dense_weight_is_the_transposed_kernel():
     assert kernel.shape == (4, 8) and tree["0.weight"].shape == (8, 4)
     np.testing.assert_array_equal(tree["0.weight"].numpy(), kernel.T)
     # canonical means what torch computes: y = x W^T + b
-    W, b = tree["0.weight"].numpy(), tree["0.bias"].numpy()
-    np.testing.assert_allclose(numpy(model.layers[0](X)), X @ W.T + b, rtol=1e-5)
+    W, b = tree["0.weight"].numpy().astype(np.float64), tree["0.bias"].numpy()
+    scale = X @ np.abs(W.T) + np.abs(b)  # X > 0: the sums of the terms' magnitudes
+    assert_close(numpy(model.layers[0](X)), X @ W.T + b, scale=scale)
 
 
 @pytest.mark.parametrize("dims", [1, 2, 3])
@@ -347,9 +349,9 @@ def test_conv_kernels_are_out_in_spatial(dims):
         x, (3,) * dims, axis=tuple(range(1, dims + 1))
     )
     expr = f"b{spatial}i{spatial.upper()},oi{spatial.upper()}->b{spatial}o"
-    np.testing.assert_allclose(
-        np.einsum(expr, windows, W) + tree["bias"].numpy(), y, rtol=1e-4, atol=1e-5
-    )
+    W, bias = W.astype(np.float64), tree["bias"].numpy().astype(np.float64)
+    want = np.einsum(expr, windows, W) + bias  # in float64; x > 0: below, the terms' magnitudes
+    assert_close(y, want, scale=np.einsum(expr, windows, np.abs(W)) + np.abs(bias))
 
 
 def test_embedding_layer_norm_and_batch_norm_leaves():
@@ -387,7 +389,8 @@ def test_batch_norm_statistics_are_buffers_keras_updates():
     x = np.random.default_rng(2).random((8, 3), dtype=np.float32)
     bn(x, training=True)  # Keras moves the statistics towards the batch
     tree = ut.wrap(bn)
-    np.testing.assert_allclose(tree["running_mean"].numpy(), 0.01 * x.mean(0), rtol=1e-5)
+    # x > 0: no cancellation, the largest value is the scale
+    assert_close(tree["running_mean"].numpy(), 0.01 * x.mean(0, dtype=np.float64))
     assert [k for k, _ in tree.named_parameters()] == ["weight", "bias"]
 
 
@@ -446,7 +449,7 @@ def test_load_state_dict_and_checkpoint_round_trip(tmp_path):
     assert not np.any(numpy(dst.wte.embeddings))
     ut.save(ut.wrap(src), tmp_path / "net.safetensors")
     assert ut.load(dst_tree, tmp_path / "net.safetensors") == ([], [])
-    np.testing.assert_allclose(numpy(dst(IDS)), numpy(src(IDS)), rtol=1e-6)
+    assert_close(numpy(dst(IDS)), numpy(src(IDS)))  # the same values, the same computation
     np.testing.assert_array_equal(numpy(dst.heads["bn"].moving_variance), np.ones(6))
 
 
@@ -470,31 +473,32 @@ def test_backward_matches_keras_gradients_and_accumulates():
     assert all(p.grad is None for p in tree.parameters())
     want = dict(zip(map(id, model.trainable_variables), native_grads(model, squares, IDS)))
     loss = tree.backward(squares, IDS)
-    assert loss == pytest.approx(float(numpy(squares(model(IDS)))), rel=1e-6)
+    assert_close(loss, float(numpy(squares(model(IDS)))))  # a mean of squares: no cancellation
     for path, p in tree.named_parameters():
         g = want[id(p.native)]
         if path.startswith("heads."):  # unused: TensorFlow and torch give none, jax zeros
             assert (p.grad is None) if BACKEND != "jax" else not p.grad.any(), path
             continue
         assert p.grad.shape == p.shape
-        np.testing.assert_allclose(p.grad, canonical(p.native.name, g), rtol=1e-5, atol=1e-7)
+        assert_close(p.grad, canonical(p.native.name, g), err_msg=path)
     tree.backward(squares, IDS)
     g = want[id(model.wte.embeddings)]
-    np.testing.assert_allclose(tree["wte.weight"].grad, 2 * g, rtol=1e-5, atol=1e-7)
+    assert_close(tree["wte.weight"].grad, 2 * g)
 
 
 def test_backward_by_hand_and_input_conversion():
     model = mlp()
     tree = ut.wrap(model)
-    W1, b1, W2, b2 = (p.numpy().astype(np.float64) for p in tree.parameters())
+    values = [p.numpy() for p in tree.parameters()]
     x = np.random.default_rng(3).random((5, 4))  # float64 in, a float32 model
     loss = tree.backward(total, x)
-    H = x @ W1.T + b1
-    A = np.maximum(H, 0)
-    assert loss == pytest.approx(float((A @ W2.T + b2).sum()), rel=1e-5)
-    np.testing.assert_allclose(tree["2.weight"].grad, A.sum(0, keepdims=True), rtol=1e-5)
-    np.testing.assert_allclose(tree["2.bias"].grad, [5.0], rtol=1e-6)
-    np.testing.assert_allclose(tree["0.weight"].grad, ((H > 0) * W2).T @ x, rtol=1e-5, atol=1e-6)
+    # by hand in float64, and the same sums over the terms' magnitudes: float32's scale
+    want_loss, (dW1, _, dW2, db2) = mlp_gradients(*values, x)
+    loss_scale, (sW1, _, sW2, _) = mlp_gradients(*map(np.abs, values), x)
+    assert_close(loss, want_loss, scale=loss_scale)
+    assert_close(tree["2.weight"].grad, dW2, scale=sW2)
+    np.testing.assert_array_equal(tree["2.bias"].grad, db2)  # 5 ones: exact in float32
+    assert_close(tree["0.weight"].grad, dW1, scale=sW1)
     with pytest.raises(TypeError, match="scalar"):
         tree.backward(lambda y: y, X)
 
@@ -511,9 +515,7 @@ def test_tied_gradient_is_the_sum_over_both_uses():
     t.backward(total, X)
     u.backward(total, X)
     for leaf in ("weight", "bias"):
-        np.testing.assert_allclose(
-            t[0][leaf].grad, u[0][leaf].grad + u[2][leaf].grad, rtol=1e-5, atol=1e-6
-        )
+        assert_close(t[0][leaf].grad, u[0][leaf].grad + u[2][leaf].grad, err_msg=leaf)
 
 
 def test_frozen_layer_is_a_parameter_without_gradient():
@@ -548,13 +550,13 @@ def test_tie_makes_keras_share_the_variables():
     assert tree[2].weight is tree[1].weight
     tree["1.weight"][0, 0] = 5.0  # the forward pass reads the shared variable at both places
     y = numpy(model(X))
-    np.testing.assert_allclose(model.predict(X, verbose=0), y, rtol=1e-6)
-    assert not np.allclose(y, before)
+    assert_close(model.predict(X, verbose=0), y)
+    assert_differ(y, before)
     if BACKEND == "torch":  # torch's view of the Keras model follows
         assert len(list(model.parameters())) == 6
     grads = native_grads(model, total, X)
     tree.backward(total, X)
-    np.testing.assert_allclose(tree["1.weight"].grad, grads[2].T, rtol=1e-5, atol=1e-6)
+    assert_close(tree["1.weight"].grad, grads[2].T)
 
 
 def test_tie_is_validated_first_and_changes_nothing_when_refused():
@@ -601,9 +603,7 @@ def test_tie_nested_layers_of_a_subclassed_model():
     tree.backward(squares, IDS)  # one gradient per shared variable, summed by Keras's autodiff
     want = native_grads(model, squares, IDS)
     got = dict(zip(map(id, model.trainable_variables), want))
-    np.testing.assert_allclose(
-        tree["blocks.1.attn.weight"].grad, got[id(b0.attn.kernel)].T, rtol=1e-5, atol=1e-7
-    )
+    assert_close(tree["blocks.1.attn.weight"].grad, got[id(b0.attn.kernel)].T)
 
 
 def test_tie_refuses_a_layer_whose_variables_are_not_attributes():

@@ -117,9 +117,15 @@ def refused(
     assert_same(before, b.native_state(tree))
 
 
+# Models are built from seed 0 (the builders' default); what is written into them comes from
+# a model built from seed 1: other values, so that a write that went through changed them.
+OTHER = 1
+
+
 def source(b: ModuleType, device: str) -> dict[str, np.ndarray]:
     """A canonical state dict for the port model of ``b``, with other values than a fresh one."""
-    return {k: np.array(v) for k, v in b.wrap(b.port_model(device)).state_dict().items()}
+    tree = b.wrap(b.port_model(device, seed=OTHER))
+    return {k: np.array(v) for k, v in tree.state_dict().items()}
 
 
 # -- the multi-tensor writes, failing at every step ----------------------------------------------
@@ -133,7 +139,7 @@ def test_load_state_dict_fails_at_every_step(b: ModuleType, device: str) -> None
 @pytest.mark.parametrize(("b", "device"), BUILDERS)
 def test_load_fails_at_every_step(b: ModuleType, device: str, tmp_path: Path) -> None:
     path = tmp_path / "m.safetensors"
-    ut.save(b.wrap(b.port_model(device)), path)
+    ut.save(b.wrap(b.port_model(device, seed=OTHER)), path)
     every_step(b, lambda: b.wrap(b.port_model(device)), lambda t: ut.load(t, path))
 
 
@@ -145,7 +151,7 @@ def test_load_fails_when_the_file_fails_at_every_tensor(
     from unitree import _checkpoint
 
     path = tmp_path / "m.safetensors"
-    ut.save(b.wrap(b.port_model(device)), path)
+    ut.save(b.wrap(b.port_model(device, seed=OTHER)), path)
     every_step(
         b,
         lambda: b.wrap(b.port_model(device)),
@@ -157,7 +163,7 @@ def test_load_fails_when_the_file_fails_at_every_tensor(
 
 @pytest.mark.parametrize(("b", "device"), BUILDERS)
 def test_port_fails_at_every_step(b: ModuleType, device: str) -> None:
-    src = torch_builder.wrap(torch_builder.port_model("cpu"))
+    src = torch_builder.wrap(torch_builder.port_model("cpu", seed=OTHER))
     every_step(b, lambda: b.wrap(b.port_model(device)), lambda t: ut.port(src, t))
 
 
@@ -244,7 +250,7 @@ def test_load_refuses_bad_files(b: ModuleType, device: str, tmp_path: Path) -> N
 @pytest.mark.parametrize(("b", "device"), BUILDERS)
 def test_port_refuses(b: ModuleType, device: str) -> None:
     tree = b.wrap(b.port_model(device))
-    torch_tree = torch_builder.wrap(torch_builder.port_model("cpu"))
+    torch_tree = torch_builder.wrap(torch_builder.port_model("cpu", seed=OTHER))
     torch_tree["out.bias"].set(np.full(torch_tree["out.bias"].shape, np.nan, np.float32))
     refused(
         b,

@@ -4,7 +4,8 @@ A spec is plain data, the same on every backend: ``(shape, layers)``, the input 
 channels-first and each layer one of ``("conv", in, out, k, dims)``, ``("bn", c, dims)``,
 ``("ln", c)``, ``("dense", in, out)``, ``("flatten",)`` or ``("tie", i)`` (the dense layer at
 position i used again: one parameter set). Each builder's ``random_model(spec, device)``
-builds it natively with random values, with the same paths (positions) on every backend.
+builds it natively with random values drawn from a seed, with the same paths (positions) on
+every backend.
 Values are compared bit for bit, through each framework's own view (``native_state``).
 """
 
@@ -22,6 +23,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from unitree.conformance import backends
 from unitree.conformance.builders import RICH
+from unitree_checks import assert_close
 
 import unitree as ut
 
@@ -125,8 +127,8 @@ def torch_device(device: str) -> str:
 @given(spec=specs())
 def test_save_load_round_trip(builder: ModuleType, device: str, spec: Spec) -> None:
     """Save A, load into B of the same spec (other values): B is A, bit for bit, ties kept."""
-    a = builder.wrap(builder.random_model(spec, device))
-    b = builder.wrap(builder.random_model(spec, device))
+    a = builder.wrap(builder.random_model(spec, device, seed=0))
+    b = builder.wrap(builder.random_model(spec, device, seed=1))
     want, before = builder.native_state(a), builder.native_state(b)
     assert groups(before) == groups(want)
     with tempfile.TemporaryDirectory() as folder:
@@ -146,8 +148,8 @@ FLATTEN_TIED: Spec = ((2, 2, 3), (("conv", 2, 3, 2, 1), ("flatten",), ("dense", 
 def test_port_round_trip(builder: ModuleType, device: str, spec: Spec) -> None:
     """Port A into a torch model C and C into a fresh D like A: C's canonical state is A's and
     D's native state is A's, bit for bit, ties kept both ways."""
-    a = builder.wrap(builder.random_model(spec, device))
-    c = TORCH.wrap(TORCH.random_model(spec, torch_device(device)))
+    a = builder.wrap(builder.random_model(spec, device, seed=0))
+    c = TORCH.wrap(TORCH.random_model(spec, torch_device(device), seed=1))
     ties = a.ties()
     assert len(ties) == 2 * sum(x[0] == "tie" for x in spec[1])
     if flatten_tied(builder, spec):
@@ -162,10 +164,17 @@ def test_port_round_trip(builder: ModuleType, device: str, spec: Spec) -> None:
     assert all(k in mine or k.endswith("num_batches_tracked") for k in theirs)
 
     want = builder.native_state(a)
-    d = builder.wrap(builder.random_model(spec, device))
+    d = builder.wrap(builder.random_model(spec, device, seed=2))
     report = ut.port(c, d)
     assert report.ties_kept == ties and not report.ties_split and d.ties() == ties
     assert_same_state(builder, want, builder.native_state(d))
+
+
+# Two frameworks running up to five layers, each summing in its own order, in EPS32 of the
+# largest output. Looser than cases.PORT_ULPS: with every value in [-1, 1], a norm's scale can
+# be near zero, and a norm after it divides its rounding by that small spread (two layer norms
+# in a row differ by up to 730 EPS32 over 450 random specs and seeds; the examples here, by 4).
+OUTPUT_ULPS = 1024
 
 
 def output(b: ModuleType, tree: ut.ParamTree, X: np.ndarray) -> np.ndarray:
@@ -190,7 +199,7 @@ FLAT_NORMS = [
 @example(spec=FLAT_NORMS[0])
 @example(spec=FLAT_NORMS[1])
 def test_port_keeps_outputs(builder: ModuleType, device: str, spec: Spec) -> None:
-    """A port means the same function: C computes what A computes (DESIGN §3: the canonical
+    """A port means the same function: C computes what A computes (the canonical
     order of a flattened axis is PyTorch's, whatever follows the flatten)."""
     kinds = [x[0] for x in spec[1]]
     if builder.name in ("keras", "flax") and "flatten" in kinds:
@@ -198,13 +207,12 @@ def test_port_keeps_outputs(builder: ModuleType, device: str, spec: Spec) -> Non
         # common order (a flatten of the input itself, or as the output, has no PyTorch twin)
         i = kinds.index("flatten")
         assume("conv" in kinds[:i] and "dense" in kinds[i:] and not flatten_tied(builder, spec))
-    a = builder.wrap(builder.random_model(spec, device))
-    c = TORCH.wrap(TORCH.random_model(spec, torch_device(device)))
+    a = builder.wrap(builder.random_model(spec, device, seed=0))
+    c = TORCH.wrap(TORCH.random_model(spec, torch_device(device), seed=1))
     ut.port(a, c)
     X = np.random.default_rng(0).standard_normal(spec[0]).astype(np.float32)
     want = output(builder, a, X)
-    scale = max(1.0, float(np.abs(want).max()))
-    np.testing.assert_allclose(output(TORCH, c, X), want, rtol=1e-4, atol=1e-5 * scale)
+    assert_close(output(TORCH, c, X), want, ulps=OUTPUT_ULPS)
 
 
 # -- random paths and globs ------------------------------------------------------------------

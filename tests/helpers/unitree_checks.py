@@ -1,10 +1,34 @@
-"""Checks every adapter's tests make the same way."""
+"""Checks every adapter's tests make the same way.
+
+Float comparisons go through ``assert_close`` (float32 rounding of a scale: the largest
+expected value, or for a sum the magnitudes of its terms) and ``assert_differ`` (something
+changed by far more than rounding). They live in ``unitree.conformance.cases``, which the
+wheel ships without pytest, and are the same functions here.
+"""
 
 from __future__ import annotations
 
 import pytest
+from unitree.conformance.cases import (
+    EPS32,
+    PORT_ULPS,
+    ULPS,
+    assert_close,
+    assert_differ,
+    mlp_output,
+)
 
 import unitree as ut
+
+__all__ = [
+    "EPS32",
+    "PORT_ULPS",
+    "ULPS",
+    "assert_close",
+    "assert_differ",
+    "assert_read_once",
+    "mlp_output",
+]
 
 
 def assert_read_once(tree: ut.ParamTree, monkeypatch: pytest.MonkeyPatch) -> None:
