@@ -109,6 +109,15 @@ def core(session: nox.Session) -> None:
     session.run("pytest", "tests/core", "tests/readme", *session.posargs)
 
 
+_NO_FRAMEWORK = (
+    "import sys\n"
+    "for name in ('torch', 'keras', 'tensorflow', 'jax', 'flax', 'mxnet'):\n"
+    "    sys.modules[name] = None  # as if not installed\n"
+    "from unitree._cli import main\n"
+    "sys.exit(main(['conformance']))"
+)
+
+
 @nox.session
 def wheel(session: nox.Session) -> None:
     """The built wheel in a fresh environment with torch, run from outside the checkout:
@@ -120,7 +129,8 @@ def wheel(session: nox.Session) -> None:
     session.install("pip")
     session.run("pip", "wheel", "--no-deps", "--quiet", "-w", dist, HERE)
     (built,) = (os.path.join(dist, n) for n in os.listdir(dist) if n.endswith(".whl"))
-    session.install("--force-reinstall", built)  # the core alone: no framework yet
+    session.install(f"{built}[torch]", TORCH)
+    session.install("--force-reinstall", "--no-deps", built)  # this build, over an older 0.1.0
     work = os.path.abspath(os.path.join(session.create_tmp(), "run"))
     os.makedirs(work, exist_ok=True)
     session.chdir(work)  # no source checkout here: only the installed package can answer
@@ -130,9 +140,8 @@ def wheel(session: nox.Session) -> None:
         "-c",
         "import unitree.conformance as c, sys; sys.exit('site-packages' not in c.__file__)",
     )
-    # with no framework it says what to install (exit status 2) and runs nothing
-    session.run("unitree", "conformance", env=env, success_codes=[2])
-    session.install(f"{built}[torch]", TORCH)
+    # with no framework importable it says what to install (exit status 2) and runs nothing
+    session.run("python", "-c", _NO_FRAMEWORK, env=env, success_codes=[2])
     session.run("unitree", "conformance", "--report", "matrix.md", env=env)
     session.run(
         "python", "-m", "unitree", "conformance", "--backend", "torch", "--device", "cpu", env=env

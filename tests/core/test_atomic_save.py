@@ -76,7 +76,7 @@ def version_of(path: Path) -> int:
 def child(path: Path, first: int, count: int) -> subprocess.Popen[str]:
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests" / "helpers")]),
         "PYTHONDONTWRITEBYTECODE": "1",
     }
     proc = subprocess.Popen(
