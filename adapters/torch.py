@@ -128,10 +128,14 @@ class TorchAdapter(Adapter):
         not one (truncated, corrupt, refused by the restricted unpickler, not a flat dict of
         tensors) raises a ``CheckpointError`` naming the file and the problem."""
         try:
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
-                state = torch.load(path, map_location="cpu", weights_only=True)
+            if path.endswith(".safetensors"):  # torch.load would read it as one, by its name
+                with open(path, "rb") as f:
+                    state = torch.load(f, map_location="cpu", weights_only=True)
+            else:
+                try:
+                    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+                    state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # RuntimeError, UnpicklingError, EOFError, OSError...
             # torch's messages run to paragraphs: keep the one that names the problem
             text = str(e).strip()

@@ -14,6 +14,7 @@ from ._checkpoint import load, save
 from ._errors import (
     CheckpointError,
     NonFiniteError,
+    ParamIndexError,
     PathError,
     PortError,
     ShapeError,
@@ -39,6 +40,7 @@ __all__ = [
     "NonFiniteError",
     "Pair",
     "Param",
+    "ParamIndexError",
     "ParamTree",
     "PathError",
     "PortError",

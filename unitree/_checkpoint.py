@@ -54,12 +54,13 @@ def save(tree: Any, path: PathLike, *, metadata: dict[str, str] | None = None) -
     """
     from ._canon import _join, layers, slots
 
+    path = file_path(path)
     tree = as_node(tree)
     entries = [s for s in slots(tree) if s.layer.persistent(s.leaf)]
     for key in (key for slot in entries for key in slot.keys):
         why = _bad_name(key)  # what Checkpoint refuses to read, save refuses to write
         if why:
-            raise CheckpointError(f"Cannot save the path {key!r} to {os.fspath(path)}: {why}.")
+            raise CheckpointError(f"Cannot save the path {key!r} to {path}: {why}.")
     header: dict[str, Any] = {}
     offset = 0
     for slot in entries:
@@ -71,7 +72,7 @@ def save(tree: Any, path: PathLike, *, metadata: dict[str, str] | None = None) -
         dtype = numpy_dtype(slot.layer.dtype(slot.leaf))
         if dtype.name not in _CODES:
             raise ValueTypeError(
-                f"Cannot save {slot.keys[0]} to {os.fspath(path)}: safetensors has no {dtype.name} "
+                f"Cannot save {slot.keys[0]} to {path}: safetensors has no {dtype.name} "
                 f"type (it holds {', '.join(sorted(_CODES))}). Cast the parameter to one of "
                 "those first; nothing was written."
             )
@@ -125,16 +126,32 @@ def save(tree: Any, path: PathLike, *, metadata: dict[str, str] | None = None) -
     atomic_write(path, write)
 
 
+def file_path(path: Any) -> str:
+    """``os.fspath(path)``, or a ``ValueTypeError`` for what is no path (an int, None)."""
+    try:
+        return os.fspath(path)
+    except TypeError:
+        raise ValueTypeError(
+            f"Expected a file path (a str or an os.PathLike), got {type(path).__name__} {path!r:.60}."
+        ) from None
+
+
 def atomic_write(path: PathLike, write: Callable[[Any], None]) -> None:
     """Call ``write(file)`` on a temporary file next to ``path``, fsync it, rename it to ``path``.
 
-    The file gets the permissions ``open(path, "wb")`` would give it: those of the file it
+    The file is what ``open(path, "wb")`` would make of it: the permissions of the file it
     replaces, or for a new file 0o666 less the process's umask (the temporary file is
-    created with that mode, so the umask applies as it does to ``open``).
+    created with that mode, so the umask applies as it does to ``open``); a symbolic link is
+    written through, to its target; a folder that does not exist, or a directory at
+    ``path``, raises the ``OSError`` ``open`` raises, naming ``path``.
     """
+    import errno
     import secrets
 
-    path = os.fspath(path)
+    given = file_path(path)
+    path = os.path.realpath(given) if os.path.islink(given) else given  # open() writes through
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), given)
     folder = os.path.dirname(os.path.abspath(path))
     try:
         mode: int | None = stat.S_IMODE(os.stat(path).st_mode)
@@ -148,6 +165,8 @@ def atomic_write(path: PathLike, write: Callable[[Any], None]) -> None:
             break
         except FileExistsError:
             continue
+        except OSError as e:  # no such folder, no permission: as open() says it, of the path
+            raise type(e)(e.errno, e.strerror, given) from None
     try:
         with os.fdopen(fd, "wb") as f:
             if mode is not None:
@@ -249,7 +268,7 @@ class Checkpoint:
     """
 
     def __init__(self, path: PathLike) -> None:
-        self.path = os.fspath(path)
+        self.path = file_path(path)
         self._lock = threading.Lock()
         problem = _file_error(self.path)
         if problem is not None:
@@ -313,7 +332,8 @@ class Checkpoint:
         n = int.from_bytes(self._read(8, 0), "little")
         if n > _MAX_HEADER:
             raise self._error(
-                f"the header length {n:,} is over safetensors' limit of {_MAX_HEADER:,} bytes"
+                f"the header length {n:,} is over safetensors' limit of {_MAX_HEADER:,} bytes: "
+                "not a safetensors file, or a damaged one"
             )
         if n > size - 8:
             raise self._error(
@@ -342,6 +362,12 @@ class Checkpoint:
             if not (_unicode(key) and _unicode(value)):
                 raise self._error(f"__metadata__ {key!r} holds a lone surrogate, not valid Unicode")
         self.metadata: dict[str, str] = meta
+        version = meta.get("format_version", FORMAT_VERSION)
+        if meta.get("format") == FORMAT and version != FORMAT_VERSION:
+            raise self._error(
+                f"written in unitree's checkpoint format version {version!r}; this version of "
+                f"unitree reads version {FORMAT_VERSION!r}: upgrade unitree to read it"
+            )
 
         self._start = 8 + n
         self.header: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
@@ -486,7 +512,7 @@ class TorchFile:
     def __init__(self, path: PathLike) -> None:
         from ._adapter import ADAPTERS, _load
 
-        self.path = os.fspath(path)
+        self.path = file_path(path)
         self.metadata: dict[str, str] = {}
         problem = _file_error(self.path)
         if problem is not None:
@@ -531,20 +557,34 @@ class TorchFile:
         self._state = {}
 
 
+# How a PyTorch file begins: a zip archive (torch.save's format since 1.6), or the pickled
+# magic number of the legacy format.
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19")
+_TORCH_NAMES = (".pt", ".pth", ".bin")
+
+
 def open_checkpoint(path: PathLike) -> Checkpoint | TorchFile:
-    """A safetensors checkpoint, or a PyTorch file (a zip archive, or named .pt/.pth/.bin)."""
-    name = os.fspath(path)
+    """A safetensors checkpoint, or a PyTorch file, told apart by their contents (a zip
+    archive or torch's legacy magic number is a PyTorch file), whatever their names say; a
+    file named .pt/.pth/.bin that is neither a safetensors file nor recognizably PyTorch's
+    is reported as a PyTorch file that does not load."""
+    name = file_path(path)
     problem = _file_error(name)
     if problem is not None:
         raise problem
-    if name.endswith((".pt", ".pth", ".bin")):
-        return TorchFile(name)
     try:
         with open(name, "rb") as f:
-            magic = f.read(4)
+            start = f.read(16)
     except OSError as e:
         raise CheckpointError(f"{name}: cannot read the checkpoint ({e.strerror}).") from None
-    return TorchFile(name) if magic == b"PK\x03\x04" else Checkpoint(name)
+    if start.startswith(_TORCH_MAGIC):
+        return TorchFile(name)
+    if not name.endswith(_TORCH_NAMES):
+        return Checkpoint(name)
+    try:
+        return Checkpoint(name)  # safetensors under a PyTorch name
+    except CheckpointError:
+        return TorchFile(name)  # for torch's own words on what is wrong with it
 
 
 def load(
@@ -571,11 +611,15 @@ def load(
     """
     tree = as_node(tree)
     with open_checkpoint(path) as ckpt:
+        # a tied tensor's other paths are keys too, holding the stored tensor's value
+        aliases = ckpt.aliases()
+        header = {**ckpt.header, **{a: ckpt.header[k] for a, k in aliases.items()}}
         return tree._load(
-            ckpt.header,
-            ckpt.__getitem__,
+            header,
+            lambda key: ckpt[aliases.get(key, key)],
             strict,
             casting="unsafe" if cast else "safe",
             source=os.path.basename(ckpt.path),
             error_if_nonfinite=error_if_nonfinite,
+            stored=aliases,
         )

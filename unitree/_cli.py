@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,22 +27,24 @@ def show(path: str) -> str:
             backend = ckpt.metadata.get("backend", "unknown backend")
             if not backend.isprintable():  # the file's words, never a terminal's escape codes
                 backend = ascii(backend)
-    root: dict[str, Any] = {}
+    # (is a module, name) -> the module's items, or the leaf's key: a file may hold a leaf and
+    # a module of one name ("0" and "0.weight"), which a model could not, and shows both
+    root: dict[tuple[bool, str], Any] = {}
     for key in order:
         node = root
         *parents, leaf = key.split(".")
         for seg in parents:
-            node = node.setdefault(seg, {})
-        node[leaf] = key
+            node = node.setdefault((True, seg), {})
+        node[(False, leaf)] = key
 
     def leaf(key: str) -> str:
         shape, dtype = header[alias.get(key, key)]
         return f"{shape_text(shape)} {dtype}" + (f" = {alias[key]}" if key in alias else "")
 
-    def branches(node: dict[str, Any]) -> list[Branch]:
+    def branches(node: dict[tuple[bool, str], Any]) -> list[Branch]:
         return [
-            (name, branches(item)) if isinstance(item, dict) else (f"{name} {leaf(item)}", [])
-            for name, item in node.items()
+            (name, branches(item)) if module else (f"{name} {leaf(item)}", [])
+            for (module, name), item in node.items()
         ]
 
     stored = [entry for key, entry in header.items() if key not in alias]  # a tie once
@@ -49,6 +52,18 @@ def show(path: str) -> str:
     size = sum(int(np.prod(s)) * d.itemsize for s, d in stored)
     picture = render(f"{os.path.basename(path)} ({backend})", branches(root))
     return f"{picture}\n{len(stored)} tensors, {count:,} values, {size:,} bytes"
+
+
+def _max_difference(x: np.ndarray, y: np.ndarray) -> float:
+    """max |x - y|, computed in float64 (complex128 for complex values): bfloat16 and float8
+    (numpy's kind "V", through ml_dtypes) too. NaN where one holds NaN the other does not."""
+    if x.size == 0:
+        return 0.0
+    wide = np.complex128 if "c" in (x.dtype.kind, y.dtype.kind) else np.float64
+    a, b = x.astype(wide), y.astype(wide)
+    d = np.abs(a - b)
+    d[np.isnan(a) & np.isnan(b)] = 0  # NaN on both sides is no difference
+    return float(np.max(d))
 
 
 def diff(a: str, b: str) -> tuple[str, bool]:
@@ -78,15 +93,7 @@ def diff(a: str, b: str) -> tuple[str, bool]:
                 lines.append(f"{key}: shape {shape} in A, {other_shape} in B")
                 same = False
                 continue
-            x, y = left[where], right[other]
-            if x.dtype.kind in "biufc" and y.dtype.kind in "biufc":
-                delta = (
-                    float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64))))
-                    if x.size
-                    else 0.0
-                )
-            else:
-                delta = 0.0 if np.array_equal(x, y) else float("inf")
+            delta = _max_difference(left[where], right[other])
             note = "" if dtype == other_dtype else f"  (dtype {dtype} in A, {other_dtype} in B)"
             lines.append(f"{key}: max abs diff {delta:.6g}{note}")
             same = same and delta == 0 and not note
@@ -110,6 +117,30 @@ def conformance(
     ``backend``, and print the matrix; 1 if any cell failed."""
     from .conformance import backends, matrix
 
+    if device is not None and not re.fullmatch(r"cpu|gpu|cuda:\d+|gpu:\d+", device):
+        raise UnitreeError(
+            f"Unknown device {device!r}: expected cpu, gpu, or a device name such as cuda:0 or gpu:0."
+        )
+    try:
+        return _conformance(backends, matrix, backend, device, report, merge, files)
+    except ImportError as e:  # a backend named on the command line or in UNITREE_BACKENDS
+        raise UnitreeError(
+            f"A backend named to run cannot be imported here ({e}): install its framework, "
+            "or leave it out (--backend, UNITREE_BACKENDS)."
+        ) from None
+    except ValueError as e:  # an unknown backend name
+        raise UnitreeError(str(e)) from None
+
+
+def _conformance(
+    backends: Any,
+    matrix: Any,
+    backend: list[str] | None,
+    device: str | None,
+    report: str | None,
+    merge: str | None,
+    files: bool,
+) -> int:
     if merge:
         parts = sorted(Path(merge).glob("*.json"))
         if not parts:
@@ -119,6 +150,11 @@ def conformance(
         cells, versions = matrix.merge([p.read_text() for p in parts])
     else:
         named = backend or backends.named()
+        for name in named or ():
+            if name not in backends.BUILDERS:
+                raise UnitreeError(
+                    f"Unknown backend {name!r}: expected one of {', '.join(backends.BUILDERS)}."
+                )
         names = named or backends.importable()
         if not names:
             raise UnitreeError(

@@ -38,6 +38,11 @@ class ShapeError(UnitreeError, ValueError):
     """A value whose shape does not fit the parameter it is written to."""
 
 
+class ParamIndexError(ShapeError, IndexError):
+    """An index that does not fit a parameter's shape, read (``p[8, 0]``) or written: also an
+    ``IndexError``, as numpy's own, so the sequence protocol stops on it as on an array."""
+
+
 class StateDictError(UnitreeError, ValueError):
     """A state dict or checkpoint that does not match the tree: every problem is listed."""
 

@@ -122,7 +122,7 @@ def port(
     s_tree, d_tree = s_node._tree, d_node._tree
     report = PortReport(s_tree.backend, d_tree.backend)
     s_layers, d_layers = layers(s_node), layers(d_node)
-    renamed = _renamer(rename, [s.path for s in s_layers], [d.path for d in d_layers])
+    renamed = _renamer(rename, s_layers, d_layers, (s_tree.backend, d_tree.backend))
     pairs, problems = _match(s_layers, d_layers, renamed, s_tree, d_tree)
     if not strict:
         report.skipped, problems = problems, []
@@ -298,21 +298,25 @@ def _dlpack(src: Slot, dst: Slot) -> Any:
 
 def _renamer(
     rename: Mapping[str, str] | Iterable[tuple[str, str]] | None,
-    sources: list[str],
-    destinations: list[str],
+    S: list[Layer],
+    D: list[Layer],
+    backends: tuple[str, str],
 ) -> Callable[[str], str]:
     """The function that maps a source layer path through ``rename``'s (pattern, replacement)
-    pairs, in order (``re.sub``). A pattern that matches no source layer path, or that maps
-    one onto a path no destination layer has, is a mistake the port would otherwise ignore:
-    it raises a ``PortError`` naming the pattern."""
+    pairs, in order (``re.sub``). The user said which layer goes where, so any way the port
+    could not do exactly that raises a ``PortError`` naming the pattern, strict or not: a
+    pattern that matches no source layer path, one that maps a source layer onto a path no
+    destination layer has, or onto a layer that does not fit it, or two source layers onto
+    one destination layer."""
     if not rename:
         return lambda path: path
-    items = list(rename.items() if isinstance(rename, Mapping) else rename)
     try:
+        items = list(rename.items() if isinstance(rename, Mapping) else rename)
         patterns = [(p, re.compile(p), r) for p, r in items]
-    except (re.error, TypeError) as e:
+    except (re.error, TypeError, ValueError) as e:
         raise PortError(
-            f"Cannot port: rename= holds a pattern that is no regular expression ({e})."
+            "Cannot port: rename= must map regular expressions to replacements "
+            f"({{pattern: replacement}} or [(pattern, replacement), ...]); {e}. Nothing was written."
         ) from None
     used: dict[str, list[str]] = {p: [] for p, _, _ in patterns}
 
@@ -321,18 +325,45 @@ def _renamer(
         for text, pattern, replacement in patterns:
             if note and pattern.search(path):
                 used[text].append(source)
-            path = pattern.sub(replacement, path)
+            try:
+                path = pattern.sub(replacement, path)
+            except (re.error, IndexError) as e:  # a bad group reference in the replacement
+                raise PortError(
+                    f"Cannot port: rename {text!r}: {replacement!r} is no replacement for it ({e}). "
+                    "Nothing was written."
+                ) from None
         return path
 
+    def which(path: str) -> str:
+        return ", ".join(repr(p) for p, paths in used.items() if path in paths)
+
     problems = []
-    known = set(destinations)
-    for path in sources:
-        new = renamed(path, note=True)
-        if new != path and new not in known:
-            which = [repr(p) for p, paths in used.items() if path in paths]
+    sources, destinations = [s.path for s in S], [d.path for d in D]
+    by_path = {d.path: d for d in D}
+    onto: dict[str, list[Layer]] = {}
+    for s in S:
+        new = renamed(s.path, note=True)
+        onto.setdefault(new, []).append(s)
+        if new == s.path:
+            continue
+        d = by_path.get(new)
+        if d is None:
             problems.append(
-                f"rename {', '.join(which)} maps the source layer {path!r} to {new!r}, "
+                f"rename {which(s.path)} maps the source layer {s.path!r} to {new!r}, "
                 f"which is no destination layer{_closest(new, destinations)}"
+            )
+        elif not _fits(s, d):
+            problems.append(
+                f"rename {which(s.path)} maps {_describe(s, backends[0])} onto "
+                f"{_describe(d, backends[1])}, which does not fit it"
+            )
+    for new, group in onto.items():
+        moved = [s.path for s in group if renamed(s.path) != s.path]
+        if len(group) > 1 and moved:
+            problems.append(
+                f"rename {', '.join(dict.fromkeys(which(m) for m in moved))} maps "
+                f"{len(group)} source layers ({', '.join(repr(s.path) for s in group)}) onto "
+                f"the one destination layer {new!r}"
             )
     for text, paths in used.items():
         if not paths:

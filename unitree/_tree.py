@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import gc
+import re
 import threading
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Any, Callable, NamedTuple
@@ -15,6 +16,7 @@ from ._adapter import Adapter, Leaf, adapter_for
 from ._dtypes import numpy_dtype
 from ._errors import (
     NonFiniteError,
+    ParamIndexError,
     PathError,
     ShapeError,
     StateDictError,
@@ -172,7 +174,15 @@ class Param:
         return a.copy() if copy else a
 
     def __getitem__(self, index: Any) -> Any:
-        return self.numpy()[index]
+        """``p.numpy()[index]``; an index that does not fit raises ``ParamIndexError`` (an
+        ``IndexError``) naming the path and the shape."""
+        a = self.numpy()
+        try:
+            return a[index]
+        except (IndexError, TypeError, ValueError) as e:
+            raise ParamIndexError(
+                f"Cannot read {self.path}[{_index_str(index)}]: {e} ({self.path} has shape {a.shape})."
+            ) from None
 
     @property
     def grad(self) -> np.ndarray | None:
@@ -196,6 +206,12 @@ class Param:
     def set(self, value: Any, *, error_if_nonfinite: bool = False) -> None:
         """Replace the whole value with ``value`` (canonical layout, numpy or native), in place.
 
+        An assignment, as numpy's and torch's ``copy_`` convert: a value of the same kind of
+        number takes the parameter's dtype (float64 -> float32 rounds), but one that does not
+        fit it (a finite number that would become infinite, an integer that would wrap) or
+        of another kind (complex into float) raises ``ValueTypeError``; a shape that differs
+        raises ``ShapeError``. Nothing is written then.
+
         ``error_if_nonfinite=True`` refuses a value holding a NaN or an infinity
         (:class:`NonFiniteError`), as torch's ``clip_grad_norm_`` does; nothing is written.
         """
@@ -217,7 +233,7 @@ class Param:
         try:
             target = current[index]
         except (IndexError, TypeError, ValueError) as e:
-            raise ShapeError(
+            raise ParamIndexError(
                 f"Cannot write {where}: {e} ({self.path} has shape {current.shape}). Nothing was written."
             ) from None
         try:
@@ -248,7 +264,14 @@ class Param:
             raise ValueTypeError(
                 f"Cannot write {a.dtype} into {where}, which holds {dtype}, without changing kind of number. Nothing was written."
             )
-        return a.astype(dtype, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = a.astype(dtype, copy=False)
+        if out is not a and _overflowed(a, out):
+            raise ValueTypeError(
+                f"Cannot write {a.dtype} into {where}, which holds {dtype}: some values do not "
+                f"fit in {dtype} (they would become infinite or wrap around). Nothing was written."
+            )
+        return out
 
     def _write(self, value: np.ndarray) -> None:
         """Write a validated canonical value of the right shape and dtype."""
@@ -261,6 +284,16 @@ class Param:
         extra = f", tied={self.paths}" if self._aliases else ""
         kind = "Buffer" if not self._is_param else "Param"
         return f"{kind}({self.path!r}, shape={'unknown' if shape is None else shape}, dtype={self.dtype!r}, device={self.device!r}{extra})"
+
+
+def _overflowed(a: np.ndarray, out: np.ndarray) -> bool:
+    """Whether converting ``a`` to ``out``'s dtype lost values, not just precision: a finite
+    number become infinite, or an integer wrapped around."""
+    if out.dtype.kind in "iu":
+        return a.dtype.kind in "iu" and not np.array_equal(out, a)
+    if out.dtype.kind in "fcV" and a.dtype.kind in "iufcV":
+        return int(np.count_nonzero(np.isfinite(out))) < int(np.count_nonzero(np.isfinite(a)))
+    return False
 
 
 def _check_finite(value: np.ndarray, where: str) -> None:
@@ -288,10 +321,17 @@ def _contiguous(a: np.ndarray, tile: int = 256) -> np.ndarray:
 
 
 def _index_str(index: Any) -> str:
-    items = index if isinstance(index, tuple) else (index,)
-    return ", ".join(
-        ":" if i == slice(None) else "..." if i is Ellipsis else repr(i) for i in items
-    )
+    """``index`` as it was written between brackets: ``0, :``, ``...``, ``array([0, 1])``."""
+
+    def one(i: Any) -> str:
+        if isinstance(i, slice) and i == slice(None):
+            return ":"
+        if i is Ellipsis:
+            return "..."
+        text = repr(i)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    return ", ".join(one(i) for i in (index if isinstance(index, tuple) else (index,)))
 
 
 class LoadResult(NamedTuple):
@@ -536,14 +576,25 @@ class Node:
                 different values.
             NonFiniteError: with ``error_if_nonfinite=True``, a NaN or an infinity.
         """
+        if not isinstance(state_dict, Mapping):
+            raise ValueTypeError(
+                f"Expected a state dict, a mapping of paths to arrays, got {type(state_dict).__name__}. "
+                "Nothing was written."
+            )
         arrays: dict[str, np.ndarray] = {}
         bad: list[str] = []
         adapter = self._tree._adapter
         for key, value in state_dict.items():
+            if not isinstance(key, str):
+                bad.append(f"{key!r}: a key must be a path (str), not {type(key).__name__}")
+                continue
             try:
                 a = adapter.asarray(value)
             except Exception as e:
                 bad.append(f"{key}: not a numeric array ({type(value).__name__}: {e})")
+                continue
+            if not _numeric(a):
+                bad.append(f"{key}: not a numeric array ({type(value).__name__} {value!r:.40})")
                 continue
             arrays[key] = a
         return self._load(
@@ -564,12 +615,15 @@ class Node:
         casting: str = "safe",
         source: str = "the source",
         error_if_nonfinite: bool = False,
+        stored: Mapping[str, str] | None = None,
     ) -> LoadResult:
         """Validate every entry against the tree, then write them all or none.
 
         ``casting`` is numpy's rule for a dtype change: "safe" (lossless only),
-        "same_kind", or "unsafe".
+        "same_kind", or "unsafe". ``stored`` maps a key of ``header`` that a file ties to
+        another (stores once) to that other key: two such keys need no comparison.
         """
+        stored = stored or {}
         problems = list(problems or [])
         plan: dict[int, tuple[_canon.Layer, dict[str, Callable[[], np.ndarray]]]] = {}
         missing: list[str] = []
@@ -600,9 +654,10 @@ class Node:
                     f"{keys[0]}: dtype {np_dtype} in {source}, {model_dtype} in the model{why}"
                 )
                 continue
-            if len(keys) > 1:
-                first = get(keys[0])
-                for other in keys[1:]:
+            distinct = list(dict.fromkeys(stored.get(k, k) for k in keys))
+            if len(distinct) > 1:
+                first = get(distinct[0])
+                for other in distinct[1:]:
                     if not np.array_equal(first, get(other)):
                         problems.append(
                             f"{keys[0]} and {other} are one tied parameter in the model but hold different values in {source}"
@@ -706,11 +761,19 @@ class Node:
         return out
 
 
-def _unnameable(backend: str, pre: str, segment: str, what: str) -> UnsupportedModelError:
-    return UnsupportedModelError(
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _check_name(backend: str, pre: str, segment: str, what: str) -> None:
+    """Refuse a name no printed path could reach again: empty, holding the '.' that joins
+    segments, or a control character (which would also reach a terminal as it is)."""
+    if segment and "." not in segment and not _CONTROL.search(segment):
+        return  # printable after all: a non-ASCII space, say
+    raise UnsupportedModelError(
         f"The {backend} model has a {what} named {segment!r} under {pre[:-1] or 'the root'!r}: "
-        "paths join their segments with '.', so a name that is empty or holds a '.' could not "
-        "be looked up again. Rename it (a dict key, say), as torch's add_module requires."
+        "paths join their segments with '.', so a name that is empty or holds a '.' or a "
+        "control character could not be looked up again. Rename it (a dict key, say), as "
+        "torch's add_module requires."
     )
 
 
@@ -953,8 +1016,8 @@ class ParamTree(Node):
                 for i, name, rule in plan:
                     native_name, obj, is_param, persistent = leaves[i]
                     leaf_name = name or native_name
-                    if not leaf_name or "." in leaf_name:
-                        raise _unnameable(backend, pre, leaf_name, "leaf")
+                    if not leaf_name or "." in leaf_name or not leaf_name.isprintable():
+                        _check_name(backend, pre, leaf_name, "leaf")
                     path = pre + leaf_name
                     ident = id(obj) if same else adapter.identity(obj)
                     p = by_ident.get(ident)
@@ -976,8 +1039,8 @@ class ParamTree(Node):
                             mixed.add(p)
                     flat.append(entry)
             for seg, child in adapter.children(native):
-                if not seg or "." in seg:
-                    raise _unnameable(backend, pre, seg, "module")
+                if not seg or "." in seg or not seg.isprintable():
+                    _check_name(backend, pre, seg, "module")
                 path = pre + seg
                 modules.append((path, child))
                 visit(child, path + ".")

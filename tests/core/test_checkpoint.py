@@ -33,16 +33,34 @@ def test_load_round_trip_and_all_or_nothing(make, tied, model, tmp_path):
     path = tmp_path / "m.safetensors"
     src = make(tied)
     ut.save(src, str(path))
-    dst = make(model)  # untied: 4.* is missing from the file
-    before = {k: v.copy() for k, v in dst.state_dict().items()}
-    with pytest.raises(ut.StateDictError, match=r"4\.weight: missing"):
-        ut.load(dst, path)
-    for k, v in dst.state_dict().items():
+    bigger = make(Mod("Sequential", **dict(model.children), **{"8": dense(1, 2, 9)}))
+    before = {k: v.copy() for k, v in bigger.state_dict().items()}
+    with pytest.raises(ut.StateDictError, match=r"8\.weight: missing"):
+        ut.load(bigger, path)
+    for k, v in bigger.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
-    assert ut.load(dst, path, strict=False) == (["4.weight", "4.bias"], [])
-    np.testing.assert_array_equal(dst["2.weight"].numpy(), src["2.weight"].numpy())
-    dst.tie(2, 4)
+    assert ut.load(bigger, path, strict=False) == (["8.weight", "8.bias"], [])
+    np.testing.assert_array_equal(bigger["2.weight"].numpy(), src["2.weight"].numpy())
+    dst = make(mlp(shared=True, seed=7))
     assert ut.load(dst, path) == ([], [])
+    assert all(np.array_equal(dst[k].numpy(), v) for k, v in src.state_dict().items())
+
+
+def test_a_tied_paths_other_keys_load_as_torch_would(make, tied, model, tmp_path):
+    """A file stores a tied tensor once, under its first path: its other paths are keys all
+    the same, as in torch's state_dict (they used to read as missing, and a model lacking
+    them loaded 'strictly')."""
+    path = tmp_path / "m.safetensors"
+    src = make(tied)
+    ut.save(src, path)
+    untied = make(model)  # separate layers at 2 and 4: each takes the tied tensor
+    assert ut.load(untied, path) == ([], [])
+    np.testing.assert_array_equal(untied["4.weight"].numpy(), src["2.weight"].numpy())
+    np.testing.assert_array_equal(untied["4.bias"].numpy(), src["2.bias"].numpy())
+    shorter = make(Mod("Sequential", **{k: v for k, v in mlp().children.items() if k != "4"}))
+    with pytest.raises(ut.StateDictError, match=r"4\.weight: unexpected"):
+        ut.load(shorter, path)
+    assert ut.load(shorter, path, strict=False) == ([], ["4.weight", "4.bias"])
 
 
 def test_load_refuses_what_it_cannot_read(make, model, tmp_path):
@@ -411,3 +429,91 @@ def test_show_of_a_pytorch_file_without_torch_says_what_it_needs(tmp_path):
     assert done.returncode == 2, done
     assert "model.pt is a PyTorch file: reading it needs torch" in done.stderr
     assert "header" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_diff_measures_bfloat16_float8_and_complex_values(tmp_path, capsys):
+    """A difference in a bfloat16 or float8 tensor used to read 'max abs diff inf'."""
+    import ml_dtypes
+
+    a = {"b": np.array([1.0, 2.0], ml_dtypes.bfloat16), "f": np.array([1.0, 2.0], np.float32)}
+    b = {"b": np.array([1.0, 2.5], ml_dtypes.bfloat16), "f": np.array([1.0, 1.5], np.float32)}
+    a["c"], b["c"] = np.array([1 + 1j], np.complex64), np.array([1 + 3j], np.complex64)
+    a["n"], b["n"] = np.array([np.nan, 1.0], np.float32), np.array([np.nan, 1.0], np.float32)
+    save_file(a, tmp_path / "a.safetensors")
+    save_file(b, tmp_path / "b.safetensors")
+    assert main(["diff", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert "b: max abs diff 0.5" in lines and "f: max abs diff 0.5" in lines
+    assert "c: max abs diff 2" in lines and "n: max abs diff 0" in lines
+    f8 = {"x": np.array([1.0, 2.0], ml_dtypes.float8_e4m3fn)}
+    save_file(f8, tmp_path / "f8.safetensors")
+    save_file({"x": np.array([1.0, 3.0], np.float32)}, tmp_path / "f32.safetensors")
+    main(["diff", str(tmp_path / "f8.safetensors"), str(tmp_path / "f32.safetensors")])
+    assert "x: max abs diff 1  (dtype float8_e4m3fn in A, float32 in B)" in capsys.readouterr().out
+
+
+def test_a_save_goes_where_open_would_and_fails_as_open_would(tmp_path, make, model):
+    """A missing folder named the temporary file; '.' said 'device or resource busy'; a
+    symbolic link was replaced by a file instead of writing its target."""
+    tree = make(model)
+    with pytest.raises(FileNotFoundError) as e:
+        ut.save(tree, tmp_path / "nodir" / "m.safetensors")
+    assert e.value.filename == str(tmp_path / "nodir" / "m.safetensors")
+    with pytest.raises(IsADirectoryError):
+        ut.save(tree, tmp_path)
+    for bad in (3, None):
+        with pytest.raises(ut.ValueTypeError, match="Expected a file path"):
+            ut.save(tree, bad)  # type: ignore[arg-type]
+        with pytest.raises(ut.ValueTypeError, match="Expected a file path"):
+            ut.load(tree, bad)  # type: ignore[arg-type]
+    target = tmp_path / "real.safetensors"
+    ut.save(tree, target)
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(target)
+    ut.save(make(mlp(seed=3)), link)
+    assert link.is_symlink() and os.path.realpath(link) == str(target)
+    assert load_file(target)["0.weight"].tolist() == make(mlp(seed=3))["0.weight"].numpy().tolist()
+    assert sorted(os.listdir(tmp_path)) == ["link.safetensors", "real.safetensors"]
+
+
+@pytest.mark.parametrize("order", [["0", "0.weight"], ["0.weight", "0"]])
+def test_show_draws_a_leaf_and_a_module_of_one_name(tmp_path, capsys, order):
+    """A file holding "0" and "0.weight" dropped one tensor, or crashed, in either order."""
+    save_file(
+        {k: np.zeros(i + 1, np.float32) for i, k in enumerate(order)}, tmp_path / "m.safetensors"
+    )
+    assert main(["show", str(tmp_path / "m.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "0 (" in out and "weight (" in out and "2 tensors, 3 values, 12 bytes" in out
+
+
+def test_conformance_refuses_what_it_cannot_run_in_one_line(monkeypatch, capsys):
+    """An unknown backend, one that cannot be imported, or a device with no column printed a
+    traceback, or ran nothing and exited 0."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "unitree.conformance.builders.keras", None)
+    for args, words in [
+        (["--backend", "nosuch"], "Unknown backend 'nosuch': expected one of torch, keras"),
+        (["--backend", "keras"], "cannot be imported here"),
+        (["--device", "tpu"], "Unknown device 'tpu': expected cpu, gpu"),
+    ]:
+        assert main(["conformance", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("unitree: ") and words in err and len(err.splitlines()) == 1, err
+
+
+def test_a_checkpoint_of_a_newer_format_is_refused_not_guessed(tmp_path, make, model):
+    tree = make(model)
+    before = {k: v.copy() for k, v in tree.state_dict().items()}
+    path = tmp_path / "future.safetensors"
+    save_file(dict(before), path, metadata={"format": "unitree", "format_version": "99"})
+    with pytest.raises(
+        ut.CheckpointError, match=r"format version '99'; this version of unitree reads"
+    ):
+        ut.load(tree, path)
+    assert all(np.array_equal(tree[k].numpy(), v) for k, v in before.items())
+    text = tmp_path / "notes.safetensors"
+    text.write_text("these are notes, not tensors\n")
+    with pytest.raises(ut.CheckpointError, match="not a safetensors file, or a damaged one"):
+        ut.load(tree, text)

@@ -382,7 +382,7 @@ def test_a_rename_that_matches_nothing_or_leads_nowhere_is_an_error():
         match=r"rename '\^x\$' maps the source layer 'x' to 'P', which is no destination layer",
     ):
         ut.port(wrap(a, "flax"), wrap(b, "torch"), rename={r"^x$": "P", r"^y$": "q"})
-    with pytest.raises(ut.PortError, match="no regular expression"):
+    with pytest.raises(ut.PortError, match="unterminated subpattern"):
         ut.port(wrap(a, "flax"), wrap(b, "torch"), rename={"(": "p"})
     with pytest.raises(ut.PortError, match="matches no source layer path"):  # strict or not
         ut.port(wrap(a, "flax"), wrap(b, "torch"), strict=False, rename={"^w$": "p"})
@@ -390,3 +390,32 @@ def test_a_rename_that_matches_nothing_or_leads_nowhere_is_an_error():
     # several patterns in a row: both are named where together they lead nowhere
     with pytest.raises(ut.PortError, match=r"rename '\^x\$', 'p' maps the source layer 'x'"):
         ut.port(wrap(a, "flax"), wrap(b, "torch"), rename=[(r"^x$", "p"), ("p", "pp")])
+
+
+def test_a_rename_onto_a_layer_that_does_not_fit_or_is_taken_is_an_error():
+    """These used to fall back to matching by structure, with no word of the rename."""
+
+    def src() -> Mod:
+        return Mod("Model", x=dense(8, 8, 1), y=dense(8, 4, 2))
+
+    def dst() -> Mod:
+        return Mod("Model", p=dense(8, 8, 11, "torch"), q=dense(8, 4, 12, "torch"))
+
+    a, b = src(), dst()
+    before = values(b)
+    with pytest.raises(
+        ut.PortError, match=r"rename '\^y\$' maps y \(flax Dense: weight \(4, 8\).* onto p \(torch"
+    ) as e:
+        ut.port(wrap(a, "flax"), wrap(b, "torch"), rename={"^y$": "p"})
+    assert "which does not fit it" in str(e.value)
+    with pytest.raises(
+        ut.PortError, match=r"maps 2 source layers \('x', 'y'\) onto the one destination layer 'p'"
+    ):
+        ut.port(wrap(a, "flax"), wrap(b, "torch"), strict=False, rename={"^[xy]$": "p"})
+    with pytest.raises(ut.PortError, match=r"is no replacement for it"):
+        ut.port(wrap(a, "flax"), wrap(b, "torch"), rename={"^(x)$": r"\2"})
+    with pytest.raises(ut.PortError, match=r"rename= must map regular expressions"):
+        ut.port(wrap(a, "flax"), wrap(b, "torch"), rename="x=p")  # type: ignore[arg-type]
+    assert values(b) == before
+    report = ut.port(wrap(a, "flax"), wrap(b, "torch"), rename={"^x$": "p", "^y$": "q"})
+    assert report.rules == {"rename": 2}

@@ -395,3 +395,71 @@ def test_the_gc_pause_is_shared_by_threads_and_keeps_a_users_choice(make, adapte
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_an_assignment_rounds_but_never_overflows(make, model):
+    """p.set(float64) rounds as numpy's assignment does; a value the dtype cannot hold used to
+    become inf (or wrap) with only a numpy RuntimeWarning."""
+    tree = make(model)
+    p = tree["0.weight"]
+    before = p.numpy().copy()
+    p.set(np.full((8, 4), 0.1))  # float64: rounded to float32
+    assert p.numpy().dtype == np.float32 and p.numpy()[0, 0] == np.float32(0.1)
+    p.set(before)
+    with pytest.raises(ut.ValueTypeError, match=r"0\.weight.*do not fit in float32"):
+        p.set(np.full((8, 4), 1e300))
+    with pytest.raises(ut.ValueTypeError, match="do not fit"):
+        p[0, 0] = 1e39
+    p.set(np.full((8, 4), np.inf))  # infinite already: an assignment, not an overflow
+    p.set(before)
+    assert np.array_equal(p.numpy(), before)
+    counts = make(Mod("Net", **{"0": Mod("Counter", c=np.zeros(3, np.int32))}))
+    with pytest.raises(ut.ValueTypeError, match="do not fit in int32"):
+        counts["0.c"].set(np.array([1, 2, 2**40]))
+    counts["0.c"].set(np.array([1, 2, 3]))  # int64 values that fit
+    assert counts["0.c"].numpy().tolist() == [1, 2, 3]
+
+
+def test_an_index_that_does_not_fit_names_the_path_on_read_and_write(make, model):
+    """A read out of range was numpy's bare IndexError; p[array] = v crashed in the message."""
+    tree = make(model)
+    p = tree["0.weight"]  # (8, 4)
+    before = p.numpy().copy()
+    for index in [(8, 0), -9, "x"]:
+        with pytest.raises(ut.ParamIndexError, match=r"Cannot read 0\.weight\[.*shape \(8, 4\)"):
+            p[index]
+    with pytest.raises(IndexError):  # as numpy's: the sequence protocol stops on it
+        p[8]
+    assert len(list(p)) == 8  # iteration over rows, as over an array
+    with pytest.raises(ut.ParamIndexError, match=r"Cannot write 0\.weight\[8, 0\]"):
+        p[8, 0] = 1.0
+    p[np.array([0, 1])] = 1.0  # integer and boolean arrays index as numpy's
+    p[np.ones(8, bool)] = 2.0
+    assert np.all(p.numpy() == 2.0)
+    with pytest.raises(ut.ParamIndexError, match=r"Cannot write 0\.weight\[array\(\[0, 9\]\)\]"):
+        p[np.array([0, 9])] = 3.0
+    p.set(before)
+    assert np.array_equal(p.numpy(), before)
+
+
+def test_load_state_dict_names_what_is_no_state_dict(make, model):
+    """A list, a non-str key or a non-numeric value raised a bare AttributeError, or asked
+    for cast=True, which could not help."""
+    tree = make(model)
+    before = {k: v.copy() for k, v in tree.state_dict().items()}
+    with pytest.raises(ut.ValueTypeError, match="Expected a state dict, a mapping of paths"):
+        tree.load_state_dict([1, 2])  # type: ignore[arg-type]
+    sd = dict(before)
+    sd[0] = np.zeros(3)  # type: ignore[index]
+    sd["0.bias"] = np.array(["a"] * 8)
+    sd["2.bias"] = None
+    with pytest.raises(ut.StateDictError) as e:
+        tree.load_state_dict(sd, cast=True)
+    text = str(e.value)
+    assert "0: a key must be a path (str), not int" in text
+    assert (
+        "0.bias: not a numeric array (ndarray" in text
+        and "2.bias: not a numeric array (NoneType" in text
+    )
+    assert "cast=True" not in text
+    assert all(np.array_equal(tree[k].numpy(), v) for k, v in before.items())

@@ -85,3 +85,16 @@ def test_show_of_a_tied_pytorch_file_marks_the_tie_and_counts_it_once(tmp_path, 
     untied = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 8))
     assert ut.load(untied, tmp_path / "tied.pt") == ([], [])  # as torch's own load would
     assert torch.equal(untied[2].weight, shared.weight)
+
+
+def test_a_file_is_read_by_what_it_holds_not_by_its_name(tmp_path):
+    """A torch.save'd file named .safetensors, or a safetensors file named .pt, used to fail."""
+    src, dst = mlp(0), mlp(1)
+    torch.save(src.state_dict(), tmp_path / "torch.safetensors")
+    torch.save(src.state_dict(), tmp_path / "legacy.ckpt", _use_new_zipfile_serialization=False)
+    ut.save(src, tmp_path / "safe.pt")
+    for name in ("torch.safetensors", "legacy.ckpt", "safe.pt"):
+        dst = mlp(1)
+        assert ut.load(dst, tmp_path / name) == ([], []), name
+        assert same(src, dst), name
+        assert main(["show", str(tmp_path / name)]) == 0
