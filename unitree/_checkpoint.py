@@ -50,7 +50,17 @@ def save(tree: Any, path: PathLike, *, metadata: dict[str, str] | None = None) -
     layer, for a layer whose canonical leaves are computed from several). The
     file is written under a temporary name in the same folder, flushed to
     disk, then renamed over ``path``: a reader sees the old file or the new
-    one, never a torn one. ``metadata`` adds string entries to the header.
+    one, never a torn one. ``metadata`` adds string entries to the header. The file is
+    what ``open(path, "wb")`` would make: see :func:`atomic_write`.
+
+    Raises:
+        UninitializedError: a parameter whose shape is not known yet.
+        ValueTypeError: a dtype safetensors has no code for (complex128), or a ``path``
+            that is no path.
+        CheckpointError: a path a checkpoint cannot hold (a slash, a control character).
+        UnsupportedModelError: ``tree`` is no tree and no model an adapter claims.
+        OSError: as ``open`` raises it (a folder that does not exist, a directory, no
+            permission), naming ``path``; the file there, if any, is unchanged.
     """
     from ._canon import _join, layers, slots
 
@@ -607,7 +617,18 @@ def load(
     ``cast=True``. ``strict=False`` skips missing and unexpected keys and returns them.
     ``error_if_nonfinite=True`` refuses a NaN or an infinity in any tensor
     (:class:`unitree.NonFiniteError`); tensors are checked as they are read,
-    and what was written before the refused one is put back.
+    and what was written before the refused one is put back. A tied parameter's other
+    paths, which the file stores once, are keys too, as in torch's ``state_dict``.
+
+    Returns:
+        ``LoadResult(missing_keys, unexpected_keys)``: empty lists under ``strict=True``.
+
+    Raises:
+        CheckpointError: a file that cannot be read safely (missing, truncated, a header
+            that lies, a newer format version, a PyTorch file without torch), naming it.
+        StateDictError: keys missing or unexpected (under ``strict``), shapes that differ,
+            a lossy dtype change without ``cast=True``; every one listed, nothing written.
+        NonFiniteError: with ``error_if_nonfinite=True``, a NaN or an infinity.
     """
     tree = as_node(tree)
     with open_checkpoint(path) as ckpt:

@@ -115,8 +115,18 @@ def port(
     :class:`unitree.PortError` for any difference, naming every one, and
     writes nothing; ``strict=False`` copies what matches and reports the rest.
     ``error_if_nonfinite=True`` refuses a NaN or an infinity in any source
-    value (:class:`unitree.NonFiniteError`), and nothing is written.
-    Returns a :class:`PortReport`.
+    value (:class:`unitree.NonFiniteError`), and nothing is written. ``src`` and ``dst``
+    are trees, nodes, or native models (wrapped first).
+
+    Returns:
+        A :class:`PortReport`: the pairs and the rule that matched each, ties kept and
+        split, settings that differ, what ``strict=False`` skipped, notes.
+
+    Raises:
+        PortError: under ``strict``, any difference, every one named; with or without it, a
+            ``rename=`` pattern that matches no source layer, maps one onto no destination
+            layer or onto one that does not fit, or maps two onto one. Nothing is written.
+        NonFiniteError: with ``error_if_nonfinite=True``, a NaN or an infinity.
     """
     s_node, d_node = as_node(src), as_node(dst)
     s_tree, d_tree = s_node._tree, d_node._tree

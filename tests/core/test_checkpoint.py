@@ -517,3 +517,21 @@ def test_a_checkpoint_of_a_newer_format_is_refused_not_guessed(tmp_path, make, m
     text.write_text("these are notes, not tensors\n")
     with pytest.raises(ut.CheckpointError, match="not a safetensors file, or a damaged one"):
         ut.load(tree, text)
+
+
+def test_conformance_exits_1_on_a_failing_cell_so_its_session_fails(monkeypatch, tmp_path, capsys):
+    """A backend session used to run `unitree conformance` with exit status 1 allowed, and
+    reported success with a failing column; nox now fails the session on that status."""
+    from unitree.conformance import matrix
+
+    cell = matrix.Cell("gradients", "keras-tensorflow", "cpu", "fail", "cpu: AssertionError: loss")
+    monkeypatch.setattr(matrix, "run", lambda *a, **k: [cell])
+    monkeypatch.setattr(matrix, "run_ports", lambda *a, **k: [])
+    monkeypatch.setattr(matrix, "run_files", lambda *a, **k: [])
+    monkeypatch.setattr(matrix, "versions", lambda names: "versions")
+    report = tmp_path / "part.json"
+    assert main(["conformance", "--backend", "keras", "--report", str(report)]) == 1
+    assert "FAIL gradients on keras-tensorflow" in capsys.readouterr().out
+    assert json.loads(report.read_text())["cells"][0]["status"] == "fail"  # the column is kept
+    monkeypatch.setattr(matrix, "run", lambda *a, **k: [cell._replace(status="pass")])
+    assert main(["conformance", "--backend", "keras"]) == 0
