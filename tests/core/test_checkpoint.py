@@ -494,7 +494,7 @@ def test_conformance_refuses_what_it_cannot_run_in_one_line(monkeypatch, capsys)
 
     monkeypatch.setitem(sys.modules, "unitree.conformance.builders.keras", None)
     for args, words in [
-        (["--backend", "nosuch"], "Unknown backend 'nosuch': expected one of torch, keras"),
+        (["--backend", "nosuch"], "Unknown backend 'nosuch'; expected one of ['flax-linen'"),
         (["--backend", "keras"], "cannot be imported here"),
         (["--device", "tpu"], "Unknown device 'tpu': expected cpu, gpu"),
     ]:
