@@ -141,9 +141,8 @@ def test_depthwise_conv_equals_grouped_conv():
     k, c, m, length = 3, 2, 3, 7
     kernel, x = rand(k, c, m), rand(length, c)
     w = Depthwise().to_canonical(kernel)
-    np.testing.assert_allclose(
-        grouped_torch(x.T, w, groups=c), depthwise_keras(x, kernel).T, atol=ATOL
-    )
+    got, want = grouped_torch(x.T, w, groups=c), depthwise_keras(x, kernel).T
+    np.testing.assert_allclose(got, want, atol=ATOL)
 
 
 def transposed_torch(x: np.ndarray, weight: np.ndarray, stride: int) -> np.ndarray:
@@ -551,9 +550,8 @@ def test_attention_codec_both_ways(backend, out, bias):
         want |= {"in_proj_bias": (3 * E,), "out_proj.bias": (E,)}
     shapes = {k: v.shape for k, v in canonical.items()}
     assert shapes == want and codec.shapes({k: v.shape for k, v in native.items()}) == want
-    np.testing.assert_allclose(
-        torch_attention(canonical, x), projected_attention(native, x, out), atol=ATOL
-    )
+    got, want = torch_attention(canonical, x), projected_attention(native, x, out)
+    np.testing.assert_allclose(got, want, atol=ATOL)
     # random torch weights -> native: the per-projection formula gives torch's output
     c = {"in_proj_weight": rand(3 * E, E), "out_proj.weight": rand(E, E)}
     if bias:

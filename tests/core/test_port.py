@@ -363,16 +363,15 @@ def test_a_keras_gru_resetting_before_the_matmul_is_not_ported_silently():
         ut.port(wrap(seq(keras), "keras"), wrap(seq(torch), "torch"))
 
 
+def denses(backend: str, seed: int, **outputs: int) -> Mod:
+    """A model of dense 8 -> n layers, one per keyword (name=n), in that order."""
+    layers = {name: dense(8, n, seed + i, backend) for i, (name, n) in enumerate(outputs.items())}
+    return Mod("Model", **layers)
+
+
 def test_a_rename_that_matches_nothing_or_leads_nowhere_is_an_error():
     """A mistyped rename= used to be ignored, and the port matched by structure instead."""
-
-    def src() -> Mod:
-        return Mod("Model", x=dense(8, 8, 1), y=dense(8, 8, 2))
-
-    def dst() -> Mod:
-        return Mod("Model", q=dense(8, 8, 11, "torch"), p=dense(8, 8, 12, "torch"))
-
-    a, b = src(), dst()
+    a, b = denses("flax", 1, x=8, y=8), denses("torch", 11, q=8, p=8)
     before = values(b)
     with pytest.raises(ut.PortError, match=r"rename '\^z\$' matches no source layer path") as e:
         ut.port(wrap(a, "flax"), wrap(b, "torch"), rename={r"^x$": "p", r"^z$": "q"})
@@ -394,14 +393,7 @@ def test_a_rename_that_matches_nothing_or_leads_nowhere_is_an_error():
 
 def test_a_rename_onto_a_layer_that_does_not_fit_or_is_taken_is_an_error():
     """These used to fall back to matching by structure, with no word of the rename."""
-
-    def src() -> Mod:
-        return Mod("Model", x=dense(8, 8, 1), y=dense(8, 4, 2))
-
-    def dst() -> Mod:
-        return Mod("Model", p=dense(8, 8, 11, "torch"), q=dense(8, 4, 12, "torch"))
-
-    a, b = src(), dst()
+    a, b = denses("flax", 1, x=8, y=4), denses("torch", 11, p=8, q=4)
     before = values(b)
     with pytest.raises(
         ut.PortError, match=r"rename '\^y\$' maps y \(flax Dense: weight \(4, 8\).* onto p \(torch"
