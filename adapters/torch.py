@@ -10,7 +10,7 @@ the leaf names and layouts, which are the canonical ones. A tie is one
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -166,8 +166,7 @@ class TorchAdapter(Adapter):
                 )
         return state
 
-    @staticmethod
-    def shared_storage(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    def shared_storage(self, state: Mapping[str, torch.Tensor]) -> dict[str, str]:
         """{key: the first key with the very same tensor}: a tied parameter that
         ``torch.save`` stored once and the state_dict lists under each of its names."""
         first: dict[tuple[Any, ...], str] = {}

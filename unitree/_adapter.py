@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any, Callable, ClassVar, NamedTuple
 
 import numpy as np
@@ -31,7 +31,32 @@ class Leaf(NamedTuple):
 
 
 class Adapter(ABC):
-    """What the core needs from one framework.
+    """What the core needs from one framework, in groups.
+
+    **Required** (abstract; a new framework's adapter starts here):
+
+    - structure: :meth:`children`, :meth:`leaves`, :meth:`leaf`;
+    - one leaf, in the framework's own (native) layout: :meth:`shape`, :meth:`dtype`,
+      :meth:`device`, :meth:`trainable`, :meth:`read`, :meth:`write`.
+
+    **Defaults that fit most frameworks** (override to say more or go faster):
+    :meth:`root` (checks ``module_types``), :meth:`child`, :meth:`segment`,
+    :meth:`native`, :meth:`identity` (``id``: one object, one parameter),
+    :meth:`type_name`, :meth:`kind` (``kinds`` by class), :meth:`fingerprint`,
+    :meth:`data`, :meth:`asarray`, :meth:`devices`.
+
+    **Optional capabilities**, each a named group whose default either says
+    "<capability> is not supported by the <framework> adapter" (an
+    :class:`UnsupportedError`) or, where the core has a slower way of its own, lets it
+    take that way:
+
+    - *autodiff*: :meth:`backward`, :meth:`grad`, :meth:`zero_grad` (unsupported);
+    - *sharing*: :meth:`share`, :meth:`shared` (``tree.tie``; unsupported);
+    - *device copies and backups*: :meth:`dlpack`, :meth:`write_dlpack` (``ut.port``
+      goes through numpy), :meth:`backup`, :meth:`restore` (the core keeps a copy);
+    - *layer settings*: :meth:`settings` (none known: ``ut.port`` compares nothing);
+    - *native files*: :meth:`state_dict_file`, :meth:`shared_storage` (unsupported);
+    - *separate variables*: :meth:`variables` (flax linen only; unsupported elsewhere).
 
     Leaves are addressed by their owner module and native name, and resolved
     with :meth:`leaf` on every access, so a parameter that the framework
@@ -39,74 +64,25 @@ class Adapter(ABC):
     """
 
     name: ClassVar[str]  # the backend name users see: "torch", "keras", ...
+    # What :meth:`root` accepts, and how its error names it; () accepts anything.
+    module_types: ClassVar[tuple[type, ...]] = ()
+    module_what: ClassVar[str] = ""
+    kinds: ClassVar[KindTable | None] = None  # what :meth:`kind` reads
 
-    # -- structure -------------------------------------------------------------
-    def root(self, obj: Any, *state: Any) -> Any:
-        """The native root module; ``state`` is for frameworks that keep it apart (flax linen)."""
-        if state:
-            raise UnsupportedModelError(
-                f"wrap() takes extra arguments only for flax linen; got {len(state)} for a {self.name} model."
-            )
-        return obj
-
+    # -- required: structure ---------------------------------------------------------
     @abstractmethod
     def children(self, module: Any) -> Iterable[tuple[str, Any]]:
         """(path segment, child module) in the model's own order."""
 
     @abstractmethod
-    def leaves(self, module: Any) -> Iterable[Leaf]:
+    def leaves(self, module: Any) -> Sequence[Leaf]:
         """The module's own leaves (not its children's), in canonical leaf order."""
 
     @abstractmethod
     def leaf(self, module: Any, name: str) -> Any:
         """The current native leaf object of ``module`` called ``name``."""
 
-    def child(self, module: Any, segment: str) -> Any:
-        """The current child of ``module`` at ``segment``, or None."""
-        return dict(self.children(module)).get(segment)
-
-    def segment(self, module: Any, key: str) -> str:
-        """The path segment of the child ``key`` names: ``key``, unless it is an alias the adapter
-        accepts in :meth:`child` (a Keras layer's own name), whose child has a segment of its own."""
-        return key
-
-    def native(self, obj: Any) -> Any:
-        """What ``.native`` shows for the root, a module or a leaf object of this adapter: the
-        object itself, unless the adapter stands its own objects in for the framework's
-        (flax linen: the module, and the leaf's current array)."""
-        return obj
-
-    def identity(self, leaf: Any) -> Hashable:
-        """Two leaves with the same identity are one tied parameter."""
-        return id(leaf)
-
-    def type_name(self, module: Any) -> str:
-        return type(module).__name__
-
-    def kind(self, module: Any) -> str | None:
-        """The layer kind the canonical layout tables know it by ("dense", "conv", ...)."""
-        return None
-
-    def fingerprint(self, root: Any) -> Any:
-        """A cheap value that changes whenever the structure or the tie pattern changes.
-
-        It must equal what the core records while reading the tree: depth
-        first, the id of each module, then the ids of its leaves' objects as
-        :meth:`leaves` lists them, then its children as :meth:`children` lists
-        them. Adapters override it only to compute the same list faster.
-        """
-        ids: list[int] = []
-
-        def visit(module: Any) -> None:
-            ids.append(id(module))
-            ids.extend(id(leaf[1]) for leaf in self.leaves(module))
-            for _, child in self.children(module):
-                visit(child)
-
-        visit(root)
-        return ids
-
-    # -- one leaf, native layout -------------------------------------------------
+    # -- required: one leaf, native layout -----------------------------------------------
     @abstractmethod
     def shape(self, leaf: Any) -> tuple[int, ...] | None:
         """The native shape, or None while it is not known (lazy initialization)."""
@@ -134,17 +110,103 @@ class Adapter(ABC):
         The core validates shape and dtype first. Every alias of the leaf must see the write.
         """
 
-    def backup(self, leaf: Any) -> Any:
-        """What :meth:`restore` needs to put the leaf's value back after a failed write, or
-        None (the default): the core then keeps a copy of :meth:`read`'s value, on disk when
-        it is large. A framework whose arrays are immutable (jax) returns the array itself.
+    # -- defaults ------------------------------------------------------------------------
+    def root(self, obj: Any, *state: Any) -> Any:
+        """The native root module; ``state`` is for frameworks that keep it apart (flax linen).
+
+        Raises:
+            UnsupportedModelError: ``obj`` is none of ``module_types``, or ``state`` is given.
         """
-        return None
+        if self.module_types and not isinstance(obj, self.module_types):
+            raise UnsupportedModelError(
+                f"Expected a {self.module_what}, got {type(obj).__module__}.{type(obj).__qualname__}."
+            )
+        if state:
+            raise UnsupportedModelError(
+                f"wrap() takes extra arguments only for flax linen; got {len(state)} for a {self.name} model."
+            )
+        return obj
 
-    def restore(self, leaf: Any, backup: Any) -> None:
-        """Put back the value :meth:`backup` returned (or the core's copy, native layout)."""
-        self.write(leaf, backup, None)
+    def child(self, module: Any, segment: str) -> Any:
+        """The current child of ``module`` at ``segment``, or None."""
+        return dict(self.children(module)).get(segment)
 
+    def segment(self, module: Any, key: str) -> str:
+        """The path segment of the child ``key`` names: ``key``, unless it is an alias the adapter
+        accepts in :meth:`child` (a Keras layer's own name), whose child has a segment of its own."""
+        return key
+
+    def native(self, obj: Any) -> Any:
+        """What ``.native`` shows for the root, a module or a leaf object of this adapter: the
+        object itself, unless the adapter stands its own objects in for the framework's
+        (flax linen: the module, and the leaf's current array)."""
+        return obj
+
+    def identity(self, leaf: Any) -> Hashable:
+        """Two leaves with the same identity are one tied parameter."""
+        return id(leaf)
+
+    def type_name(self, module: Any) -> str:
+        return type(module).__name__
+
+    def kind(self, module: Any) -> str | None:
+        """The layer kind the canonical layout tables know it by ("dense", "conv", ...), or None:
+        by default, :attr:`kinds`'s answer for the module's class."""
+        return self.kinds(type(module)) if self.kinds is not None else None
+
+    def fingerprint(self, root: Any) -> Any:
+        """A cheap value that changes whenever the structure or the tie pattern changes.
+
+        It must equal what the core records while reading the tree: depth
+        first, the id of each module, then the ids of its leaves' objects as
+        :meth:`leaves` lists them, then its children as :meth:`children` lists
+        them. Adapters override it only to compute the same list faster, with
+        :func:`fingerprint`.
+        """
+        return fingerprint(
+            root,
+            lambda m: [leaf.obj for leaf in self.leaves(m)],
+            lambda m: [child for _, child in self.children(m)],
+        )
+
+    def data(self, leaf: Any) -> Any:
+        """The framework's own tensor behind the leaf, native layout, no copy."""
+        return leaf
+
+    def asarray(self, value: Any) -> np.ndarray:
+        """A numpy array from a value given by the user: numpy, a scalar, or a native tensor."""
+        return np.asarray(value)
+
+    def devices(self) -> list[str]:
+        """Every device this framework sees here, CPU first."""
+        return ["cpu"]
+
+    # -- capability: autodiff -------------------------------------------------------------
+    def backward(self, root: Any, loss_fn: Callable[[Any], Any], inputs: Sequence[Any]) -> float:
+        """Run ``root`` on ``inputs`` and ``loss_fn`` on its output, and differentiate natively:
+        gradients accumulate into what :meth:`grad` reads. Returns the loss."""
+        raise self.unsupported("backward")
+
+    def grad(self, leaf: Any) -> np.ndarray | None:
+        """The gradient in native layout, or None before any backward pass."""
+        raise self.unsupported("reading gradients")
+
+    def zero_grad(self, leaf: Any) -> None:
+        """Forget the leaf's gradient: :meth:`grad` is None until the next backward pass."""
+        raise self.unsupported("zero_grad")
+
+    # -- capability: sharing --------------------------------------------------------------
+    def share(self, leaf: Any, dst_owner: Any, dst_name: str) -> None:
+        """Make ``dst_owner.dst_name`` the very ``leaf`` (native sharing). ``tree.tie`` also calls
+        it with the leaf that was there before, to undo a tie that failed halfway."""
+        raise self.unsupported("tie")
+
+    def shared(self, root: Any) -> None:
+        """Called once after :meth:`share` made ``tree.tie``'s leaves one, with the whole model, so
+        the adapter can drop what the framework cached about the old ones (Keras: compiled functions)."""
+        return None  # most frameworks cache nothing that holds the old leaves
+
+    # -- capability: device copies and backups --------------------------------------------
     def dlpack(self, leaf: Any) -> Any:
         """An object with ``__dlpack__`` for the leaf's tensor (native layout, on its device), or
         None where the framework cannot export one: ``ut.port`` then goes through numpy."""
@@ -156,22 +218,18 @@ class Adapter(ABC):
         the framework cannot take it (``ut.port`` then goes through numpy)."""
         return False
 
-    def data(self, leaf: Any) -> Any:
-        """The framework's own tensor behind the leaf, native layout, no copy."""
-        return leaf
+    def backup(self, leaf: Any) -> Any:
+        """What :meth:`restore` needs to put the leaf's value back after a failed write, or
+        None (the default): the core then keeps a copy of :meth:`read`'s value, on disk when
+        it is large. A framework whose arrays are immutable (jax) returns the array itself.
+        """
+        return None
 
-    def grad(self, leaf: Any) -> np.ndarray | None:
-        """The gradient in native layout, or None before any backward pass."""
-        raise self.unsupported("reading gradients")
+    def restore(self, leaf: Any, backup: Any) -> None:
+        """Put back the value :meth:`backup` returned (or the core's copy, native layout)."""
+        self.write(leaf, backup, None)
 
-    def zero_grad(self, leaf: Any) -> None:
-        """Forget the leaf's gradient: :meth:`grad` is None until the next backward pass."""
-        raise self.unsupported("zero_grad")
-
-    def asarray(self, value: Any) -> np.ndarray:
-        """A numpy array from a value given by the user: numpy, a scalar, or a native tensor."""
-        return np.asarray(value)
-
+    # -- capability: layer settings -------------------------------------------------------
     def settings(self, module: Any) -> dict[str, Any]:
         """A layer's settings that change its results without being parameters, in one
         vocabulary, so that ``ut.port`` can compare them across frameworks:
@@ -184,28 +242,27 @@ class Adapter(ABC):
           (``"valid"`` is zeros); ``stride``, ``dilation``: tuples per spatial axis;
           ``groups`` (int); ``flatten`` (Gluon's Dense: True flattens N-d inputs).
 
-        Only what the framework exposes; {} for a layer with none.
+        Only what the framework exposes; {} for a layer with none (the default: an adapter
+        that knows no settings lets ``ut.port`` compare none).
         """
         return {}
 
-    # -- the whole model ----------------------------------------------------------
-    def devices(self) -> list[str]:
-        """Every device this framework sees here, CPU first."""
-        return ["cpu"]
+    # -- capability: native files ---------------------------------------------------------
+    def state_dict_file(self, path: str) -> Mapping[str, Any]:
+        """{key: native tensor} of a file in the framework's own state_dict format, read
+        without unpickling arbitrary objects (``ut.load`` of a PyTorch file).
 
-    def backward(self, root: Any, loss_fn: Callable[[Any], Any], inputs: Sequence[Any]) -> float:
-        raise self.unsupported("backward")
+        Raises:
+            CheckpointError: the file is not one, naming it and the problem.
+        """
+        raise self.unsupported("reading native state_dict files")
 
-    def share(self, leaf: Any, dst_owner: Any, dst_name: str) -> None:
-        """Make ``dst_owner.dst_name`` the very ``leaf`` (native sharing). ``tree.tie`` also calls
-        it with the leaf that was there before, to undo a tie that failed halfway."""
-        raise self.unsupported("tie")
+    def shared_storage(self, state: Mapping[str, Any]) -> dict[str, str]:
+        """{key: the first key holding the very same tensor} of a :meth:`state_dict_file`: a
+        tied parameter the file stores once under several keys."""
+        raise self.unsupported("reading native state_dict files")
 
-    def shared(self, root: Any) -> None:
-        """Called once after :meth:`share` made ``tree.tie``'s leaves one, with the whole model, so
-        the adapter can drop what the framework cached about the old ones (Keras: compiled functions)."""
-        return None  # most frameworks cache nothing that holds the old leaves
-
+    # -- capability: separate variables ---------------------------------------------------
     def variables(self, root: Any) -> Any:
         """The current variables of a framework that keeps them apart from the module (flax linen)."""
         raise UnsupportedError(
@@ -216,15 +273,55 @@ class Adapter(ABC):
         return UnsupportedError(f"{capability} is not supported by the {self.name} adapter.")
 
 
-# The type's top-level module name -> (adapter module, what it wraps, the extra to install).
+class KindTable:
+    """Layer class -> the kind of the canonical tables ("dense", "conv", ...); a subclass has
+    its nearest named base's kind. Remembered per class: it is asked once per module on
+    every read."""
+
+    def __init__(self, kinds: Mapping[type, str]) -> None:
+        self.kinds = dict(kinds)
+        self._found: dict[type, str | None] = {}
+
+    def __call__(self, cls: type) -> str | None:
+        found = self._found
+        if cls not in found:
+            found[cls] = next(
+                (self.kinds[base] for base in cls.__mro__ if base in self.kinds), None
+            )
+        return found[cls]
+
+
+def fingerprint(
+    root: Any,
+    leaf_objects: Callable[[Any], Iterable[Any]],
+    children: Callable[[Any], Iterable[Any]],
+) -> list[int]:
+    """What :meth:`Adapter.fingerprint` returns, from two cheap functions of a module: its own
+    leaves' objects and its child modules, each in the order :meth:`Adapter.leaves` and
+    :meth:`Adapter.children` list them (None entries are skipped, as torch's dicts hold them)."""
+    ids: list[int] = []
+    add = ids.append
+
+    def visit(module: Any) -> None:
+        add(id(module))
+        for obj in leaf_objects(module):
+            if obj is not None:
+                add(id(obj))
+        for child in children(module):
+            if child is not None:
+                visit(child)
+
+    visit(root)
+    return ids
+
+
+# The package of the types an adapter claims (a type of that package or one below it) ->
+# (adapter module, what it wraps, the extra to install).
 ADAPTERS: dict[str, tuple[str, str, str]] = {
     "torch": ("unitree.adapters.torch", "torch.nn.Module", "torch"),
     "keras": ("unitree.adapters.keras", "keras.Layer (Keras 3)", "keras"),
-    "flax": (
-        "unitree.adapters.flax",
-        "flax nnx.Module, or a linen Module with its variables",
-        "flax",
-    ),
+    "flax.nnx": ("unitree.adapters.nnx", "flax nnx.Module", "flax"),
+    "flax.linen": ("unitree.adapters.linen", "flax linen Module with its variables", "flax"),
     "mxnet": ("unitree.adapters.gluon", "mxnet.gluon.Block", "gluon"),
 }
 
@@ -264,6 +361,20 @@ def _entry_points() -> dict[str, str]:
     return {ep.name: ep.value for ep in entry_points(group="unitree.adapters")}
 
 
+def _claimed(module: str) -> str | None:
+    """The ADAPTERS key whose package holds ``module`` ("flax.nnx.nn.linear" -> "flax.nnx")."""
+    while module:
+        if module in ADAPTERS:
+            return module
+        module = module.rpartition(".")[0]
+    return None
+
+
+def adapter_named(backend: str) -> Adapter:
+    """The adapter of the framework whose top-level package is ``backend`` ("torch")."""
+    return _load(ADAPTERS[backend][0])
+
+
 def adapter_for(obj: Any) -> Adapter:
     """The adapter for ``obj``, chosen by the module names along its type's MRO.
 
@@ -272,11 +383,16 @@ def adapter_for(obj: Any) -> Adapter:
     ``torch.nn.Module``) is never taken for a torch model. Third-party
     adapters register in the entry point group ``unitree.adapters`` under the
     top-level module name of the types they claim.
+
+    Raises:
+        UnsupportedModelError: no adapter claims ``obj``, naming what is supported.
     """
-    roots = [cls.__module__.partition(".")[0] for cls in type(obj).__mro__]
-    for root in roots:
-        if root in ADAPTERS:
-            return _load(ADAPTERS[root][0])
+    modules = [cls.__module__ for cls in type(obj).__mro__]
+    roots = [module.partition(".")[0] for module in modules]
+    for module, root in zip(modules, roots):
+        key = _claimed(module)
+        if key is not None:
+            return _load(ADAPTERS[key][0])
         if root in FRAMEWORKS:
             break
     plugins = _entry_points()
@@ -286,12 +402,13 @@ def adapter_for(obj: Any) -> Adapter:
     supported = "; ".join(
         f"{what} (pip install 'unitree-params[{extra}]')" for _, what, extra in ADAPTERS.values()
     )
-    framework = next((FRAMEWORKS[root] for root in roots if root in FRAMEWORKS), None)
-    why = (
-        f"{framework} has no adapter in this version of unitree"
-        if framework
-        else "no adapter claims it"
-    )
+    root = next((root for root in roots if root in FRAMEWORKS), None)
+    if root is None:
+        why = "no adapter claims it"
+    elif any(key.partition(".")[0] == root for key in ADAPTERS):
+        why = f"it is a {FRAMEWORKS[root]} object, but not a model unitree reads"
+    else:
+        why = f"{FRAMEWORKS[root]} has no adapter in this version of unitree"
     raise UnsupportedModelError(
         f"Expected a model of a supported framework, got {type(obj).__module__}.{type(obj).__qualname__}: "
         f"{why}. Supported: {supported}."

@@ -520,7 +520,7 @@ class TorchFile:
     containers, never arbitrary objects) and memory-mapped: tensors are read one at a time."""
 
     def __init__(self, path: PathLike) -> None:
-        from ._adapter import ADAPTERS, _load
+        from ._adapter import adapter_named
 
         self.path = file_path(path)
         self.metadata: dict[str, str] = {}
@@ -528,12 +528,12 @@ class TorchFile:
         if problem is not None:
             raise problem
         try:
-            self._adapter = _load(ADAPTERS["torch"][0])
+            self._adapter = adapter_named("torch")
         except ImportError:
             raise CheckpointError(
                 f"{self.path} is a PyTorch file: reading it needs torch (pip install torch)."
             ) from None
-        self._state = self._adapter.state_dict_file(self.path)  # type: ignore[attr-defined]
+        self._state = self._adapter.state_dict_file(self.path)
         for key in self._state:  # the names a safetensors file may hold, and no others
             why = _bad_name(key)
             if why:
@@ -542,7 +542,7 @@ class TorchFile:
             k: (tuple(t.shape), numpy_dtype(self._adapter.dtype(t))) for k, t in self._state.items()
         }
         # every key stays in the header (torch's own load fills an untied model from it too)
-        self._aliases: dict[str, str] = self._adapter.shared_storage(self._state)  # type: ignore[attr-defined]
+        self._aliases = self._adapter.shared_storage(self._state)
 
     def __getitem__(self, key: str) -> np.ndarray:
         return self._adapter.read(self._state[key])
