@@ -25,9 +25,11 @@ from ._errors import (
     UnsupportedModelError,
     ValueTypeError,
 )
-from ._picture import Summary, summary
+from ._param import Param
+from ._picture import Summary
 from ._port import Pair, PortReport, port
-from ._tree import LoadResult, Node, Param, ParamTree, wrap
+from ._tree import Node, ParamTree, summary, wrap
+from ._write import LoadResult
 
 __version__ = "0.1.0"
 

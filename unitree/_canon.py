@@ -11,28 +11,24 @@ shows the native ones for those layers.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
+from ._adapter import Adapter
 from ._errors import UninitializedError
+from ._param import Param, is_persistent
+from ._read import View, join
 from .layouts import Codec, codec_for, has_codecs
-
-if TYPE_CHECKING:
-    from ._tree import Node, Param
-
-
-def _join(base: str, path: str) -> str:
-    return f"{base}.{path}" if base and path else base or path
 
 
 class Layer:
     """The leaves of one module occurrence, canonical: a plain layer or a codec's layer."""
 
-    __slots__ = ("codec", "module", "params", "path", "tree")
+    __slots__ = ("adapter", "codec", "module", "params", "path")
 
-    def __init__(self, tree: Any, path: str, module: Any, codec: Codec | None) -> None:
-        self.tree = tree
+    def __init__(self, adapter: Adapter, path: str, module: Any, codec: Codec | None) -> None:
+        self.adapter = adapter
         self.path = path  # relative to the node the layers were listed from
         self.module = module
         self.codec = codec
@@ -41,11 +37,11 @@ class Layer:
 
     @property
     def kind(self) -> str | None:
-        return self.tree._adapter.kind(self.module)
+        return self.adapter.kind(self.module)
 
     @property
     def type_name(self) -> str:
-        return self.tree._adapter.type_name(self.module)
+        return self.adapter.type_name(self.module)
 
     def shapes(self) -> dict[str, tuple[int, ...] | None]:
         """{canonical leaf: canonical shape}, in canonical order."""
@@ -64,7 +60,7 @@ class Layer:
         return p.dtype
 
     def persistent(self, leaf: str) -> bool:
-        return self.codec is not None or self.params[leaf]._persistent
+        return self.codec is not None or is_persistent(self.params[leaf])
 
     def is_buffer(self, leaf: str) -> bool:
         return self.codec is None and self.params[leaf].is_buffer
@@ -99,13 +95,12 @@ class Layer:
         return [(p, lambda rel=rel: native(rel)) for rel, p in params.items()]
 
 
-def layers(node: Node) -> list[Layer]:
-    """Every module occurrence under ``node`` that holds leaves, in traversal order (a tied module
-    at each of its positions), with paths relative to ``node``."""
-    tree = node._tree
-    entries = node._entries()
-    modules = dict(node._relative([("", tree._native), *tree._modules]))
-    adapter = tree._adapter
+def layers(view: View) -> list[Layer]:
+    """Every module occurrence under the node of ``view`` that holds leaves, in traversal order
+    (a tied module at each of its positions), with paths relative to the node."""
+    entries = view.leaves()
+    modules = dict(view.modules())
+    adapter = view.adapter
     codecs: dict[str, Codec] = {}
     if has_codecs(adapter.name):
         for path, module in modules.items():
@@ -126,7 +121,7 @@ def layers(node: Node) -> list[Layer]:
                     owner, leaf = outer, ".".join(segments[n:])
                     break
         if current is None or current.path != owner:
-            current = Layer(tree, owner, modules[owner], codecs.get(owner))
+            current = Layer(adapter, owner, modules[owner], codecs.get(owner))
             out.append(current)
         current.params[leaf] = p
     return out
@@ -143,15 +138,15 @@ class Slot:
         self.leaf = leaf
 
 
-def slots(node: Node) -> list[Slot]:
+def slots(view: View) -> list[Slot]:
     """Each canonical tensor once, in traversal order, with all its keys (ties)."""
     out: list[Slot] = []
     by_param: dict[int, Slot] = {}
     by_codec: dict[int, dict[str, Slot]] = {}
-    for layer in layers(node):
+    for layer in layers(view):
         if layer.codec is None:
             for leaf, p in layer.params.items():
-                key = _join(layer.path, leaf)
+                key = join(layer.path, leaf)
                 slot = by_param.get(id(p))
                 if slot is None:
                     slot = by_param[id(p)] = Slot(key, layer, leaf)
@@ -164,19 +159,19 @@ def slots(node: Node) -> list[Slot]:
         if group is None:
             group = by_codec[ident] = {}
             for leaf in layer.shapes():
-                group[leaf] = Slot(_join(layer.path, leaf), layer, leaf)
+                group[leaf] = Slot(join(layer.path, leaf), layer, leaf)
                 out.append(group[leaf])
         else:
             for leaf, slot in group.items():
-                slot.keys.append(_join(layer.path, leaf))
+                slot.keys.append(join(layer.path, leaf))
     return out
 
 
-def state(node: Node) -> dict[str, np.ndarray]:
+def state(view: View) -> dict[str, np.ndarray]:
     """{first key: canonical value} of every parameter and persistent buffer."""
     out: dict[str, np.ndarray] = {}
     computed: dict[int, dict[str, np.ndarray]] = {}
-    for slot in slots(node):
+    for slot in slots(view):
         layer = slot.layer
         if not layer.persistent(slot.leaf):
             continue

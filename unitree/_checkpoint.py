@@ -14,16 +14,18 @@ import os
 import stat
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 
+from ._adapter import adapter_named
+from ._canon import layers, slots
 from ._dtypes import numpy_dtype
 from ._errors import CheckpointError, UninitializedError, ValueTypeError
+from ._read import join
 from ._tree import as_node
-
-if TYPE_CHECKING:
-    from ._tree import LoadResult
+from ._write import LoadResult
+from ._write import load as load_into
 
 PathLike = Union[str, "os.PathLike[str]"]
 FORMAT, FORMAT_VERSION = "unitree", "1"
@@ -62,11 +64,9 @@ def save(tree: Any, path: PathLike, *, metadata: dict[str, str] | None = None) -
         OSError: as ``open`` raises it (a folder that does not exist, a directory, no
             permission), naming ``path``; the file there, if any, is unchanged.
     """
-    from ._canon import _join, layers, slots
-
     path = file_path(path)
-    tree = as_node(tree)
-    entries = [s for s in slots(tree) if s.layer.persistent(s.leaf)]
+    view = as_node(tree)._view()
+    entries = [s for s in slots(view) if s.layer.persistent(s.leaf)]
     for key in (key for slot in entries for key in slot.keys):
         why = _bad_name(key)  # what Checkpoint refuses to read, save refuses to write
         if why:
@@ -97,13 +97,13 @@ def save(tree: Any, path: PathLike, *, metadata: dict[str, str] | None = None) -
         **(metadata or {}),
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "backend": tree._tree.backend,
+        "backend": view.adapter.name,
         "ties": json.dumps([s.keys for s in entries if len(s.keys) > 1]),
         # the model's order, aliases included (readers may sort the header)
         "paths": json.dumps(
             [
-                _join(layer.path, leaf)
-                for layer in layers(tree)
+                join(layer.path, leaf)
+                for layer in layers(view)
                 for leaf in layer.shapes()
                 if layer.persistent(leaf)
             ]
@@ -520,8 +520,6 @@ class TorchFile:
     containers, never arbitrary objects) and memory-mapped: tensors are read one at a time."""
 
     def __init__(self, path: PathLike) -> None:
-        from ._adapter import adapter_named
-
         self.path = file_path(path)
         self.metadata: dict[str, str] = {}
         problem = _file_error(self.path)
@@ -630,12 +628,13 @@ def load(
             a lossy dtype change without ``cast=True``; every one listed, nothing written.
         NonFiniteError: with ``error_if_nonfinite=True``, a NaN or an infinity.
     """
-    tree = as_node(tree)
+    view = as_node(tree)._view()
     with open_checkpoint(path) as ckpt:
         # a tied tensor's other paths are keys too, holding the stored tensor's value
         aliases = ckpt.aliases()
         header = {**ckpt.header, **{a: ckpt.header[k] for a, k in aliases.items()}}
-        return tree._load(
+        return load_into(
+            view,
             header,
             lambda key: ckpt[aliases.get(key, key)],
             strict,

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._dtypes import numpy_dtype
-
-if TYPE_CHECKING:
-    from ._tree import Node, ParamTree
+from ._read import View
 
 
 def shape_text(shape: tuple[int, ...] | None) -> str:
@@ -32,8 +30,8 @@ def render(label: str, branches: list[Branch]) -> str:
     return "\n".join(lines)
 
 
-def draw(tree: ParamTree, native: Any) -> str:
-    """The deck's picture of ``native`` (a module of ``tree``): native class names,
+def draw(view: View) -> str:
+    """The deck's picture of the node of ``view``: native class names,
     canonical leaves, each tied leaf marked after its first appearance.
 
     >>> print(tree)
@@ -46,12 +44,12 @@ def draw(tree: ParamTree, native: Any) -> str:
        ├─ weight (1, 8)
        └─ bias (1,)
     """
-    adapter = tree._adapter
+    adapter = view.adapter
     first: dict[int, str] = {}  # id(Param) -> the path it was first drawn at
 
     def branches(native: Any, pre: str) -> list[Branch]:
         out: list[Branch] = []
-        for name, _, p in tree._leaf_items(native):
+        for name, _, p in view.own_leaves(native):
             text = f"{name} {shape_text(p.shape)}" + (" [buffer]" if p.is_buffer else "")
             if id(p) in first:
                 text += f" = {first[id(p)]}"
@@ -65,7 +63,7 @@ def draw(tree: ParamTree, native: Any) -> str:
             )
         return out
 
-    return render(adapter.type_name(native), branches(native, ""))
+    return render(adapter.type_name(view.module), branches(view.module, ""))
 
 
 class Summary:
@@ -79,11 +77,11 @@ class Summary:
 
     columns = ("path", "type", "shape", "dtype", "count", "frozen", "tied with")
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, view: View) -> None:
         self.rows: list[tuple[str, ...]] = []
         self.params = self.frozen = self.buffers = self.bytes = 0
-        owners = {path: n.type_name for path, n in node.named_modules(remove_duplicate=False)}
-        for paths, p in node._unique():
+        owners = {path: view.adapter.type_name(native) for path, native in view.modules()}
+        for paths, p in view.unique():
             shape = p.shape
             count = 0 if shape is None else math.prod(shape)
             kind = owners.get(paths[0].rpartition(".")[0], "")
@@ -139,26 +137,3 @@ def _human(n: int) -> str:
             return f"{n:,} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024  # type: ignore[assignment]
     raise AssertionError
-
-
-def summary(tree: Any) -> Summary:
-    """The table of ``tree`` (a tree, a node, or a native model): path, type, shape, dtype,
-    count, frozen, tied-with, and totals.
-
-    Raises:
-        UnsupportedModelError: ``tree`` is no tree and no model an adapter claims.
-
-    >>> ut.summary(net)  # the deck's shared-layer model on torch, 0.weight frozen
-    path      type    shape   dtype    count  frozen  tied with
-    --------  ------  ------  -------  -----  ------  ---------
-    0.weight  Linear  (8, 4)  float32  32     frozen
-    0.bias    Linear  (8,)    float32  8
-    2.weight  Linear  (8, 8)  float32  64             4.weight
-    2.bias    Linear  (8,)    float32  8              4.bias
-    6.weight  Linear  (1, 8)  float32  8
-    6.bias    Linear  (1,)    float32  1
-    parameters: 121 (32 frozen)   buffers: 0   size: 484 B
-    """
-    from ._tree import as_node  # _tree draws its pictures with this module
-
-    return Summary(as_node(tree))

@@ -10,10 +10,13 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from ._adapter import Adapter
-from ._canon import Layer, Slot, _join, layers, slots
+from ._canon import Layer, Slot, layers, slots
 from ._dtypes import numpy_dtype
 from ._errors import PortError
-from ._tree import Foreign, _write_all, as_node
+from ._param import adapter_of, leaf_of, transform_of
+from ._read import View, join
+from ._tree import as_node
+from ._write import Foreign, write_all
 from .layouts import OPTIONAL, SAME_KIND
 
 
@@ -128,19 +131,18 @@ def port(
             layer or onto one that does not fit, or maps two onto one. Nothing is written.
         NonFiniteError: with ``error_if_nonfinite=True``, a NaN or an infinity.
     """
-    s_node, d_node = as_node(src), as_node(dst)
-    s_tree, d_tree = s_node._tree, d_node._tree
-    report = PortReport(s_tree.backend, d_tree.backend)
-    s_layers, d_layers = layers(s_node), layers(d_node)
-    renamed = _renamer(rename, s_layers, d_layers, (s_tree.backend, d_tree.backend))
-    pairs, problems = _match(s_layers, d_layers, renamed, s_tree, d_tree)
+    s_view, d_view = as_node(src)._view(), as_node(dst)._view()
+    report = PortReport(s_view.adapter.name, d_view.adapter.name)
+    s_layers, d_layers = layers(s_view), layers(d_view)
+    renamed = _renamer(rename, s_layers, d_layers, (s_view.adapter.name, d_view.adapter.name))
+    pairs, problems = _match(s_layers, d_layers, renamed, s_view, d_view)
     if not strict:
         report.skipped, problems = problems, []
 
     # what each destination tensor takes, checked
-    s_slots = slots(s_node)
+    s_slots = slots(s_view)
     s_slot = {key: slot for slot in s_slots for key in slot.keys}
-    d_slots = slots(d_node)
+    d_slots = slots(d_view)
     d_slot = {key: slot for slot in d_slots for key in slot.keys}
     takes: dict[int, list[tuple[Slot, str]]] = {}  # id(dst slot) -> [(src slot, src key)]
     casting = "unsafe" if cast else "safe"
@@ -149,28 +151,28 @@ def port(
         notes = [n for n in (s.codec and s.codec.note, d.codec and d.codec.note) if n]
         for leaf in d_shapes:
             if leaf not in s_shapes:
-                notes.append(f"{leaf} kept: not in the {s_tree.backend} layer")
+                notes.append(f"{leaf} kept: not in the {s_view.adapter.name} layer")
                 continue
             want = numpy_dtype(d.dtype(leaf))
             have = numpy_dtype(s.dtype(leaf))
             if not np.can_cast(have, want, casting):
                 why = " (a lossy cast: pass cast=True to allow it)" if not cast else ""
                 problems.append(
-                    f"{_join(s.path, leaf)}: dtype {have} in the source, {want} in {_join(d.path, leaf)}{why}"
+                    f"{join(s.path, leaf)}: dtype {have} in the source, {want} in {join(d.path, leaf)}{why}"
                 )
-            mixed = _mixed(s, d, leaf)
+            mixed = _mixed(s, d, leaf, s_view, d_view)
             if mixed:
-                (problems if strict else notes).append(f"{_join(s.path, leaf)}: {mixed}")
-            src_slot = s_slot[_join(s.path, leaf)]
-            takes.setdefault(id(d_slot[_join(d.path, leaf)]), []).append(
-                (src_slot, _join(s.path, leaf))
+                (problems if strict else notes).append(f"{join(s.path, leaf)}: {mixed}")
+            src_slot = s_slot[join(s.path, leaf)]
+            takes.setdefault(id(d_slot[join(d.path, leaf)]), []).append(
+                (src_slot, join(s.path, leaf))
             )
         notes += [
-            f"{leaf} dropped: not in the {d_tree.backend} layer"
+            f"{leaf} dropped: not in the {d_view.adapter.name} layer"
             for leaf in s_shapes
             if leaf not in d_shapes
         ]
-        differences = _settings(s, d, s_tree, d_tree, report)
+        differences = _settings(s, d, s_view, d_view, report)
         if strict:
             problems += differences
         note = "; ".join(dict.fromkeys(notes))  # both sides' codecs may say the same
@@ -203,7 +205,7 @@ def port(
 
     if problems:
         raise PortError(
-            f"Cannot port the {s_tree.backend} model into the {d_tree.backend} model; nothing was written:\n  "
+            f"Cannot port the {s_view.adapter.name} model into the {d_view.adapter.name} model; nothing was written:\n  "
             + "\n  ".join(problems)
         )
 
@@ -227,18 +229,18 @@ def port(
         shape = d_slot_.layer.shapes()[d_slot_.leaf] or ()
         report.tensors += 1
         report.bytes += math.prod(shape) * want.itemsize
-    _write_all(
+    write_all(
         (w for layer, values in plan.values() for w in layer.writes(values)), error_if_nonfinite
     )
     return report
 
 
-def _mixed(s: Layer, d: Layer, leaf: str) -> str | None:
+def _mixed(s: Layer, d: Layer, leaf: str, s_view: View, d_view: View) -> str | None:
     """Why a tied leaf fed by a channels-last flatten at some of its uses only cannot be ported
     to a framework where it is not so (no one layout serves all its uses), or None."""
     sp = s.params.get(leaf) if s.codec is None else None
     dp = d.params.get(leaf) if d.codec is None else None
-    tied = [tree.backend for tree, p in ((s.tree, sp), (d.tree, dp)) if p in tree._mixed]
+    tied = [v.adapter.name for v, p in ((s_view, sp), (d_view, dp)) if p is not None and v.mixed(p)]
     if len(tied) != 1:  # on neither side, or on both alike (Keras to Flax)
         return None
     return (
@@ -248,7 +250,7 @@ def _mixed(s: Layer, d: Layer, leaf: str) -> str | None:
 
 
 def _match(
-    S: list[Layer], D: list[Layer], renamed: Callable[[str], str], s_tree: Any, d_tree: Any
+    S: list[Layer], D: list[Layer], renamed: Callable[[str], str], s_view: View, d_view: View
 ) -> tuple[list[tuple[Layer, Layer, str]], list[str]]:
     """(source layer, destination layer, rule) pairs in destination order, and what did not
     match: by path (after renaming) first, then the rest by structure, in order."""
@@ -268,9 +270,9 @@ def _match(
     rest_d = [d for d in D if id(d) not in matched]
     for s, d in zip(rest_s, rest_d):
         if not _fits(s, d):
-            why = _differences(s, d, s_tree, d_tree)
+            why = _differences(s, d, s_view, d_view)
             problems.append(
-                f"by structure, {_describe(s, s_tree.backend)} does not fit {_describe(d, d_tree.backend)}"
+                f"by structure, {_describe(s, s_view.adapter.name)} does not fit {_describe(d, d_view.adapter.name)}"
                 + (f"; their settings differ: {'; '.join(why)}" if why else "")
             )
             break
@@ -279,12 +281,12 @@ def _match(
     for s in S:
         if id(s) not in taken:
             problems.append(
-                f"source layer {_describe(s, s_tree.backend)}: no destination layer matches it"
+                f"source layer {_describe(s, s_view.adapter.name)}: no destination layer matches it"
             )
     for d in D:
         if id(d) not in matched:
             problems.append(
-                f"destination layer {_describe(d, d_tree.backend)}: no source layer matches it"
+                f"destination layer {_describe(d, d_view.adapter.name)}: no source layer matches it"
             )
     pairs = [(matched[id(d)][0], d, matched[id(d)][1]) for d in D if id(d) in matched]
     return pairs, problems
@@ -297,13 +299,13 @@ def _dlpack(src: Slot, dst: Slot) -> Any:
         return None
     p, q = src.layer.params[src.leaf], dst.layer.params[dst.leaf]
     if (
-        p._transform
-        or q._transform
+        transform_of(p)
+        or transform_of(q)
         or p.dtype != q.dtype
-        or type(q._adapter).write_dlpack is Adapter.write_dlpack
+        or type(adapter_of(q)).write_dlpack is Adapter.write_dlpack
     ):
         return None
-    return p._adapter.dlpack(p._leaf)
+    return adapter_of(p).dlpack(leaf_of(p))
 
 
 def _renamer(
@@ -428,10 +430,10 @@ def _value(slot: Slot, cache: dict[int, dict[str, np.ndarray]] | None = None) ->
     return values[slot.leaf]
 
 
-def _differences(s: Layer, d: Layer, s_tree: Any, d_tree: Any) -> list[str]:
+def _differences(s: Layer, d: Layer, s_view: View, d_view: View) -> list[str]:
     """The settings both frameworks expose for the pair that differ."""
-    a = s_tree._adapter.settings(s.module)
-    b = d_tree._adapter.settings(d.module)
+    a = s_view.adapter.settings(s.module)
+    b = d_view.adapter.settings(d.module)
     out = []
     for name in a.keys() & b.keys():
         x, y = a[name], b[name]
@@ -442,22 +444,22 @@ def _differences(s: Layer, d: Layer, s_tree: Any, d_tree: Any) -> list[str]:
         )
         if not same:
             out.append(
-                f"{d.path or '(root)'}: {name} is {x!r} in the {s_tree.backend} layer {s.path or '(root)'}, {y!r} in the {d_tree.backend} one"
+                f"{d.path or '(root)'}: {name} is {x!r} in the {s_view.adapter.name} layer {s.path or '(root)'}, {y!r} in the {d_view.adapter.name} one"
             )
     return out
 
 
-def _settings(s: Layer, d: Layer, s_tree: Any, d_tree: Any, report: PortReport) -> list[str]:
+def _settings(s: Layer, d: Layer, s_view: View, d_view: View, report: PortReport) -> list[str]:
     """The pair's settings compared (differences go to the report), and the notes about the
     ones only one framework has."""
-    out = _differences(s, d, s_tree, d_tree)
-    a = s_tree._adapter.settings(s.module)
-    b = d_tree._adapter.settings(d.module)
-    for (one, tree, layer), other in (((a, s_tree, s), b), ((b, d_tree, d), a)):
+    out = _differences(s, d, s_view, d_view)
+    a = s_view.adapter.settings(s.module)
+    b = d_view.adapter.settings(d.module)
+    for (one, view, layer), other in (((a, s_view, s), b), ((b, d_view, d), a)):
         for name, value in one.items():  # one-sided settings that change results (Gluon's flatten)
             if name not in other and name in _ONE_SIDED and value != _ONE_SIDED[name][0]:
                 report.notes.append(
-                    f"{layer.path or '(root)'}: the {tree.backend} layer has {name}={value!r}, "
+                    f"{layer.path or '(root)'}: the {view.adapter.name} layer has {name}={value!r}, "
                     f"{_ONE_SIDED[name][1]}"
                 )
     report.settings += out

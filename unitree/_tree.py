@@ -3,345 +3,24 @@
 from __future__ import annotations
 
 import fnmatch
-import gc
-import re
 import threading
-from collections.abc import Hashable, Iterable, Iterator, Mapping
-from typing import Any, Callable, NamedTuple
+from collections.abc import Iterator, Mapping
+from typing import Any, Callable
 
 import numpy as np
 
 from . import _canon, _picture
-from ._adapter import Adapter, Leaf, adapter_for
-from ._dtypes import numpy_dtype
+from ._adapter import Adapter, adapter_for
 from ._errors import (
-    NonFiniteError,
-    ParamIndexError,
     PathError,
     ShapeError,
-    StateDictError,
-    UninitializedError,
-    UnitreeError,
     UnsupportedModelError,
     ValueTypeError,
 )
-from .layouts import (
-    CHANNELS_LAST,
-    CONVS,
-    NORMS,
-    OPTIONAL,
-    Flattened,
-    FlattenedVector,
-    Rule,
-    has_rules,
-    rules,
-)
-
-
-def _readonly(a: np.ndarray) -> np.ndarray:
-    if a.flags.writeable:
-        a = a.view()
-        a.flags.writeable = False
-    return a
-
-
-def _numeric(a: np.ndarray) -> bool:
-    # "V" covers bfloat16 and the float8 types, which numpy knows only through ml_dtypes.
-    return a.dtype.kind in "biufcV" and a.dtype.names is None
-
-
-class Param:
-    """One parameter or buffer: one underlying storage, however many paths reach it.
-
-    Values are always in the canonical layout (PyTorch's). ``p.numpy()`` is
-    read-only; write with ``p[i, j] = v`` or ``p.set(v)``, which tell the
-    framework, so every alias and the native model see the change.
-    """
-
-    __slots__ = (
-        "__weakref__",
-        "_adapter",
-        "_aliases",
-        "_is_param",
-        "_name",
-        "_owner",
-        "_path",
-        "_persistent",
-        "_rule",
-    )
-
-    def __init__(
-        self,
-        adapter: Adapter,
-        owner: Any,
-        name: str,
-        path: str,
-        rule: Rule | None,
-        is_param: bool,
-        persistent: bool,
-    ) -> None:
-        self._adapter = adapter
-        self._owner = owner  # the native module holding it at its first path
-        self._name = name  # its native name there
-        self._rule = rule
-        self._is_param = is_param
-        self._persistent = persistent
-        self._path = path  # the first path it appears at
-        self._aliases: list[str] | None = (
-            None  # the others, when tied (a list only then: fewer objects)
-        )
-
-    # -- where it is --------------------------------------------------------------
-    @property
-    def path(self) -> str:
-        """The first path it appears at."""
-        return self._path
-
-    @property
-    def paths(self) -> tuple[str, ...]:
-        """Every path it appears at, first first: ``("2.weight", "4.weight")`` when tied."""
-        return (self._path, *self._aliases) if self._aliases else (self._path,)
-
-    @property
-    def native(self) -> Any:
-        """The framework's own parameter object, untouched."""
-        return self._adapter.native(self._leaf)
-
-    @property
-    def _leaf(self) -> Any:
-        """The adapter's object for this leaf, read live (what the adapter's methods take)."""
-        return self._adapter.leaf(self._owner, self._name)
-
-    @property
-    def data(self) -> Any:
-        """The framework's own tensor, native layout, no copy."""
-        return self._adapter.data(self._leaf)
-
-    # -- what it is -----------------------------------------------------------------
-    @property
-    def _transform(self) -> Any:
-        return None if self._rule is None else self._rule.transform
-
-    @property
-    def shape(self) -> tuple[int, ...] | None:
-        """Canonical shape; None while the framework has not decided it (lazy initialization)."""
-        shape = self._adapter.shape(self._leaf)
-        if shape is None:
-            return None
-        t = self._transform
-        return t.shape(shape) if t else tuple(shape)
-
-    @property
-    def dtype(self) -> str:
-        """The dtype as numpy spells it: ``"float32"`` on every backend."""
-        return self._adapter.dtype(self._leaf)
-
-    @property
-    def device(self) -> str:
-        """``"cpu"``, ``"cuda:0"``, ..."""
-        return self._adapter.device(self._leaf)
-
-    @property
-    def trainable(self) -> bool:
-        """False for buffers and for parameters the framework computes no gradient for."""
-        return self._is_param and self._adapter.trainable(self._leaf)
-
-    @property
-    def is_buffer(self) -> bool:
-        """Non-trainable state (running statistics, counters) rather than a parameter."""
-        return not self._is_param
-
-    # -- reading ----------------------------------------------------------------------
-    def _native_checked(self) -> Any:
-        leaf = self._leaf
-        if self._adapter.shape(leaf) is None:
-            raise UninitializedError(
-                f"{self.path} is not initialized yet: its shape is decided by the first forward pass. "
-                "Run the model once on an input, then read it."
-            )
-        return leaf
-
-    def numpy(self) -> np.ndarray:
-        """The value, canonical layout, read-only; a view of the framework's memory where it can be."""
-        a = self._adapter.read(self._native_checked())
-        t = self._transform
-        return _readonly(t.to_canonical(a) if t else a)
-
-    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        a = self.numpy()
-        if dtype is not None:
-            a = a.astype(dtype)
-        return a.copy() if copy else a
-
-    def __getitem__(self, index: Any) -> Any:
-        """``p.numpy()[index]``; an index that does not fit raises ``ParamIndexError`` (an
-        ``IndexError``) naming the path and the shape."""
-        a = self.numpy()
-        try:
-            return a[index]
-        except (IndexError, TypeError, ValueError) as e:
-            raise ParamIndexError(
-                f"Cannot read {self.path}[{_index_str(index)}]: {e} ({self.path} has shape {a.shape})."
-            ) from None
-
-    @property
-    def grad(self) -> np.ndarray | None:
-        """The gradient, canonical layout, read-only; None before any backward pass.
-
-        Like ``numpy()``, a view of the framework's memory where it keeps the gradient
-        (torch, Keras on torch: the next backward adds to it in place, so an array read
-        earlier changes too) and a snapshot elsewhere: ``.copy()`` it to keep a value.
-        """
-        g = self._adapter.grad(self._leaf)
-        if g is None:
-            return None
-        t = self._transform
-        return _readonly(t.to_canonical(g) if t else g)
-
-    # -- writing ------------------------------------------------------------------------
-    def __setitem__(self, index: Any, value: Any) -> None:
-        """Write ``value`` into ``self[index]`` in place; numpy broadcasting applies."""
-        self._assign(value, index)
-
-    def set(self, value: Any, *, error_if_nonfinite: bool = False) -> None:
-        """Replace the whole value with ``value`` (canonical layout, numpy or native), in place.
-
-        An assignment, as numpy's and torch's ``copy_`` convert: a value of the same kind of
-        number takes the parameter's dtype (float64 -> float32 rounds), but one that does not
-        fit it (a finite number that would become infinite, an integer that would wrap) or
-        of another kind (complex into float) raises ``ValueTypeError``; a shape that differs
-        raises ``ShapeError``. Nothing is written then.
-
-        ``error_if_nonfinite=True`` refuses a value holding a NaN or an infinity
-        (:class:`NonFiniteError`), as torch's ``clip_grad_norm_`` does; nothing is written.
-        """
-        self._assign(value, None, error_if_nonfinite)
-
-    def _assign(self, value: Any, index: Any, error_if_nonfinite: bool = False) -> None:
-        current = self.numpy()
-        where = self.path if index is None else f"{self.path}[{_index_str(index)}]"
-        value = self._validated(value, current.dtype, where)
-        if error_if_nonfinite:
-            _check_finite(value, where)
-        if index is None:
-            if value.shape != current.shape:
-                raise ShapeError(
-                    f"Cannot set {where}: expected shape {current.shape}, got a value of shape {value.shape}. Nothing was written."
-                )
-            self._write(value)
-            return
-        try:
-            target = current[index]
-        except (IndexError, TypeError, ValueError) as e:
-            raise ParamIndexError(
-                f"Cannot write {where}: {e} ({self.path} has shape {current.shape}). Nothing was written."
-            ) from None
-        try:
-            value = np.broadcast_to(value, np.shape(target))
-        except ValueError:
-            raise ShapeError(
-                f"Cannot write a value of shape {value.shape} into {where}, of shape {np.shape(target)}. Nothing was written."
-            ) from None
-        if self._transform is None:
-            self._adapter.write(self._leaf, value, index)
-        else:
-            full = current.copy()
-            full[index] = value
-            self._write(full)
-
-    def _validated(self, value: Any, dtype: np.dtype, where: str) -> np.ndarray:
-        try:
-            a = self._adapter.asarray(value)
-        except Exception as e:
-            raise ValueTypeError(
-                f"Cannot write {type(value).__name__} into {where}: not a numeric array ({e}). Nothing was written."
-            ) from None
-        if not _numeric(a):
-            raise ValueTypeError(
-                f"Cannot write {where} ({dtype}): expected a numeric value, got {a.dtype} {value!r:.60}. Nothing was written."
-            )
-        if not np.can_cast(a.dtype, dtype, casting="same_kind"):
-            raise ValueTypeError(
-                f"Cannot write {a.dtype} into {where}, which holds {dtype}, without changing kind of number. Nothing was written."
-            )
-        with np.errstate(over="ignore", invalid="ignore"):
-            out = a.astype(dtype, copy=False)
-        if out is not a and _overflowed(a, out):
-            raise ValueTypeError(
-                f"Cannot write {a.dtype} into {where}, which holds {dtype}: some values do not "
-                f"fit in {dtype} (they would become infinite or wrap around). Nothing was written."
-            )
-        return out
-
-    def _write(self, value: np.ndarray) -> None:
-        """Write a validated canonical value of the right shape and dtype."""
-        t = self._transform
-        native = _contiguous(t.to_native(value, self._adapter.shape(self._leaf))) if t else value
-        self._adapter.write(self._leaf, native, None)
-
-    def __repr__(self) -> str:
-        shape = self.shape
-        extra = f", tied={self.paths}" if self._aliases else ""
-        kind = "Buffer" if not self._is_param else "Param"
-        return f"{kind}({self.path!r}, shape={'unknown' if shape is None else shape}, dtype={self.dtype!r}, device={self.device!r}{extra})"
-
-
-def _overflowed(a: np.ndarray, out: np.ndarray) -> bool:
-    """Whether converting ``a`` to ``out``'s dtype lost values, not just precision: a finite
-    number become infinite, or an integer wrapped around."""
-    if out.dtype.kind in "iu":
-        return a.dtype.kind in "iu" and not np.array_equal(out, a)
-    if out.dtype.kind in "fcV" and a.dtype.kind in "iufcV":
-        return int(np.count_nonzero(np.isfinite(out))) < int(np.count_nonzero(np.isfinite(a)))
-    return False
-
-
-def _check_finite(value: np.ndarray, where: str) -> None:
-    if value.dtype.kind in "biu":
-        return
-    bad = value.size - int(np.count_nonzero(np.isfinite(value)))
-    if bad:
-        raise NonFiniteError(
-            f"Cannot write {where}: the value holds {bad} NaN or infinite numbers of {value.size}, "
-            "and error_if_nonfinite=True refuses them. Nothing was written."
-        )
-
-
-def _contiguous(a: np.ndarray, tile: int = 256) -> np.ndarray:
-    """``np.ascontiguousarray``, copying a large transposed matrix tile by tile: a tile's rows
-    and columns stay in cache, which makes the copy about twice as fast."""
-    if a.flags.c_contiguous or a.ndim != 2 or a.size < 1 << 16:
-        return np.ascontiguousarray(a)
-    out = np.empty(a.shape, a.dtype)
-    rows, cols = a.shape
-    for i in range(0, rows, tile):
-        for j in range(0, cols, tile):
-            out[i : i + tile, j : j + tile] = a[i : i + tile, j : j + tile]
-    return out
-
-
-def _index_str(index: Any) -> str:
-    """``index`` as it was written between brackets: ``0, :``, ``...``, ``array([0, 1])``."""
-
-    def one(i: Any) -> str:
-        if isinstance(i, slice) and i == slice(None):
-            return ":"
-        if i is Ellipsis:
-            return "..."
-        text = repr(i)
-        return text if len(text) <= 60 else text[:57] + "..."
-
-    return ", ".join(one(i) for i in (index if isinstance(index, tuple) else (index,)))
-
-
-class LoadResult(NamedTuple):
-    """What ``load_state_dict(strict=False)`` and ``ut.load(strict=False)`` skipped."""
-
-    missing_keys: list[str]
-    unexpected_keys: list[str]
-
-
-Entry = tuple[str, Param]
+from ._param import Param, leaf_of, numeric
+from ._picture import Summary
+from ._read import Structure, View, gc_pause, join, read
+from ._write import LoadResult, load
 
 
 class Node:
@@ -384,8 +63,7 @@ class Node:
         return f"<{type(self).__name__} {self.path or '(root)'!r}: {self.type_name}>"
 
     def __str__(self) -> str:
-        self._tree._sync()
-        return _picture.draw(self._tree, self._module)
+        return _picture.draw(self._view())
 
     # -- lookup -----------------------------------------------------------------------------
     def __getitem__(self, key: int | str) -> Node | Param:
@@ -408,7 +86,7 @@ class Node:
 
     def __iter__(self) -> Iterator[Node]:
         """The children, in order."""
-        return iter([self._tree._node(_join(self.path, seg)) for seg in self._segments()])
+        return iter([self._tree._node(join(self.path, seg)) for seg in self._segments()])
 
     def __len__(self) -> int:
         return len(self._segments())
@@ -430,22 +108,11 @@ class Node:
         )
 
     # -- traversal ---------------------------------------------------------------------------
-    def _relative(self, items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-        """The (path, item) pairs under this node, with paths relative to it."""
-        if not self.path:
-            return items
-        own, pre = self.path, self.path + "."
-        n = len(pre)
-        return [
-            (path[n:], item) if path != own else ("", item)
-            for path, item in items
-            if path == own or path.startswith(pre)
-        ]
-
-    def _entries(self) -> list[Entry]:
-        """Every leaf occurrence under this node, in traversal order, aliases included."""
-        self._tree._sync()
-        return self._relative(self._tree._flat)
+    def _view(self) -> View:
+        """This node's view of the model's current structure: what the canonical view, pictures,
+        ports and checkpoints read (``unitree._read.View``)."""
+        structure = self._tree._sync()
+        return View(structure, self.path, self._module)
 
     def named_parameters(
         self, prefix: str = "", remove_duplicate: bool = True
@@ -475,15 +142,14 @@ class Node:
     def _named(
         self, is_param: bool, prefix: str, remove_duplicate: bool
     ) -> Iterator[tuple[str, Param]]:
-        tree = self._tree
-        tree._sync()
         if not self.path and not prefix and remove_duplicate:  # the common case, precomputed
-            return iter(tree._unique_params if is_param else tree._unique_buffers)
+            structure = self._tree._sync()
+            return iter(structure.params if is_param else structure.buffers)
         pre = prefix + "." if prefix else ""
         seen: set[int] = set()
         out = []
-        for path, p in self._relative(tree._flat):
-            if p._is_param is not is_param:
+        for path, p in self._view().leaves():
+            if p.is_buffer is is_param:
                 continue
             if remove_duplicate:
                 if id(p) in seen:
@@ -496,15 +162,13 @@ class Node:
         self, prefix: str = "", remove_duplicate: bool = True
     ) -> Iterator[tuple[str, Node]]:
         """(path, Node), this node first; a module reused at several positions once, at its first."""
-        tree = self._tree
-        tree._sync()
         seen: set[int] = set()
-        for path, native in self._relative([("", tree._native), *tree._modules]):
+        for path, native in self._view().modules():
             if remove_duplicate:
                 if id(native) in seen:
                     continue
                 seen.add(id(native))
-            yield _join(prefix, path), tree._node(_join(self.path, path))
+            yield join(prefix, path), self._tree._node(join(self.path, path))
 
     def modules(self) -> Iterator[Node]:
         for _, node in self.named_modules():
@@ -513,25 +177,14 @@ class Node:
     def select(self, pattern: str) -> list[Param]:
         """Parameters and buffers whose path (any of them, when tied) matches the glob ``pattern``."""
         found: dict[int, Param] = {}
-        for path, p in self._entries():
+        for path, p in self._view().leaves():
             if fnmatch.fnmatchcase(path, pattern):
                 found.setdefault(id(p), p)
         return list(found.values())
 
     def ties(self) -> list[tuple[str, ...]]:
         """The groups of paths that reach one storage: ``[("2.weight", "4.weight"), ...]``."""
-        return [tuple(paths) for paths, _ in self._unique() if len(paths) > 1]
-
-    def _unique(self) -> list[tuple[list[str], Param]]:
-        """Each leaf once, with every path it has under this node, in traversal order."""
-        groups: dict[int, tuple[list[str], Param]] = {}
-        for path, p in self._entries():
-            group = groups.get(id(p))
-            if group is None:
-                groups[id(p)] = ([path], p)
-            else:
-                group[0].append(path)
-        return list(groups.values())
+        return [tuple(paths) for paths, _ in self._view().unique() if len(paths) > 1]
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """{path: array} of parameters and persistent buffers, canonical layout, ties once.
@@ -542,7 +195,7 @@ class Node:
         ones (Keras's single LSTM bias, linen's per-gate cells), the keys are the
         canonical leaves (``lstm.bias_hh_l0``), not the native paths.
         """
-        return _canon.state(self)
+        return _canon.state(self._view())
 
     def load_state_dict(
         self,
@@ -593,11 +246,12 @@ class Node:
             except Exception as e:
                 bad.append(f"{key}: not a numeric array ({type(value).__name__}: {e})")
                 continue
-            if not _numeric(a):
+            if not numeric(a):
                 bad.append(f"{key}: not a numeric array ({type(value).__name__} {value!r:.40})")
                 continue
             arrays[key] = a
-        return self._load(
+        return load(
+            self._view(),
             {k: (a.shape, a.dtype) for k, a in arrays.items()},
             arrays.__getitem__,
             strict,
@@ -606,91 +260,13 @@ class Node:
             error_if_nonfinite=error_if_nonfinite,
         )
 
-    def _load(
-        self,
-        header: Mapping[str, tuple[tuple[int, ...], np.dtype]],
-        get: Callable[[str], np.ndarray],
-        strict: bool,
-        problems: list[str] | None = None,
-        casting: str = "safe",
-        source: str = "the source",
-        error_if_nonfinite: bool = False,
-        stored: Mapping[str, str] | None = None,
-    ) -> LoadResult:
-        """Validate every entry against the tree, then write them all or none.
-
-        ``casting`` is numpy's rule for a dtype change: "safe" (lossless only),
-        "same_kind", or "unsafe". ``stored`` maps a key of ``header`` that a file ties to
-        another (stores once) to that other key: two such keys need no comparison.
-        """
-        stored = stored or {}
-        problems = list(problems or [])
-        plan: dict[int, tuple[_canon.Layer, dict[str, Callable[[], np.ndarray]]]] = {}
-        missing: list[str] = []
-        used: set[str] = set()
-        for slot in _canon.slots(self):
-            layer, leaf = slot.layer, slot.leaf
-            if not layer.persistent(leaf):
-                continue
-            keys = [k for k in slot.keys if k in header]
-            used.update(keys)
-            if not keys:
-                missing.append(slot.keys[0])
-                continue
-            shape, dtype = header[keys[0]]
-            want = layer.shapes()[leaf]
-            if want is None:
-                problems.append(
-                    f"{keys[0]}: the model's parameter is not initialized yet; run the model once on an input first"
-                )
-                continue
-            if tuple(shape) != want:
-                problems.append(f"{keys[0]}: shape {tuple(shape)} in {source}, {want} in the model")
-                continue
-            np_dtype, model_dtype = np.dtype(dtype), numpy_dtype(layer.dtype(leaf))
-            if not (np_dtype.kind in "biufcV" and np.can_cast(np_dtype, model_dtype, casting)):
-                why = "" if casting != "safe" else " (a lossy cast: pass cast=True to allow it)"
-                problems.append(
-                    f"{keys[0]}: dtype {np_dtype} in {source}, {model_dtype} in the model{why}"
-                )
-                continue
-            distinct = list(dict.fromkeys(stored.get(k, k) for k in keys))
-            if len(distinct) > 1:
-                first = get(distinct[0])
-                for other in distinct[1:]:
-                    if not np.array_equal(first, get(other)):
-                        problems.append(
-                            f"{keys[0]} and {other} are one tied parameter in the model but hold different values in {source}"
-                        )
-            plan.setdefault(id(layer), (layer, {}))[1][leaf] = lambda key=keys[0], dt=model_dtype: (
-                get(key).astype(dt, copy=False)
-            )
-        unexpected = [k for k in header if k not in used]
-        if strict:  # a leaf some frameworks lack (torch's batch-norm counter) is no error
-            problems += [f"{k}: missing from {source}" for k in missing if not _optional(k)]
-            problems += [
-                f"{k}: unexpected, the model has no such path"
-                for k in unexpected
-                if not _optional(k)
-            ]
-        if problems:
-            where = f" under {self.path!r}" if self.path else ""
-            raise StateDictError(
-                f"Cannot load into the {self._tree.backend} model{where}; nothing was written:\n  "
-                + "\n  ".join(problems)
-            )
-        _write_all(
-            (w for layer, values in plan.values() for w in layer.writes(values)), error_if_nonfinite
-        )
-        return LoadResult(missing, unexpected)
-
     # -- changing the structure ------------------------------------------------------------
     def zero_grad(self) -> None:
         """Forget every gradient below this node, as torch's ``zero_grad()``: ``p.grad`` is None
         until the next ``backward``. ``backward`` adds to the gradients until then."""
         adapter = self._tree._adapter
         for _, p in self.named_parameters():
-            adapter.zero_grad(p._leaf)
+            adapter.zero_grad(leaf_of(p))
 
     def tie(self, src: int | str, dst: int | str) -> None:
         """Make ``dst`` use ``src``'s storage: every leaf of module ``dst`` becomes the leaf of
@@ -740,7 +316,7 @@ class Node:
             for _, p, (q, owner, name) in pairs:
                 if p is not q:  # kept first: a share that fails may have half happened
                     done.append((adapter.leaf(owner, name), owner, name))
-                    adapter.share(p._leaf, owner, name)
+                    adapter.share(leaf_of(p), owner, name)
         except BaseException:  # put back every leaf tied so far: all or nothing
             for old, owner, name in reversed(done):
                 if adapter.leaf(owner, name) is not old:
@@ -752,123 +328,12 @@ class Node:
 
     def _occurrences(self) -> dict[str, tuple[Param, Any, str]]:
         """{relative path: (Param, owner module, native name)} of every leaf occurrence."""
-        tree = self._tree
-        tree._sync()
+        view = self._view()
         out: dict[str, tuple[Param, Any, str]] = {}
-        for path, native in self._relative([("", tree._native), *tree._modules]):
-            for name, native_name, p in tree._leaf_items(native):
-                out[_join(path, name)] = (p, native, native_name)
+        for path, native in view.modules():
+            for name, native_name, p in view.own_leaves(native):
+                out[join(path, name)] = (p, native, native_name)
         return out
-
-
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-
-
-def _check_name(backend: str, pre: str, segment: str, what: str) -> None:
-    """Refuse a name no printed path could reach again: empty, holding the '.' that joins
-    segments, or a control character (which would also reach a terminal as it is)."""
-    if segment and "." not in segment and not _CONTROL.search(segment):
-        return  # printable after all: a non-ASCII space, say
-    raise UnsupportedModelError(
-        f"The {backend} model has a {what} named {segment!r} under {pre[:-1] or 'the root'!r}: "
-        "paths join their segments with '.', so a name that is empty or holds a '.' or a "
-        "control character could not be looked up again. Rename it (a dict key, say), as "
-        "torch's add_module requires."
-    )
-
-
-def _flattens(rule: Rule | None) -> bool:
-    return rule is not None and type(rule.transform) in (Flattened, FlattenedVector)
-
-
-def _optional(key: str) -> bool:
-    return key.rpartition(".")[2] in OPTIONAL
-
-
-def _join(base: str, path: str) -> str:
-    return f"{base}.{path}" if base and path else base or path
-
-
-class Foreign(NamedTuple):
-    """Another framework's tensor for a leaf of the same layout and dtype (``ut.port``): it is
-    copied device to device through DLPack, or through ``numpy()`` where that cannot be."""
-
-    tensor: Any
-    numpy: Callable[[], np.ndarray]
-
-
-def _write_all(
-    writes: Iterable[tuple[Param, Callable[[], Any]]], error_if_nonfinite: bool = False
-) -> None:
-    """Write (Param, value thunk) pairs; if any write fails, put back every value written so far.
-    A thunk gives a canonical numpy value, or a :class:`Foreign` tensor. Values are checked
-    for NaN and infinity as they come (a checkpoint is read one tensor at a time), so a
-    refused one also puts back what was written before it."""
-    journal = _Journal()
-    try:
-        for p, value in writes:
-            journal.keep(p)
-            v = value()
-            if type(v) is Foreign:
-                if not error_if_nonfinite and p._adapter.write_dlpack(p._leaf, v.tensor):
-                    continue
-                v = v.numpy()
-            if error_if_nonfinite:
-                _check_finite(v, p.path)
-            p._write(v)
-    except BaseException:
-        journal.undo()
-        raise
-    finally:
-        journal.close()
-
-
-class _Journal:
-    """The old values a multi-tensor write overwrote, to put back if it fails halfway.
-
-    Copies go to memory up to a small budget, then to an unlinked temporary
-    file: loading a large checkpoint holds at most one tensor beyond the model
-    in memory. Immutable arrays (jax) are kept as they are, with no copy.
-    """
-
-    BUDGET = 64 << 20
-
-    def __init__(self) -> None:
-        self.kept: list[tuple[Param, Any, tuple[int, tuple[int, ...], np.dtype] | None]] = []
-        self.size = 0
-        self.file: Any = None
-
-    def keep(self, p: Param) -> None:
-        leaf = p._leaf
-        backup = p._adapter.backup(leaf)
-        if backup is not None:
-            self.kept.append((p, backup, None))
-            return
-        a = p._adapter.read(leaf)
-        if self.size + a.nbytes <= self.BUDGET:
-            self.size += a.nbytes
-            self.kept.append((p, a.copy(), None))
-            return
-        if self.file is None:
-            import tempfile
-
-            self.file = tempfile.TemporaryFile()  # noqa: SIM115 (open until close())
-        offset = self.file.tell()
-        self.file.write(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data)
-        self.kept.append((p, None, (offset, a.shape, a.dtype)))
-
-    def undo(self) -> None:
-        for p, backup, spilled in reversed(self.kept):
-            if spilled is not None:
-                offset, shape, dtype = spilled
-                backup = np.empty(shape, dtype)
-                self.file.seek(offset)
-                self.file.readinto(backup.reshape(-1).view(np.uint8).data)
-            p._adapter.restore(p._leaf, backup)
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
 
 
 class ParamTree(Node):
@@ -886,17 +351,12 @@ class ParamTree(Node):
         super().__init__(self, "")
         self._adapter = adapter
         self._native = native
-        self._fp: Any = None  # None: not read yet, or known to be stale
-        self._by_ident: dict[Hashable, Param] = {}
-        self._flat: list[Entry] = []  # every leaf occurrence, in traversal order
-        self._modules: list[
-            tuple[str, Any]
-        ] = []  # every module occurrence below the root, in order
-        self._unique_params: list[Entry] = []  # named_parameters() of the root
-        self._unique_buffers: list[Entry] = []
+        self._structure: Structure | None = None  # the last read
+        # None: not read yet, or known to be stale; the Structure: read, its fingerprint not
+        # made yet (the first traversal does not pay for it); else the fingerprint
+        self._fp: Any = None
         self._nodes: dict[str, Node] = {}
-        self._mixed: set[Param] = set()  # leaves no one canonical layout serves (see _read)
-        self._lock = threading.RLock()  # one re-read at a time: it resets the Params' paths
+        self._lock = threading.RLock()  # one re-read at a time: it re-places the Params
 
     @property
     def native(self) -> Any:
@@ -921,165 +381,45 @@ class ParamTree(Node):
         """
         return self._adapter.variables(self._native)
 
-    def _sync(self) -> bool:
-        """Re-read the structure if the model changed; True if it did."""
+    def _sync(self) -> Structure:
+        """The structure of the model as it is now: re-read if the model changed."""
         with self._lock:
-            if type(self._fp) is _Seen:
-                self._fp = self._fp.ids()
-            if self._fp is not None and self._adapter.fingerprint(self._native) == self._fp:
-                return False
-            self._build()
-            return True
+            if type(self._fp) is Structure:
+                self._fp = self._fp.fingerprint()
+            if self._fp is None or self._adapter.fingerprint(self._native) != self._fp:
+                self._build()
+            assert self._structure is not None
+            return self._structure
 
     def _build(self) -> None:
         """Read the whole structure: one pass over every module and leaf."""
         with self._lock:
-            self._read()
+            old = self._structure
+            self._structure = read(self._adapter, self._native, old.by_ident if old else None)
+            self._nodes = {}
+            self._fp = self._structure
 
-    def _read(self) -> None:
-        adapter, backend = self._adapter, self._adapter.name
-        same = type(adapter).identity is Adapter.identity  # identity is id(): no call
-        with_rules = has_rules(backend)
-        old, by_ident = self._by_ident, {}
-        flat: list[Entry] = []
-        modules: list[tuple[str, Any]] = []
-        params: list[Entry] = []
-        buffers: list[Entry] = []
-        seen: list[tuple[Any, Any]] = []  # (module, its leaves): the fingerprint, made when needed
-        renewed: dict[Param, tuple[Any, ...]] = {}  # Params of an earlier read, re-placed
-        mixed: set[Param] = set()  # tied, and fed by a channels-last flatten at some uses only
-        aliases: dict[Param, list[str]] = {}  # the paths after the first of each tied leaf
+    def _read_once(self) -> Structure:
+        """The structure, read if it never was; not compared with the model (lookups follow
+        the live model and re-read only on a miss)."""
+        if self._structure is None or self._fp is None:
+            with self._lock:  # threads that arrive together: one reads, the others wait for it
+                if self._structure is None or self._fp is None:
+                    self._build()
+        assert self._structure is not None
+        return self._structure
 
-        plans: dict[Any, list[tuple[int, str, Rule | None]]] = {}
-        channels_last = backend in CHANNELS_LAST
-        channels = 0  # of the last conv output, while a flatten of it may feed a dense layer
-
-        def flattened(
-            native: Any,
-            kind: str | None,
-            leaves: list[Leaf],
-            plan: list[tuple[int, str, Rule | None]],
-        ) -> list[tuple[int, str, Rule | None]]:
-            """The plan, with the dense kernel fed by a flattened conv output permuted, and the
-            vectors of a norm between the flatten and the dense layer likewise."""
-            nonlocal channels
-            if kind in CONVS:
-                i, _, rule = plan[0]  # the kernel
-                shape = adapter.shape(leaves[i][1])
-                if (
-                    shape
-                    and rule
-                    and rule.transform
-                    and adapter.settings(native).get("data_format") != "channels_first"
-                ):
-                    shape = rule.transform.shape(shape)  # canonical: (out, in, *k) or (in, out, *k)
-                    channels = shape[1] if kind == "conv_transpose" else shape[0]
-                else:  # a channels-first conv (Keras's data_format) flattens as PyTorch does
-                    channels = 0
-            elif kind == "dense" and channels:
-                i, name, _ = plan[0]
-                shape = adapter.shape(leaves[i][1])  # (in, out)
-                if shape and shape[0] > channels and shape[0] % channels == 0:
-                    plan = [(i, name, Rule(name, Flattened(channels))), *plan[1:]]
-                channels = 0
-            elif kind in NORMS and channels:  # over the channels, or over the flattened features
-                plan = [
-                    (i, name, Rule(name, FlattenedVector(channels)))
-                    if (shape := adapter.shape(leaves[i][1]))
-                    and len(shape) == 1
-                    and shape[0] > channels
-                    and shape[0] % channels == 0
-                    else (i, name, rule)
-                    for i, name, rule in plan
-                ]
-            elif kind not in NORMS:
-                channels = 0
-            return plan
-
-        # The hot loop of the first traversal: kept flat, it runs once per module and leaf.
-        def visit(native: Any, pre: str) -> None:
-            leaves = adapter.leaves(native)
-            seen.append((native, leaves))
-            if leaves:
-                if with_rules:
-                    # the same kind with the same leaf names maps the same way: work it out once
-                    key = (adapter.kind(native), *[leaf[0] for leaf in leaves])
-                    plan = plans.get(key)
-                    if plan is None:
-                        plan = plans[key] = _plan(leaves, rules(backend, key[0], key[1:]))
-                    if channels_last:
-                        plan = flattened(native, key[0], leaves, plan)
-                else:  # native names and order: the plan depends on the count alone
-                    plan = plans.get(len(leaves))
-                    if plan is None:
-                        plan = plans[len(leaves)] = [(i, "", None) for i in range(len(leaves))]
-                for i, name, rule in plan:
-                    native_name, obj, is_param, persistent = leaves[i]
-                    leaf_name = name or native_name
-                    if not leaf_name or "." in leaf_name or not leaf_name.isprintable():
-                        _check_name(backend, pre, leaf_name, "leaf")
-                    path = pre + leaf_name
-                    ident = id(obj) if same else adapter.identity(obj)
-                    p = by_ident.get(ident)
-                    if p is None:
-                        p = old.get(ident) if old else None  # keep Param identity across re-reads
-                        args = (adapter, native, native_name, path, rule, is_param, persistent)
-                        if p is None:
-                            p = Param(*args)
-                        else:  # renewed once the read is done: another thread may be using it
-                            renewed[p] = args
-                        by_ident[ident] = p
-                        entry = (path, p)
-                        (params if is_param else buffers).append(entry)
-                    else:
-                        entry = (path, p)
-                        aliases.setdefault(p, []).append(path)
-                        first = renewed[p][4] if p in renewed else p._rule
-                        if _flattens(first) != _flattens(rule):
-                            mixed.add(p)
-                    flat.append(entry)
-            for seg, child in adapter.children(native):
-                if not seg or "." in seg or not seg.isprintable():
-                    _check_name(backend, pre, seg, "module")
-                path = pre + seg
-                modules.append((path, child))
-                visit(child, path + ".")
-
-        try:
-            with _gc_pause:
-                visit(self._native, "")
-        except RecursionError:
-            raise UnitreeError(
-                f"The {backend} model is nested too deeply to read, or contains itself: a module tree cannot have cycles."
-            ) from None
-        for p, args in renewed.items():
-            p.__init__(*args)
-        for p, paths in aliases.items():
-            p._aliases = paths
-        self._by_ident, self._flat, self._modules = by_ident, flat, modules
-        self._unique_params, self._unique_buffers = params, buffers
-        self._nodes = {}
-        self._mixed = mixed
-        self._fp = _Seen(seen)
-
-    def _leaf_items(self, native: Any) -> list[tuple[str, str, Param]]:
+    def _own_leaves(self, native: Any) -> list[tuple[str, str, Param]]:
         """(canonical name, native name, Param) of one module's own leaves, read live."""
-        adapter = self._adapter
-        leaves = adapter.leaves(native)
-        out = []
-        table = rules(adapter.name, adapter.kind(native), [leaf[0] for leaf in leaves])
-        for i, name, _ in _plan(leaves, table):
-            native_name, obj = leaves[i][:2]
-            p = self._by_ident.get(adapter.identity(obj))
-            if p is None:  # a leaf we have not seen: the model changed since the last read
-                self._build()
-                p = self._by_ident.get(adapter.identity(obj))
-                if p is None:
-                    raise PathError(
-                        f"A {adapter.type_name(native)} module is no longer part of the model."
-                    )
-            out.append((name, native_name, p))
-        return out
+        found = self._read_once().own_leaves(native)
+        if found is None:  # a leaf we have not seen: the model changed since the last read
+            self._build()
+            found = self._read_once().own_leaves(native)
+            if found is None:
+                raise PathError(
+                    f"A {self._adapter.type_name(native)} module is no longer part of the model."
+                )
+        return found
 
     def _node(self, path: str) -> Node:
         """The one Node object for ``path``, so that ``tree[2] is tree[2]``."""
@@ -1098,10 +438,7 @@ class ParamTree(Node):
 
     def _find(self, path: str) -> tuple[Any, Param | None] | None:
         """Follow ``path`` through the live model: (module, None), (owner, Param), or None."""
-        if self._fp is None:
-            with self._lock:  # threads that arrive together: one reads, the others wait for it
-                if self._fp is None:
-                    self._read()
+        self._read_once()
         adapter = self._adapter
         native = self._native
         segments = path.split(".") if path else []
@@ -1111,18 +448,18 @@ class ParamTree(Node):
                 native = child
                 continue
             if i == len(segments) - 1:
-                for name, _, p in self._leaf_items(native):
+                for name, _, p in self._own_leaves(native):
                     if name == seg:
                         return native, p
             return None
         return native, None
 
     def _lookup(self, path: str, base: str) -> Node | Param:
-        full = _join(base, path)
+        full = join(base, path)
         found = self._find(full)
         if found is None:
-            self._sync()
-            known = [p for p, _ in self._flat] + [p for p, _ in self._modules]
+            s = self._sync()
+            known = [p for p, _ in s.leaves] + [p for p, _ in s.modules]
             raise PathError.missing(full, f"{self.type_name} (the {self.backend} model)", known)
         return self._node(self._canonical(full)) if found[1] is None else found[1]
 
@@ -1147,42 +484,6 @@ class ParamTree(Node):
         a tied parameter gets the sum over its uses. Returns the loss.
         """
         return float(self._adapter.backward(self._native, loss_fn, inputs))
-
-
-class _Seen:
-    """What a read saw, from which the fingerprint is made on the next check, not on the read:
-    the first traversal does not pay for it. The leaves hold the very objects the read saw."""
-
-    __slots__ = ("seen",)
-
-    def __init__(self, seen: list[tuple[Any, Any]]) -> None:
-        self.seen = seen
-
-    def ids(self) -> list[int]:
-        """What :meth:`Adapter.fingerprint` returns for the model as it was read."""
-        fp: list[int] = []
-        for native, leaves in self.seen:
-            fp.append(id(native))
-            fp.extend([id(leaf[1]) for leaf in leaves])
-        return fp
-
-
-def _plan(
-    leaves: list[Leaf], table: Mapping[str, Rule] | None
-) -> list[tuple[int, str, Rule | None]]:
-    """(index in ``leaves``, canonical name, rule) in canonical leaf order."""
-    if not table:
-        return [(i, leaf[0], None) for i, leaf in enumerate(leaves)]
-    order = list(table)
-    ranked = sorted(
-        range(len(leaves)),
-        key=lambda i: order.index(leaves[i][0]) if leaves[i][0] in order else len(order),
-    )
-    out: list[tuple[int, str, Rule | None]] = []
-    for i in ranked:
-        rule = table.get(leaves[i][0])
-        out.append((i, rule.canonical if rule else leaves[i][0], rule))
-    return out
 
 
 def wrap(model: Any, *state: Any) -> ParamTree:
@@ -1210,7 +511,7 @@ def wrap(model: Any, *state: Any) -> ParamTree:
             )
         return model
     adapter = adapter_for(model)
-    with _gc_pause:  # an adapter may read the whole structure here (flax linen)
+    with gc_pause:  # an adapter may read the whole structure here (flax linen)
         root = adapter.root(model, *state)
     return ParamTree(adapter, root)
 
@@ -1221,36 +522,22 @@ def as_node(obj: Any) -> Node:
     return obj if isinstance(obj, Node) else wrap(obj)
 
 
-class _GCPause:
-    """Pauses the cyclic GC while a model's structure is read, across threads.
+def summary(tree: Any) -> Summary:
+    """The table of ``tree`` (a tree, a node, or a native model): path, type, shape, dtype,
+    count, frozen, tied-with, and totals.
 
-    A read allocates tens of thousands of small objects, all reachable; each
-    collection it triggers would walk the whole model graph (and the
-    framework's heap) again, for nothing: it often doubled the time of a wrap.
-    The switch is process-wide, so readers in several threads share one pause:
-    the first one in turns the collector off, the last one out turns it back on,
-    and only if it was on when the first one came in (a user's own
-    ``gc.disable()`` stays in force).
+    Raises:
+        UnsupportedModelError: ``tree`` is no tree and no model an adapter claims.
+
+    >>> ut.summary(net)  # the deck's shared-layer model on torch, 0.weight frozen
+    path      type    shape   dtype    count  frozen  tied with
+    --------  ------  ------  -------  -----  ------  ---------
+    0.weight  Linear  (8, 4)  float32  32     frozen
+    0.bias    Linear  (8,)    float32  8
+    2.weight  Linear  (8, 8)  float32  64             4.weight
+    2.bias    Linear  (8,)    float32  8              4.bias
+    6.weight  Linear  (1, 8)  float32  8
+    6.bias    Linear  (1,)    float32  1
+    parameters: 121 (32 frozen)   buffers: 0   size: 484 B
     """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._readers = 0
-        self._resume = False
-
-    def __enter__(self) -> None:
-        with self._lock:
-            if self._readers == 0:
-                self._resume = gc.isenabled()
-                gc.disable()
-            self._readers += 1
-
-    def __exit__(self, *exc: Any) -> None:
-        with self._lock:
-            self._readers -= 1
-            if self._readers == 0 and self._resume:
-                self._resume = False
-                gc.enable()
-
-
-_gc_pause = _GCPause()
+    return Summary(as_node(tree)._view())

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -515,3 +515,77 @@ def inverse(perm: tuple[int, ...]) -> tuple[int, ...]:
     for i, axis in enumerate(perm):
         inv[axis] = i
     return tuple(inv)
+
+
+# -- the decisions a read makes, leaf by leaf: pure functions of names, kinds and shapes --------
+Plan = list[tuple[int, str, "Rule | None"]]  # (index among the native leaves, canonical name, rule)
+
+
+def plan(names: Sequence[str], table: Mapping[str, Rule] | None) -> Plan:
+    """One layer's native leaf ``names`` in canonical leaf order: (index in ``names``,
+    canonical name, rule). Leaves the table knows come in its order (weight before bias);
+    the others follow in their native order and keep their names."""
+    if not table:
+        return [(i, name, None) for i, name in enumerate(names)]
+    order = {name: rank for rank, name in enumerate(table)}
+    ranked = sorted(range(len(names)), key=lambda i: order.get(names[i], len(order)))
+    out: Plan = []
+    for i in ranked:
+        rule = table.get(names[i])
+        out.append((i, rule.canonical if rule else names[i], rule))
+    return out
+
+
+def flatten(
+    channels: int,
+    kind: str | None,
+    layer: Plan,
+    shapes: Sequence[tuple[int, ...] | None],
+    channels_first: bool = False,
+) -> tuple[int, Plan]:
+    """The flatten rule of a channels-last backend, one layer at a time in traversal order.
+
+    A dense layer fed by the flatten of a channels-last conv output holds its input axis in
+    (H, W, C) order where PyTorch's ``Linear`` after ``Flatten`` holds (C, H, W): its kernel
+    gets ``Flattened(C)``; a norm between the flatten and the dense layer gets
+    ``FlattenedVector(C)`` on its vectors of the flattened size. ``channels`` is C of the
+    last conv output while a flatten of it may still come (0: none may), ``layer`` the
+    layer's :func:`plan`, ``shapes`` its native leaf shapes by index (read only for convs,
+    and for dense layers and norms while ``channels``), ``channels_first`` a conv that says
+    so itself (Keras's ``data_format``), which flattens as PyTorch does.
+
+    Returns the ``channels`` for the next layer and the layer's plan, changed or not.
+    """
+    if kind in CONVS:
+        i, _, rule = layer[0]  # the kernel
+        shape = shapes[i]
+        if not (shape and rule and rule.transform) or channels_first:
+            return 0, layer
+        shape = rule.transform.shape(
+            shape
+        )  # canonical: (out, in, *k) or, transposed, (in, out, *k)
+        return (shape[1] if kind == "conv_transpose" else shape[0]), layer
+    if not channels:
+        return 0, layer
+    if kind == "dense":
+        i, name, _ = layer[0]
+        shape = shapes[i]  # (in, out)
+        if shape and shape[0] > channels and shape[0] % channels == 0:
+            return 0, [(i, name, Rule(name, Flattened(channels))), *layer[1:]]
+        return 0, layer
+    if kind in NORMS:  # over the channels, or over the flattened features
+        return channels, [
+            (i, name, Rule(name, FlattenedVector(channels)))
+            if (shape := shapes[i])
+            and len(shape) == 1
+            and shape[0] > channels
+            and shape[0] % channels == 0
+            else (i, name, rule)
+            for i, name, rule in layer
+        ]
+    return 0, layer
+
+
+def flattens(rule: Rule | None) -> bool:
+    """Whether ``rule`` is one the flatten rule added (its layout depends on the layer's use)."""
+    return rule is not None and type(rule.transform) in (Flattened, FlattenedVector)

@@ -611,3 +611,82 @@ def test_gluon_recurrent_renames_in_torch_order(kind):
     projected = rules("gluon", kind, ["l17_h2r_weight", "r17_h2r_weight"])
     assert [r.canonical for r in projected.values()] == ["weight_hr_l17", "weight_hr_l17_reverse"]
     assert rules("gluon", kind, ["l0_i2h_kernel"]) == {}  # not Gluon's: no rule, native name kept
+
+
+# -- the decisions of a read, as pure functions: plan (leaf order and names) and flatten --------
+@pytest.mark.parametrize(
+    ("backend", "kind", "names", "want"),
+    [
+        # flax/keras dense: weight before bias whatever the native order, both renamed
+        ("flax", "dense", ("bias", "kernel"), [(1, "weight"), (0, "bias")]),
+        ("keras", "dense", ("kernel", "bias"), [(0, "weight"), (1, "bias")]),
+        # a leaf no rule names keeps its name and comes after the known ones, in native order
+        (
+            "flax",
+            "batch_norm",
+            ("extra", "var", "scale"),
+            [(2, "weight"), (1, "running_var"), (0, "extra")],
+        ),
+        # no rules: native names and order
+        ("torch", "dense", ("weight", "bias"), [(0, "weight"), (1, "bias")]),
+        ("flax", None, ("b", "a"), [(0, "b"), (1, "a")]),
+    ],
+)
+def test_plan_orders_and_names_a_layers_leaves(backend, kind, names, want):
+    from unitree.layouts import plan
+
+    got = plan(names, rules(backend, kind, names))
+    assert [(i, name) for i, name, _ in got] == want
+
+
+def _flatten_case(kind, shapes, channels, first=False):
+    from unitree.layouts import flatten, plan
+
+    names = ("kernel", "bias") if kind in ("dense", "conv", "conv_transpose") else ("scale", "bias")
+    layer = plan(names, rules("flax", kind, names))
+    by_name = dict(zip(names, shapes))
+    channels, layer = flatten(channels, kind, layer, [by_name[n] for n in names], first)
+    marks = {
+        name: type(rule.transform).__name__ for _, name, rule in layer if rule and rule.transform
+    }
+    return channels, marks
+
+
+@pytest.mark.parametrize(
+    ("kind", "shapes", "channels", "first", "want_channels", "want_marks"),
+    [
+        # a conv sets C to its output channels: flax kernel (kh, kw, in, out)
+        ("conv", [(3, 3, 4, 16), (16,)], 0, False, 16, {"weight": "Permute"}),
+        # a transposed conv: its canonical kernel is (in, out, *k); out is axis 1
+        ("conv_transpose", [(3, 3, 4, 6), (6,)], 0, False, 6, {"weight": "Flipped"}),
+        # a conv that says channels_first flattens as PyTorch does: nothing to permute later
+        ("conv", [(3, 3, 4, 16), (16,)], 0, True, 0, {"weight": "Permute"}),
+        # the dense layer on the (H, W, C) flatten of 16 channels: permuted, then C is spent
+        ("dense", [(16 * 9, 10), (10,)], 16, False, 0, {"weight": "Flattened"}),
+        # its input is no multiple of C, or is C itself (a pooled output): no flatten between
+        ("dense", [(20, 10), (10,)], 16, False, 0, {"weight": "Permute"}),
+        ("dense", [(16, 10), (10,)], 16, False, 0, {"weight": "Permute"}),
+        # no conv before: nothing to do
+        ("dense", [(144, 10), (10,)], 0, False, 0, {"weight": "Permute"}),
+        # a norm over the flattened features: its vectors permuted too; C kept for the dense
+        (
+            "layer_norm",
+            [(144,), (144,)],
+            16,
+            False,
+            16,
+            {"weight": "FlattenedVector", "bias": "FlattenedVector"},
+        ),
+        # a norm over the channels (before the flatten): unchanged, C kept
+        ("layer_norm", [(16,), (16,)], 16, False, 16, {}),
+    ],
+)
+def test_flatten_rule_from_a_table(kind, shapes, channels, first, want_channels, want_marks):
+    assert _flatten_case(kind, shapes, channels, first) == (want_channels, want_marks)
+
+
+def test_flatten_rule_stops_at_any_other_layer_with_leaves():
+    from unitree.layouts import flatten
+
+    assert flatten(16, "embedding", [], []) == (0, [])
+    assert flatten(16, None, [], []) == (0, [])

@@ -1,0 +1,193 @@
+"""Writing many tensors as one: validate everything, then write all or nothing.
+
+Every multi-tensor write (``load_state_dict``, ``ut.load``, ``ut.port``) ends in
+:func:`write_all`, which keeps what it needs to put every value back if the
+framework fails halfway (:class:`Journal`); :func:`load` is the validation that
+``load_state_dict`` and ``ut.load`` share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+from ._canon import Layer, slots
+from ._dtypes import numpy_dtype
+from ._errors import StateDictError
+from ._param import Param, adapter_of, check_finite, leaf_of, write_canonical
+from ._read import View
+from .layouts import OPTIONAL
+
+
+class LoadResult(NamedTuple):
+    """What ``load_state_dict(strict=False)`` and ``ut.load(strict=False)`` skipped."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+def load(
+    view: View,
+    header: Mapping[str, tuple[tuple[int, ...], np.dtype]],
+    get: Callable[[str], np.ndarray],
+    strict: bool,
+    problems: list[str] | None = None,
+    casting: str = "safe",
+    source: str = "the source",
+    error_if_nonfinite: bool = False,
+    stored: Mapping[str, str] | None = None,
+) -> LoadResult:
+    """Validate every entry of ``header`` ({key: (shape, dtype)}; ``get(key)`` reads its
+    canonical value) against the node of ``view``, then write them all or none: what
+    ``load_state_dict`` and ``ut.load`` do once they hold a header.
+
+    ``casting`` is numpy's rule for a dtype change: "safe" (lossless only),
+    "same_kind", or "unsafe". ``stored`` maps a key of ``header`` that a file ties to
+    another (stores once) to that other key: two such keys need no comparison.
+    """
+    stored = stored or {}
+    problems = list(problems or [])
+    plan: dict[int, tuple[Layer, dict[str, Callable[[], np.ndarray]]]] = {}
+    missing: list[str] = []
+    used: set[str] = set()
+    for slot in slots(view):
+        layer, leaf = slot.layer, slot.leaf
+        if not layer.persistent(leaf):
+            continue
+        keys = [k for k in slot.keys if k in header]
+        used.update(keys)
+        if not keys:
+            missing.append(slot.keys[0])
+            continue
+        shape, dtype = header[keys[0]]
+        want = layer.shapes()[leaf]
+        if want is None:
+            problems.append(
+                f"{keys[0]}: the model's parameter is not initialized yet; run the model once on an input first"
+            )
+            continue
+        if tuple(shape) != want:
+            problems.append(f"{keys[0]}: shape {tuple(shape)} in {source}, {want} in the model")
+            continue
+        np_dtype, model_dtype = np.dtype(dtype), numpy_dtype(layer.dtype(leaf))
+        if not (np_dtype.kind in "biufcV" and np.can_cast(np_dtype, model_dtype, casting)):
+            why = "" if casting != "safe" else " (a lossy cast: pass cast=True to allow it)"
+            problems.append(
+                f"{keys[0]}: dtype {np_dtype} in {source}, {model_dtype} in the model{why}"
+            )
+            continue
+        distinct = list(dict.fromkeys(stored.get(k, k) for k in keys))
+        if len(distinct) > 1:
+            first = get(distinct[0])
+            for other in distinct[1:]:
+                if not np.array_equal(first, get(other)):
+                    problems.append(
+                        f"{keys[0]} and {other} are one tied parameter in the model but hold different values in {source}"
+                    )
+        plan.setdefault(id(layer), (layer, {}))[1][leaf] = lambda key=keys[0], dt=model_dtype: get(
+            key
+        ).astype(dt, copy=False)
+    unexpected = [k for k in header if k not in used]
+    if strict:  # a leaf some frameworks lack (torch's batch-norm counter) is no error
+        problems += [f"{k}: missing from {source}" for k in missing if not _optional(k)]
+        problems += [
+            f"{k}: unexpected, the model has no such path" for k in unexpected if not _optional(k)
+        ]
+    if problems:
+        where = f" under {view.base!r}" if view.base else ""
+        raise StateDictError(
+            f"Cannot load into the {view.adapter.name} model{where}; nothing was written:\n  "
+            + "\n  ".join(problems)
+        )
+    write_all(
+        (w for layer, values in plan.values() for w in layer.writes(values)), error_if_nonfinite
+    )
+    return LoadResult(missing, unexpected)
+
+
+class Foreign(NamedTuple):
+    """Another framework's tensor for a leaf of the same layout and dtype (``ut.port``): it is
+    copied device to device through DLPack, or through ``numpy()`` where that cannot be."""
+
+    tensor: Any
+    numpy: Callable[[], np.ndarray]
+
+
+def write_all(
+    writes: Iterable[tuple[Param, Callable[[], Any]]], error_if_nonfinite: bool = False
+) -> None:
+    """Write (Param, value thunk) pairs; if any write fails, put back every value written so far.
+    A thunk gives a canonical numpy value, or a :class:`Foreign` tensor. Values are checked
+    for NaN and infinity as they come (a checkpoint is read one tensor at a time), so a
+    refused one also puts back what was written before it."""
+    journal = Journal()
+    try:
+        for p, value in writes:
+            journal.keep(p)
+            v = value()
+            if type(v) is Foreign:
+                if not error_if_nonfinite and adapter_of(p).write_dlpack(leaf_of(p), v.tensor):
+                    continue
+                v = v.numpy()
+            if error_if_nonfinite:
+                check_finite(v, p.path)
+            write_canonical(p, v)
+    except BaseException:
+        journal.undo()
+        raise
+    finally:
+        journal.close()
+
+
+class Journal:
+    """The old values a multi-tensor write overwrote, to put back if it fails halfway.
+
+    Copies go to memory up to a small budget, then to an unlinked temporary
+    file: loading a large checkpoint holds at most one tensor beyond the model
+    in memory. Immutable arrays (jax) are kept as they are, with no copy.
+    """
+
+    BUDGET = 64 << 20
+
+    def __init__(self) -> None:
+        self.kept: list[tuple[Param, Any, tuple[int, tuple[int, ...], np.dtype] | None]] = []
+        self.size = 0
+        self.file: Any = None
+
+    def keep(self, p: Param) -> None:
+        leaf, adapter = leaf_of(p), adapter_of(p)
+        backup = adapter.backup(leaf)
+        if backup is not None:
+            self.kept.append((p, backup, None))
+            return
+        a = adapter.read(leaf)
+        if self.size + a.nbytes <= self.BUDGET:
+            self.size += a.nbytes
+            self.kept.append((p, a.copy(), None))
+            return
+        if self.file is None:
+            import tempfile
+
+            self.file = tempfile.TemporaryFile()  # noqa: SIM115 (open until close())
+        offset = self.file.tell()
+        self.file.write(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data)
+        self.kept.append((p, None, (offset, a.shape, a.dtype)))
+
+    def undo(self) -> None:
+        for p, backup, spilled in reversed(self.kept):
+            if spilled is not None:
+                offset, shape, dtype = spilled
+                backup = np.empty(shape, dtype)
+                self.file.seek(offset)
+                self.file.readinto(backup.reshape(-1).view(np.uint8).data)
+            adapter_of(p).restore(leaf_of(p), backup)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def _optional(key: str) -> bool:
+    return key.rpartition(".")[2] in OPTIONAL
