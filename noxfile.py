@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import NamedTuple
 
 import nox
 
@@ -32,7 +33,6 @@ TESTING = ("pytest", "hypothesis==6.170.15")
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKPOINTS = os.path.join(HERE, ".nox", "checkpoints")
 PARTS = os.path.join(HERE, ".nox", "reports", "parts")
-ENVIRONMENTS = ["torch", "gluon", *(f"keras-{b}" for b in KERAS_BACKENDS), "flax"]
 
 
 def _keras_env(backend: str) -> dict[str, str]:
@@ -41,27 +41,63 @@ def _keras_env(backend: str) -> dict[str, str]:
     return {"KERAS_BACKEND": backend, "KERAS_HOME": home, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-# What each environment tests (UNITREE_BACKENDS) and its variables. Torch is in every
-# environment and Keras in two more, so ports run in one process wherever frameworks can
-# share one: Keras on torch beside Gluon (numpy 1.23), Keras on jax beside Flax.
-ENV: dict[str, dict[str, str]] = {
-    "torch": {"UNITREE_BACKENDS": "torch"},
-    "gluon": {"UNITREE_BACKENDS": "gluon", **_keras_env("torch")},
-    **{f"keras-{b}": {"UNITREE_BACKENDS": "keras", **_keras_env(b)} for b in KERAS_BACKENDS},
-    "flax": {"UNITREE_BACKENDS": "flax-linen,flax-nnx", **_keras_env("jax")},
+class Environment(NamedTuple):
+    doc: str  # the session's description (nox -l)
+    tests: str  # its unit tests
+    install: tuple[str, ...]  # what pip installs besides TESTING; the first one editable
+    env: dict[str, str]  # what it tests (UNITREE_BACKENDS) and its frameworks' variables
+    columns: tuple[str, ...]  # its matrix columns: the builders' labels
+
+
+# One session per framework environment, in the order they run: the checkpoints each saves
+# are loaded by those after it. Torch is in every environment and Keras in two more, so ports
+# run in one process wherever frameworks can share one: Keras on torch beside Gluon (numpy
+# 1.23), Keras on jax beside Flax.
+ENVIRONMENTS = {
+    "torch": Environment(
+        "The torch adapter's tests, and the conformance suite on torch.",
+        "tests/torch",
+        (".[torch]", TORCH),
+        {"UNITREE_BACKENDS": "torch"},
+        ("torch",),
+    ),
+    "gluon": Environment(
+        "MXNet Gluon 1.9.1 in its own environment: it imports only with numpy < 1.24.",
+        "tests/gluon",
+        (".", *GLUON, TORCH, KERAS, "rich"),
+        {"UNITREE_BACKENDS": "gluon", **_keras_env("torch")},
+        ("gluon",),
+    ),
+    **{
+        f"keras-{b}": Environment(
+            f"Keras 3 on {b}: KERAS_BACKEND is read once, at import.",
+            "tests/keras",
+            (".", KERAS, package, TORCH),
+            {"UNITREE_BACKENDS": "keras", **_keras_env(b)},
+            (f"keras-{b}",),
+        )
+        for b, package in KERAS_BACKENDS.items()
+    },
+    "flax": Environment(
+        "Flax linen and NNX on jax.",
+        "tests/flax",
+        (".", *FLAX, TORCH, KERAS),
+        {"UNITREE_BACKENDS": "flax-linen,flax-nnx", **_keras_env("jax")},
+        ("flax-linen", "flax-nnx"),
+    ),
 }
 
 nox.options.sessions = ["lint", "core", "wheel", *ENVIRONMENTS, "matrix"]
 
 
 def _suite(session: nox.Session, tests: str) -> None:
-    """This environment's unit tests and the conformance suite, then its matrix column.
+    """This environment's unit tests and the conformance suite, which writes its matrix column.
 
     ``posargs`` go to pytest: options are added to this environment's test paths
     (``nox -s torch -- -k tie``), paths replace them (``nox -s torch -- tests/conformance``);
     ``bench`` runs this environment's benchmarks instead.
     """
-    env = {"UNITREE_CHECKPOINTS": CHECKPOINTS, **ENV[session.name]}
+    env = {"UNITREE_CHECKPOINTS": CHECKPOINTS, **ENVIRONMENTS[session.name].env}
     if session.posargs[:1] == ["bench"]:
         backend = session.name.partition("-")[0]
         session.run("python", "benchmarks/run.py", backend, *session.posargs[1:], env=env)
@@ -70,11 +106,13 @@ def _suite(session: nox.Session, tests: str) -> None:
     if os.path.exists(part):
         os.remove(part)  # a column from an earlier run must never stand in for this one
     args = session.posargs
+    whole = not args or args == ["tests/conformance"]  # the whole deck: pytest writes the column
     if not (args and os.path.exists(args[0])):  # no paths given: this environment's tests
         args = [tests, "tests/safety", "tests/conformance", "tests/readme", *args]
-    session.run("pytest", *args, env=env)
-    # exits 1 on a failing cell, which fails the session: no session hides a failing column
-    session.run("unitree", "conformance", "--report", part, env=env)
+    # a failing cell fails pytest, which fails the session: no session hides a failing column
+    session.run("pytest", *args, env={**env, "UNITREE_REPORT": part} if whole else env)
+    if not whole:  # pytest ran part of the deck (-k, other paths): the column needs all of it
+        session.run("unitree", "conformance", "--report", part, env=env)
 
 
 @nox.session
@@ -130,39 +168,19 @@ def wheel(session: nox.Session) -> None:
     )
 
 
-@nox.session
-def torch(session: nox.Session) -> None:
-    """The torch adapter's tests, and the conformance suite on torch."""
-    session.install("-e", ".[torch]", TORCH, *TESTING)
-    _suite(session, "tests/torch")
+def _environment(name: str, e: Environment) -> None:
+    def run(session: nox.Session) -> None:
+        session.install("-e", *e.install, *TESTING)
+        if name == "gluon" and not session.posargs:  # the only numpy-1 environment: the core
+            session.run("pytest", "tests/core")  # must pass here too
+        _suite(session, e.tests)
+
+    run.__doc__ = e.doc
+    nox.session(name=name)(run)
 
 
-@nox.session
-def gluon(session: nox.Session) -> None:
-    """MXNet Gluon 1.9.1 in its own environment: it imports only with numpy < 1.24."""
-    session.install("-e", ".", *GLUON, TORCH, KERAS, *TESTING, "rich")
-    if not session.posargs:  # the only numpy-1 environment: the core must pass here too
-        session.run("pytest", "tests/core")
-    _suite(session, "tests/gluon")
-
-
-def _keras(backend: str) -> None:
-    @nox.session(name=f"keras-{backend}")
-    def keras(session: nox.Session) -> None:
-        """Keras 3 on one of its backends: KERAS_BACKEND is read once, at import."""
-        session.install("-e", ".", KERAS, KERAS_BACKENDS[backend], TORCH, *TESTING)
-        _suite(session, "tests/keras")
-
-
-for _backend in KERAS_BACKENDS:
-    _keras(_backend)
-
-
-@nox.session
-def flax(session: nox.Session) -> None:
-    """Flax linen and NNX on jax."""
-    session.install("-e", ".", *FLAX, TORCH, KERAS, *TESTING)
-    _suite(session, "tests/flax")
+for _name, _e in ENVIRONMENTS.items():
+    _environment(_name, _e)
 
 
 @nox.session
@@ -186,7 +204,7 @@ def _load_every_port_file(session: nox.Session) -> None:
     for name in ENVIRONMENTS:
         unitree = os.path.join(HERE, ".nox", name, "bin", "unitree")
         part = os.path.join(PARTS, f"files-{name}.json")
-        env = {"UNITREE_CHECKPOINTS": CHECKPOINTS, **ENV[name]}
+        env = {"UNITREE_CHECKPOINTS": CHECKPOINTS, **ENVIRONMENTS[name].env}
         session.run(
             unitree,
             "conformance",
@@ -207,7 +225,8 @@ def _crossed_numpy_boundary(session: nox.Session) -> None:
         path = os.path.join(CHECKPOINTS, f"loaded-by-{label}-cpu.json")
         return json.loads(open(path).read()) if os.path.exists(path) else []
 
-    later = ["keras-tensorflow", "keras-jax", "keras-torch", "flax-linen", "flax-nnx"]
+    names = list(ENVIRONMENTS)
+    later = [c for n in names[names.index("gluon") + 1 :] for c in ENVIRONMENTS[n].columns]
     missing = [
         f"{label} did not load {source}'s checkpoint"
         for label, source in [("gluon", "torch"), *((x, "gluon") for x in later)]

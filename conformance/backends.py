@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import importlib
 import os
-from types import ModuleType
+
+from .builder import MEMBERS, Builder
 
 BUILDERS = {
     "torch": "unitree.conformance.builders.torch",
@@ -34,11 +35,17 @@ def named() -> list[str] | None:
     return names
 
 
-def load(name: str) -> ModuleType:
+def load(name: str) -> Builder:
     """The builder module of ``name``; ImportError if its framework is not installed."""
     if name not in BUILDERS:
         raise ValueError(f"Unknown backend {name!r}; expected one of {sorted(BUILDERS)}.")
-    return importlib.import_module(BUILDERS[name])
+    module = importlib.import_module(BUILDERS[name])
+    missing = [n for n in MEMBERS if not hasattr(module, n)]
+    if missing:  # not an ImportError: a broken builder must fail, never pass as not installed
+        raise TypeError(
+            f"The {name} builder ({module.__name__}) lacks {missing} of conformance.builder.Builder."
+        )
+    return module
 
 
 def importable() -> list[str]:
@@ -53,7 +60,7 @@ def importable() -> list[str]:
     return found
 
 
-def selected() -> list[ModuleType]:
+def selected() -> list[Builder]:
     """Builders for the named backends (all must import), or for every installed one if none is named."""
     names = named()
     if names is not None:

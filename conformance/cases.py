@@ -1,7 +1,7 @@
 """Every example of the "Parameter Management" deck, written once against the public API.
 
 A case is a function ``case(b, device)``: ``b`` is a builder module (see
-``builders/__init__.py``), ``device`` one of ``b.devices()``. It raises
+``builder.py``), ``device`` one of ``b.devices()``. It raises
 AssertionError when the backend disagrees with the deck. Expected values come
 from outside unitree: the deck's printed output, the framework's own API
 (``b.native_value``), or gradients computed by hand in numpy.
@@ -13,14 +13,15 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from types import ModuleType
 from typing import Callable
 
 import numpy as np
 
 import unitree as ut
 
-Case = Callable[[ModuleType, str], None]
+from .builder import Builder
+
+Case = Callable[[Builder, str], None]
 CASES: list[Case] = []
 
 
@@ -132,14 +133,14 @@ def mlp_output(
     return np.maximum(X @ W1.T + b1, 0) @ W2.T + b2
 
 
-def deck_paths(b: ModuleType) -> list[str]:
+def deck_paths(b: Builder) -> list[str]:
     """The four parameter paths of the deck's toy model on ``b``: its two dense layers' positions."""
     i, j = b.deck_layers
     return [f"{i}.weight", f"{i}.bias", f"{j}.weight", f"{j}.bias"]
 
 
 @case
-def toy_model(b: ModuleType, device: str) -> None:
+def toy_model(b: Builder, device: str) -> None:
     """The deck's first example: ``net(X).shape`` is (2, 1); the tree wraps that net."""
     tree = b.wrap(b.deck_mlp(device, X))
     assert b.forward(tree, X).shape == (2, 1)
@@ -148,14 +149,14 @@ def toy_model(b: ModuleType, device: str) -> None:
 
 
 @case
-def picture(b: ModuleType, device: str) -> None:
+def picture(b: Builder, device: str) -> None:
     """``print(tree)`` draws the deck's picture of the toy model (dense, ReLU, dense)."""
     tree = b.wrap(b.mlp(device, X))
     assert str(tree) == PICTURE.format(**b.names), str(tree)
 
 
 @case
-def direct_access(b: ModuleType, device: str) -> None:
+def direct_access(b: Builder, device: str) -> None:
     """``net[2].state_dict()``: the leaves of the last layer, reached by position, name or path."""
     tree = b.wrap(b.deck_mlp(device, X))
     j = b.deck_layers[1]
@@ -173,7 +174,7 @@ def direct_access(b: ModuleType, device: str) -> None:
 
 
 @case
-def tensor_inside(b: ModuleType, device: str) -> None:
+def tensor_inside(b: Builder, device: str) -> None:
     """``type(net[2].bias), net[2].bias.data``: the framework's parameter, and the tensor in it."""
     tree = b.wrap(b.deck_mlp(device, X))
     j = b.deck_layers[1]
@@ -185,7 +186,7 @@ def tensor_inside(b: ModuleType, device: str) -> None:
 
 
 @case
-def gradients(b: ModuleType, device: str) -> None:
+def gradients(b: Builder, device: str) -> None:
     """``.grad`` is None before backward, and after it holds the gradient computed by hand."""
     tree = b.wrap(b.deck_mlp(device, X))
     assert all(p.grad is None for p in tree.parameters())
@@ -218,7 +219,7 @@ def gradients(b: ModuleType, device: str) -> None:
 
 
 @case
-def traversal(b: ModuleType, device: str) -> None:
+def traversal(b: Builder, device: str) -> None:
     """``named_parameters()`` walks the tree: four dotted paths and shapes, in the model's order.
 
     The deck's own model is numbered by its own positions (Keras puts a Flatten first, Gluon
@@ -237,7 +238,7 @@ def traversal(b: ModuleType, device: str) -> None:
 
 
 @case
-def tying(b: ModuleType, device: str) -> None:
+def tying(b: Builder, device: str) -> None:
     """The shared layer: one parameter set at both positions; a write through one is seen through both."""
     net, (i, j) = b.deck_tied(device, X)
     tree = b.wrap(net)
@@ -253,7 +254,7 @@ def tying(b: ModuleType, device: str) -> None:
     assert b.native_value(tree, j, "weight")[0, 0] == 100  # the framework sees it too
 
 
-def tied_and_untied(b: ModuleType, device: str) -> tuple:
+def tied_and_untied(b: Builder, device: str) -> tuple:
     """The deck's shared-layer model, and a copy with two separate layers holding the same values.
 
     The values are positive, as X is: every ReLU is active, so both uses of the shared layer
@@ -271,7 +272,7 @@ def tied_and_untied(b: ModuleType, device: str) -> tuple:
 
 
 @case
-def tied_gradients(b: ModuleType, device: str) -> None:
+def tied_gradients(b: Builder, device: str) -> None:
     """Gradients accumulate over both uses: tied grad == sum of an untied copy's grads at both positions."""
     t, u, (i, j) = tied_and_untied(b, device)
     # every value and input positive: no sum cancels, the largest value is the scale
@@ -288,7 +289,7 @@ def tied_gradients(b: ModuleType, device: str) -> None:
 
 
 @case
-def tie(b: ModuleType, device: str) -> None:
+def tie(b: Builder, device: str) -> None:
     """``tree.tie(i, j)`` turns the untied copy into the deck's shared-layer model, natively."""
     t, u, (i, j) = tied_and_untied(b, device)
     if not b.can_tie:  # flax linen: sharing is in the module definition, not in the values
@@ -327,7 +328,7 @@ _folder: Path | None = None
 
 
 @case
-def save_load(b: ModuleType, device: str) -> None:
+def save_load(b: Builder, device: str) -> None:
     """A checkpoint written on this backend loads onto a fresh model here, and so does every
     checkpoint another backend left in the shared folder: the same outputs on the same input."""
     folder = checkpoint_dir()
@@ -357,7 +358,7 @@ TOKENS = np.random.default_rng(2).integers(0, 10, (2, 6))  # the port model's in
 TIES = [("tied_a.weight", "tied_b.weight"), ("tied_a.bias", "tied_b.bias")]
 
 
-def port(src: ModuleType, dst: ModuleType, device: str) -> None:
+def port(src: Builder, dst: Builder, device: str) -> None:
     """``ut.port`` from the port model on ``src`` to a fresh one on ``dst`` (random weights of
     its own): the same outputs on the same tokens, every canonical value equal, ties kept."""
     # other seeds: on one backend, two models with other values
@@ -381,17 +382,21 @@ def port(src: ModuleType, dst: ModuleType, device: str) -> None:
         np.testing.assert_array_equal(theirs[key], value, err_msg=key)  # copied: the same bits
 
 
-def port_save(b: ModuleType, device: str) -> Path:
+def port_save(b: Builder, device: str) -> Path:
     """The port model on ``b`` saved in the shared folder, with its input and output."""
-    folder = checkpoint_dir()
     tree = b.wrap(b.port_model(device))
-    stem = folder / f"port-{b.label}-{device.replace(':', '')}"
-    ut.save(tree, stem.with_suffix(".safetensors"))
-    np.savez(stem.with_suffix(".npz"), X=TOKENS, Y=b.port_forward(tree, TOKENS))
-    return stem.with_suffix(".safetensors")
+    path = port_path(b, device)
+    ut.save(tree, path)
+    np.savez(path.with_suffix(".npz"), X=TOKENS, Y=b.port_forward(tree, TOKENS))
+    return path
 
 
-def port_load(b: ModuleType, device: str, path: Path) -> None:
+def port_path(b: Builder, device: str) -> Path:
+    """Where ``port_save`` puts the port model of ``b`` on ``device``."""
+    return checkpoint_dir() / f"port-{b.label}-{device.replace(':', '')}.safetensors"
+
+
+def port_load(b: Builder, device: str, path: Path) -> None:
     """A port checkpoint saved by any backend, loaded onto a fresh port model on ``b``: the
     outputs the saver recorded, on the same tokens."""
     tree = b.wrap(b.port_model(device, seed=1))  # other values than the saved model's

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import traceback
-from types import ModuleType
 from typing import Callable, NamedTuple
 
 from . import backends, cases
+from .builder import Builder
 
 COLUMNS = ("cpu", "gpu")
 
@@ -33,51 +33,50 @@ def run(names: list[str], device: str | None = None, strict: bool = True) -> lis
         except ImportError as e:
             if strict:
                 raise
-            cells += [cell for col in COLUMNS for cell in _unavailable(name, col, str(e))]
+            cells += [u for col in COLUMNS for u in _unavailable(name, col, str(e))]
             continue
-        name = b.label  # the column: one environment may hold several (keras on jax, flax nnx)
-        seen = [d for d in b.devices() if device in (None, d, _column(d))]
-        for col in COLUMNS if device is None else (_column(device),):
-            here = [d for d in seen if _column(d) == col]
+        for col, here in columns(b, device).items():
             if not here:
-                cells += _unavailable(
-                    name, col, f"no {device or col.upper()} visible to {name} here"
-                )
-                continue
+                cells += _unavailable(b.label, col, unseen(b, col, device))
             for d in here:
-                for c in cases.CASES:
-                    try:
-                        c(b, d)
-                    except Exception as e:  # a failing case is a cell, not a crash
-                        last = traceback.extract_tb(e.__traceback__)[-1]
-                        reason = f"{type(e).__name__}: {e} ({last.filename.rpartition('/')[2]}:{last.lineno})"
-                        cells.append(
-                            Cell(
-                                c.__name__,
-                                name,
-                                col,
-                                "fail",
-                                d + ": " + " ".join(reason.split())[:300],
-                            )
-                        )
-                    else:
-                        cells.append(Cell(c.__name__, name, col, "pass", d))
+                cells += [_run(c.__name__, b.label, d, c, b, d) for c in cases.CASES]
     return cells
+
+
+def columns(b: Builder, device: str | None = None) -> dict[str, list[str]]:
+    """The matrix columns ``device`` picks (every one by default), each with the devices ``b``
+    sees in it; an empty list: not available here (``unseen`` says why)."""
+    seen = [d for d in b.devices() if device in (None, d, column(d))]
+    picked = COLUMNS if device is None else (column(device),)
+    return {col: [d for d in seen if column(d) == col] for col in picked}
+
+
+def unseen(b: Builder, col: str, device: str | None = None) -> str:
+    """Why column ``col`` of ``b`` is not available here."""
+    return f"no {device or col.upper()} visible to {b.label} here"
+
+
+def cell(case: str, backend: str, device: str, error: BaseException | None = None) -> Cell:
+    """The cell of ``case`` run on ``device``: a pass, or a fail that says where ``error`` came
+    from. The pytest suite (tests/conformance) makes its cells here too."""
+    if error is None:
+        return Cell(case, backend, column(device), "pass", device)
+    last = traceback.extract_tb(error.__traceback__)[-1]
+    reason = f"{type(error).__name__}: {error} ({last.filename.rpartition('/')[2]}:{last.lineno})"
+    return Cell(
+        case, backend, column(device), "fail", f"{device}: {' '.join(reason.split())[:300]}"
+    )
 
 
 def _run(case: str, backend: str, device: str, fn: Callable[..., object], *args: object) -> Cell:
     try:
         fn(*args)
     except Exception as e:  # a failing case is a cell, not a crash
-        last = traceback.extract_tb(e.__traceback__)[-1]
-        reason = f"{type(e).__name__}: {e} ({last.filename.rpartition('/')[2]}:{last.lineno})"
-        return Cell(
-            case, backend, _column(device), "fail", device + ": " + " ".join(reason.split())[:300]
-        )
-    return Cell(case, backend, _column(device), "pass", device)
+        return cell(case, backend, device, e)
+    return cell(case, backend, device)
 
 
-def in_process() -> list[ModuleType]:
+def in_process() -> list[Builder]:
     """Every builder whose framework imports in this process: the backends a port can join."""
     return [backends.load(name) for name in backends.importable()]
 
@@ -90,7 +89,7 @@ def run_ports(device: str | None = None) -> list[Cell]:
     for dst in here:
         for src in here:
             for d in dst.devices():
-                if device in (None, d, _column(d)) and d in src.devices():
+                if device in (None, d, column(d)) and d in src.devices():
                     cells.append(
                         _run(f"port from {src.label}", dst.label, d, cases.port, src, dst, d)
                     )
@@ -104,13 +103,13 @@ def run_files(names: list[str], device: str | None = None, save: bool = True) ->
     chosen = [backends.load(n) for n in names]
     for b in chosen:
         for d in b.devices():
-            if save and device in (None, d, _column(d)):
-                cell = _run("file saved", b.label, d, cases.port_save, b, d)
-                if cell.status == "fail":
-                    cells.append(cell)
+            if save and device in (None, d, column(d)):
+                saved = _run("file saved", b.label, d, cases.port_save, b, d)
+                if saved.status == "fail":
+                    cells.append(saved)
     for b in chosen:
         for d in b.devices():
-            if device in (None, d, _column(d)):
+            if device in (None, d, column(d)):
                 for path in cases.port_files():
                     case = f"file from {cases.port_label(path)}"
                     cells.append(_run(case, b.label, d, cases.port_load, b, d, path))
@@ -140,7 +139,8 @@ def versions(names: list[str]) -> str:
     return ", ".join(parts)
 
 
-def _column(device: str) -> str:
+def column(device: str) -> str:
+    """The matrix column of a device: "cpu" or "gpu"."""
     return "cpu" if device.startswith("cpu") else "gpu"
 
 

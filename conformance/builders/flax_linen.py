@@ -91,7 +91,7 @@ def is_tensor(obj: object) -> bool:
 
 
 class PortModel(nn.Module):
-    """The port model of builders/__init__.py. ``tied_b`` is ``tied_a``: linen keeps one set of
+    """The port model of conformance/builder.py. ``tied_b`` is ``tied_a``: linen keeps one set of
     variables, under ``tied_a``, and unitree shows it at both attribute names."""
 
     def setup(self) -> None:

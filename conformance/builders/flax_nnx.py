@@ -87,7 +87,7 @@ def is_tensor(obj: object) -> bool:
 
 
 class PortModel(nnx.Module):
-    """The port model of builders/__init__.py; ``tied_b`` is the very module ``tied_a``."""
+    """The port model of conformance/builder.py; ``tied_b`` is the very module ``tied_a``."""
 
     def __init__(self, rngs: nnx.Rngs) -> None:
         self.emb = nnx.Embed(10, 8, rngs=rngs)

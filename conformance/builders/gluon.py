@@ -95,7 +95,7 @@ def is_tensor(obj: object) -> bool:
 
 
 class PortModel(Block):
-    """The port model of builders/__init__.py. A plain Block: its ReLUs and the transpose are
+    """The port model of conformance/builder.py. A plain Block: its ReLUs and the transpose are
     calls in forward, so the children are exactly the nine layers (tied_b is tied_a)."""
 
     def __init__(self) -> None:

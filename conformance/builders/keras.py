@@ -128,7 +128,7 @@ def is_tensor(obj: object) -> bool:
 
 
 class PortModel(keras.Model):
-    """The port model of builders/__init__.py: attributes in the spec's order, channels-last."""
+    """The port model of conformance/builder.py: attributes in the spec's order, channels-last."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -89,7 +89,7 @@ def is_tensor(obj: object) -> bool:
 
 
 class PortModel(nn.Module):
-    """The port model of builders/__init__.py."""
+    """The port model of conformance/builder.py."""
 
     def __init__(self) -> None:
         super().__init__()

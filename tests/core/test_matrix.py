@@ -1,9 +1,17 @@
-"""The conformance matrix as `unitree conformance` prints and writes it."""
+"""The conformance matrix as `unitree conformance` prints and writes it, and the builder
+contract every backend's builder meets."""
 
 from __future__ import annotations
 
+import ast
 import json
+import sys
+import types
+from pathlib import Path
 
+import pytest
+from unitree.conformance import backends
+from unitree.conformance.builder import MEMBERS
 from unitree.conformance.matrix import Cell, as_json, markdown, merge
 
 
@@ -60,3 +68,36 @@ def test_merge_marks_ports_no_environment_could_run_and_keeps_a_failure():
     assert by[("port from flax-nnx", "gluon")] == "not available here"
     assert by[("port from gluon", "torch")] == "pass"
     assert len(cells) == 9  # 3 x 3 directions
+
+
+def defined(path: Path) -> set[str]:
+    """The names a module defines at its top level, read without importing it (the core
+    environment has no framework to import a builder with)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).partition(".")[0] for a in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                elts = target.elts if isinstance(target, ast.Tuple) else [target]
+                names.update(t.id for t in elts if isinstance(t, ast.Name))
+    return names
+
+
+@pytest.mark.parametrize("name", sorted(backends.BUILDERS))
+def test_every_builder_defines_every_name_of_the_protocol(name):
+    module = backends.BUILDERS[name].removeprefix("unitree.conformance.builders.")
+    path = Path(backends.__file__).parent / "builders" / f"{module}.py"
+    assert [n for n in MEMBERS if n not in defined(path)] == [], path
+
+
+def test_a_builder_missing_a_name_is_refused_with_the_names(monkeypatch):
+    module = types.ModuleType("half_builder")
+    module.name = module.label = "half"
+    monkeypatch.setitem(sys.modules, "half_builder", module)
+    monkeypatch.setitem(backends.BUILDERS, "half", "half_builder")
+    with pytest.raises(TypeError, match=r"half builder .* lacks \['version', 'names'"):
+        backends.load("half")

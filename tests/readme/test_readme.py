@@ -31,7 +31,7 @@ Rules for README.md (this module enforces every one of them):
   run: they may only install (``pip install``) or run nox, the commands that set all of this up.
   No other fence is allowed.
 
-The environment comes from the variables nox sets (noxfile.py, ENV): no UNITREE_BACKENDS is
+The environment comes from the variables nox sets (noxfile.py, ENVIRONMENTS): no UNITREE_BACKENDS is
 ``core``; ``torch``; ``gluon``; ``keras`` with KERAS_BACKEND=tensorflow|jax|torch is
 ``keras-<backend>``; ``flax-linen,flax-nnx`` is ``flax``.
 """
@@ -136,7 +136,7 @@ def test_the_environment_is_known() -> None:
     assert HERE is not None, (
         f"UNITREE_BACKENDS={os.environ.get('UNITREE_BACKENDS')!r} with "
         f"KERAS_BACKEND={os.environ.get('KERAS_BACKEND')!r} names none of {ENVIRONMENTS}: "
-        "run the README's blocks through nox, or set the variables as noxfile.py's ENV does."
+        "run the README's blocks through nox, or set the variables as noxfile.py's ENVIRONMENTS do."
     )
 
 
