@@ -19,6 +19,9 @@ from typing import Any, Callable, ClassVar, NamedTuple
 import numpy as np
 
 from ._errors import UnsupportedError, UnsupportedModelError
+from ._paths import Segment, position
+
+__all__ = ["Adapter", "KindTable", "Leaf", "adapter_for", "fingerprint", "position"]
 
 
 class Leaf(NamedTuple):
@@ -71,8 +74,10 @@ class Adapter(ABC):
 
     # -- required: structure ---------------------------------------------------------
     @abstractmethod
-    def children(self, module: Any) -> Iterable[tuple[str, Any]]:
-        """(path segment, child module) in the model's own order."""
+    def children(self, module: Any) -> Iterable[tuple[Segment, Any]]:
+        """(path segment, child module) in the model's own order: the segment is what the
+        container keys the child by, an ``int`` for a position in a sequential container,
+        else a ``str`` (``unitree._paths``)."""
 
     @abstractmethod
     def leaves(self, module: Any) -> Sequence[Leaf]:
@@ -127,13 +132,16 @@ class Adapter(ABC):
             )
         return obj
 
-    def child(self, module: Any, segment: str) -> Any:
-        """The current child of ``module`` at ``segment``, or None."""
+    def child(self, module: Any, segment: Segment) -> Any:
+        """The current child of ``module`` at ``segment`` (as :meth:`children` gives it), or None."""
         return dict(self.children(module)).get(segment)
 
-    def segment(self, module: Any, key: str) -> str:
-        """The path segment of the child ``key`` names: ``key``, unless it is an alias the adapter
-        accepts in :meth:`child` (a Keras layer's own name), whose child has a segment of its own."""
+    def segment(self, module: Any, key: str) -> Segment:
+        """The segment of the child of ``module`` that ``key``, a part of a user's dotted path,
+        names: by default ``key`` itself. An adapter whose containers are sequential turns a
+        position ("0") into its ``int`` there, and one that accepts aliases (a Keras layer's
+        own name) gives the aliased child's segment. Unknown keys are returned as they are
+        (:meth:`child` then finds nothing)."""
         return key
 
     def native(self, obj: Any) -> Any:
@@ -337,14 +345,6 @@ FRAMEWORKS = {
 }
 
 _loaded: dict[str, Adapter] = {}
-
-
-def position(segment: str) -> int | None:
-    """The position a path segment names ("0", "12"), or None: ASCII digits only, written as
-    ``str(i)`` writes them ("00", "+1" and "\u00b2" are names, not positions)."""
-    if segment.isascii() and segment.isdigit() and segment == str(int(segment)):
-        return int(segment)
-    return None
 
 
 def _load(module_name: str) -> Adapter:

@@ -18,7 +18,8 @@ import numpy as np
 from ._adapter import Adapter
 from ._errors import UninitializedError
 from ._param import Param, is_persistent
-from ._read import View, join
+from ._paths import Path, join, keystr
+from ._read import View
 from .layouts import Codec, codec_for, has_codecs
 
 
@@ -98,30 +99,26 @@ class Layer:
 def layers(view: View) -> list[Layer]:
     """Every module occurrence under the node of ``view`` that holds leaves, in traversal order
     (a tied module at each of its positions), with paths relative to the node."""
-    entries = view.leaves()
     modules = dict(view.modules())
     adapter = view.adapter
-    codecs: dict[str, Codec] = {}
+    codecs: dict[Path, Codec] = {}
     if has_codecs(adapter.name):
         for path, module in modules.items():
             codec = codec_for(adapter.name, adapter.kind(module))
-            if codec is not None and not any(
-                path.startswith(outer + ".") or not outer for outer in codecs
-            ):
-                codecs[path] = codec
+            if codec is not None and not any(path[: len(outer)] == outer for outer in codecs):
+                codecs[path] = codec  # the outermost: a codec computes its whole subtree
     out: list[Layer] = []
     current: Layer | None = None
-    for path, p in entries:
-        owner, _, leaf = path.rpartition(".")
-        if codecs:
-            segments = path.split(".")
-            for n in range(len(segments)):
-                outer = ".".join(segments[:n])
-                if outer in codecs:
-                    owner, leaf = outer, ".".join(segments[n:])
-                    break
-        if current is None or current.path != owner:
-            current = Layer(adapter, owner, modules[owner], codecs.get(owner))
+    current_owner: Path | None = None
+    for path, p in view.leaves():
+        owner, leaf = path[:-1], str(path[-1])
+        for n in range(len(path)) if codecs else ():
+            if path[:n] in codecs:
+                owner, leaf = path[:n], keystr(path[n:])
+                break
+        if current is None or current_owner != owner:
+            current = Layer(adapter, keystr(owner), modules[owner], codecs.get(owner))
+            current_owner = owner
             out.append(current)
         current.params[leaf] = p
     return out

@@ -22,7 +22,7 @@ from ._adapter import adapter_named
 from ._canon import layers, slots
 from ._dtypes import numpy_dtype
 from ._errors import CheckpointError, UninitializedError, ValueTypeError
-from ._read import join
+from ._paths import join
 from ._tree import as_node
 from ._write import LoadResult
 from ._write import load as load_into

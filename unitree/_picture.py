@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from ._dtypes import numpy_dtype
+from ._paths import keystr
 from ._read import View
 
 
@@ -57,7 +58,7 @@ def draw(view: View) -> str:
                 first[id(p)] = pre + name
             out.append((text, []))
         for seg, child in adapter.children(native):
-            below = branches(child, pre + seg + ".")
+            below = branches(child, f"{pre}{seg}.")
             out.append(
                 (f"{seg}: {adapter.type_name(child)}" + ("" if below else " (no params)"), below)
             )
@@ -84,7 +85,7 @@ class Summary:
         for paths, p in view.unique():
             shape = p.shape
             count = 0 if shape is None else math.prod(shape)
-            kind = owners.get(paths[0].rpartition(".")[0], "")
+            kind = owners.get(paths[0][:-1], "")
             frozen = not p.is_buffer and not p.trainable
             if p.is_buffer:
                 kind += " [buffer]"
@@ -95,13 +96,13 @@ class Summary:
             self.bytes += count * numpy_dtype(p.dtype).itemsize
             self.rows.append(
                 (
-                    paths[0],
+                    keystr(paths[0]),
                     kind,
                     shape_text(shape),
                     p.dtype,
                     f"{count:,}",
                     "frozen" if frozen else "",
-                    ", ".join(paths[1:]),
+                    ", ".join(map(keystr, paths[1:])),
                 )
             )
 

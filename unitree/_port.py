@@ -14,7 +14,8 @@ from ._canon import Layer, Slot, layers, slots
 from ._dtypes import numpy_dtype
 from ._errors import PortError
 from ._param import adapter_of, leaf_of, transform_of
-from ._read import View, join
+from ._paths import join
+from ._read import View
 from ._tree import as_node
 from ._write import Foreign, write_all
 from .layouts import OPTIONAL, SAME_KIND

@@ -18,25 +18,23 @@ from typing import Any, NamedTuple
 from ._adapter import Adapter
 from ._errors import UnitreeError, UnsupportedModelError
 from ._param import Param, placed, rule_of, set_aliases
+from ._paths import Path, keystr
 from .layouts import CHANNELS_LAST, CONVS, Plan, flatten, flattens, has_rules, plan, rules
 
-Entry = tuple[str, Param]  # (dotted path, Param)
-
-
-def join(base: str, path: str) -> str:
-    """Two dotted paths as one: ``join("0", "weight") == "0.weight"``; either may be ""."""
-    return f"{base}.{path}" if base and path else base or path
+Entry = tuple[Path, Param]
 
 
 class Structure(NamedTuple):
-    """What one read saw. Paths are dotted strings from the root."""
+    """What one read saw. Paths are from the root, typed (``unitree._paths``)."""
 
     adapter: Adapter
     root: Any  # the adapter's root object
     leaves: list[Entry]  # every leaf occurrence, aliases included
-    modules: list[tuple[str, Any]]  # every module occurrence below the root
-    params: list[Entry]  # each parameter once, at its first path: the root's named_parameters()
-    buffers: list[Entry]
+    modules: list[tuple[Path, Any]]  # every module occurrence below the root
+    # each parameter (buffer) once, at its first path, as users see it: the root's
+    # named_parameters() (named_buffers()), made while reading, its most common question
+    params: list[tuple[str, Param]]
+    buffers: list[tuple[str, Param]]
     by_ident: dict[Hashable, Param]  # adapter.identity(leaf object) -> its Param
     mixed: frozenset[Param]  # tied, and fed by a channels-last flatten at some uses only
     seen: list[tuple[Any, Any]]  # (module, its leaves), for the fingerprint
@@ -67,40 +65,40 @@ class Structure(NamedTuple):
 
 
 class View(NamedTuple):
-    """A :class:`Structure` seen from the node at ``base`` (a dotted path; "" for the root):
-    the interface through which the canonical view, pictures, ports and checkpoints read a
-    tree. Paths it gives are relative to ``base``."""
+    """A :class:`Structure` seen from the node at ``base`` (() for the root): the interface
+    through which the canonical view, pictures, ports and checkpoints read a tree. Paths it
+    gives are relative to ``base``; ``name`` is the node's path as users see it."""
 
     structure: Structure
-    base: str
+    base: Path
     module: Any  # the node's module, live
 
     @property
     def adapter(self) -> Adapter:
         return self.structure.adapter
 
-    def _under(self, items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-        if not self.base:
+    @property
+    def name(self) -> str:
+        return keystr(self.base)
+
+    def _under(self, items: list[tuple[Path, Any]]) -> list[tuple[Path, Any]]:
+        base = self.base
+        if not base:
             return items
-        own, pre = self.base, self.base + "."
-        n = len(pre)
-        return [
-            (path[n:], item) if path != own else ("", item)
-            for path, item in items
-            if path == own or path.startswith(pre)
-        ]
+        n = len(base)
+        return [(path[n:], item) for path, item in items if path[:n] == base]
 
     def leaves(self) -> list[Entry]:
         """Every leaf occurrence under the node, in traversal order, aliases included."""
         return self._under(self.structure.leaves)
 
-    def modules(self) -> list[tuple[str, Any]]:
-        """Every module occurrence under the node, the node's own first (at "")."""
-        return self._under([("", self.structure.root), *self.structure.modules])
+    def modules(self) -> list[tuple[Path, Any]]:
+        """Every module occurrence under the node, the node's own first (at ())."""
+        return self._under([((), self.structure.root), *self.structure.modules])
 
-    def unique(self) -> list[tuple[list[str], Param]]:
+    def unique(self) -> list[tuple[list[Path], Param]]:
         """Each leaf once, with every path it has under the node, in traversal order."""
-        groups: dict[int, tuple[list[str], Param]] = {}
+        groups: dict[int, tuple[list[Path], Param]] = {}
         for path, p in self.leaves():
             group = groups.get(id(p))
             if group is None:
@@ -139,9 +137,9 @@ def read(adapter: Adapter, root: Any, old: dict[Hashable, Param] | None = None) 
     channels_last = backend in CHANNELS_LAST
     by_ident: dict[Hashable, Param] = {}
     flat: list[Entry] = []
-    modules: list[tuple[str, Any]] = []
-    params: list[Entry] = []
-    buffers: list[Entry] = []
+    modules: list[tuple[Path, Any]] = []
+    params: list[tuple[str, Param]] = []
+    buffers: list[tuple[str, Param]] = []
     seen: list[tuple[Any, Any]] = []
     renewed: dict[Param, tuple[Any, ...]] = {}  # Params of an earlier read, re-placed
     mixed: set[Param] = set()
@@ -150,7 +148,7 @@ def read(adapter: Adapter, root: Any, old: dict[Hashable, Param] | None = None) 
     channels = 0  # of the last conv output, while a flatten of it may feed a dense layer
 
     # The hot loop of the first traversal: kept flat, it runs once per module and leaf.
-    def visit(native: Any, pre: str) -> None:
+    def visit(native: Any, pre: Path, text: str) -> None:  # text: pre as users see it, and a "."
         nonlocal channels
         leaves = adapter.leaves(native)
         seen.append((native, leaves))
@@ -176,35 +174,35 @@ def read(adapter: Adapter, root: Any, old: dict[Hashable, Param] | None = None) 
                 native_name, obj, is_param, persistent = leaves[i]
                 leaf_name = name or native_name
                 if not leaf_name or "." in leaf_name or not leaf_name.isprintable():
-                    check_name(backend, pre, leaf_name, "leaf")
-                path = pre + leaf_name
+                    check_name(backend, text, leaf_name, "leaf")
+                path = (*pre, leaf_name)
                 ident = id(obj) if same else adapter.identity(obj)
                 p = by_ident.get(ident)
                 if p is None:
                     p = old.get(ident) if old else None
-                    args = (native, native_name, path, rule, is_param, persistent)
+                    args = (native, native_name, text + leaf_name, rule, is_param, persistent)
                     if p is None:
                         p = Param(adapter, *args)
                     else:  # re-placed once the read is done: another thread may be using it
                         renewed[p] = args
                     by_ident[ident] = p
-                    (params if is_param else buffers).append((path, p))
+                    (params if is_param else buffers).append((text + leaf_name, p))
                 else:
-                    aliases.setdefault(p, []).append(path)
+                    aliases.setdefault(p, []).append(text + leaf_name)
                     first_rule = renewed[p][3] if p in renewed else rule_of(p)
                     if flattens(first_rule) != flattens(rule):
                         mixed.add(p)
                 flat.append((path, p))
         for seg, child in adapter.children(native):
-            if not seg or "." in seg or not seg.isprintable():
-                check_name(backend, pre, seg, "module")
-            path = pre + seg
+            if type(seg) is str and (not seg or "." in seg or not seg.isprintable()):
+                check_name(backend, text, seg, "module")
+            path = (*pre, seg)
             modules.append((path, child))
-            visit(child, path + ".")
+            visit(child, path, f"{text}{seg}.")
 
     try:
         with gc_pause:
-            visit(root, "")
+            visit(root, (), "")
     except RecursionError:
         raise UnitreeError(
             f"The {backend} model is nested too deeply to read, or contains itself: a module tree cannot have cycles."

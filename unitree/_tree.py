@@ -18,8 +18,9 @@ from ._errors import (
     ValueTypeError,
 )
 from ._param import Param, leaf_of, numeric
+from ._paths import Path, Segment, join, keystr, parts
 from ._picture import Summary
-from ._read import Structure, View, gc_pause, join, read
+from ._read import Structure, View, gc_pause, read
 from ._write import LoadResult, load
 
 
@@ -32,11 +33,12 @@ class Node:
     the module that is at its path now.
     """
 
-    __slots__ = ("__weakref__", "_tree", "path")
+    __slots__ = ("__weakref__", "_at", "_tree", "path")
 
-    def __init__(self, tree: ParamTree, path: str) -> None:
+    def __init__(self, tree: ParamTree, at: Path) -> None:
         self._tree = tree
-        self.path = path  # dotted path from the root; "" for the root
+        self._at = at  # its segments from the root (unitree._paths); () for the root
+        self.path = keystr(at)  # the dotted path users see; "" for the root
 
     # -- what it is -------------------------------------------------------------------
     @property
@@ -47,7 +49,7 @@ class Node:
     @property
     def _module(self) -> Any:
         """The adapter's object for this module, read live (what the adapter's methods take)."""
-        return self._tree._module_at(self.path)
+        return self._tree._module_at(self._at)
 
     @property
     def type_name(self) -> str:
@@ -67,12 +69,12 @@ class Node:
 
     # -- lookup -----------------------------------------------------------------------------
     def __getitem__(self, key: int | str) -> Node | Param:
-        return self._tree._lookup(self._key(key), self.path)
+        return self._tree._lookup(self._at, self._key(key))
 
     def __getattr__(self, name: str) -> Node | Param:
         if name.startswith("_"):
             raise AttributeError(name)
-        return self._tree._lookup(name, self.path)
+        return self._tree._lookup(self._at, name)
 
     def __contains__(self, key: int | str) -> bool:
         try:
@@ -81,12 +83,12 @@ class Node:
             return False
         return True
 
-    def _segments(self) -> list[str]:
+    def _segments(self) -> list[Segment]:
         return [seg for seg, _ in self._tree._adapter.children(self._module)]
 
     def __iter__(self) -> Iterator[Node]:
         """The children, in order."""
-        return iter([self._tree._node(join(self.path, seg)) for seg in self._segments()])
+        return iter([self._tree._node((*self._at, seg)) for seg in self._segments()])
 
     def __len__(self) -> int:
         return len(self._segments())
@@ -99,7 +101,7 @@ class Node:
                     raise PathError(
                         f"Index {key} is out of range: {self.path or 'the root'} has {len(segments)} children."
                     )
-                return segments[key]
+                return str(segments[key])
             return str(key)
         if isinstance(key, str):
             return key
@@ -112,7 +114,7 @@ class Node:
         """This node's view of the model's current structure: what the canonical view, pictures,
         ports and checkpoints read (``unitree._read.View``)."""
         structure = self._tree._sync()
-        return View(structure, self.path, self._module)
+        return View(structure, self._at, self._module)
 
     def named_parameters(
         self, prefix: str = "", remove_duplicate: bool = True
@@ -155,7 +157,7 @@ class Node:
                 if id(p) in seen:
                     continue
                 seen.add(id(p))
-            out.append((pre + path, p))
+            out.append((pre + keystr(path), p))
         return iter(out)
 
     def named_modules(
@@ -168,7 +170,7 @@ class Node:
                 if id(native) in seen:
                     continue
                 seen.add(id(native))
-            yield join(prefix, path), self._tree._node(join(self.path, path))
+            yield join(prefix, keystr(path)), self._tree._node((*self._at, *path))
 
     def modules(self) -> Iterator[Node]:
         for _, node in self.named_modules():
@@ -178,13 +180,13 @@ class Node:
         """Parameters and buffers whose path (any of them, when tied) matches the glob ``pattern``."""
         found: dict[int, Param] = {}
         for path, p in self._view().leaves():
-            if fnmatch.fnmatchcase(path, pattern):
+            if fnmatch.fnmatchcase(keystr(path), pattern):
                 found.setdefault(id(p), p)
         return list(found.values())
 
     def ties(self) -> list[tuple[str, ...]]:
         """The groups of paths that reach one storage: ``[("2.weight", "4.weight"), ...]``."""
-        return [tuple(paths) for paths, _ in self._view().unique() if len(paths) > 1]
+        return [tuple(map(keystr, paths)) for paths, _ in self._view().unique() if len(paths) > 1]
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """{path: array} of parameters and persistent buffers, canonical layout, ties once.
@@ -332,7 +334,7 @@ class Node:
         out: dict[str, tuple[Param, Any, str]] = {}
         for path, native in view.modules():
             for name, native_name, p in view.own_leaves(native):
-                out[join(path, name)] = (p, native, native_name)
+                out[join(keystr(path), name)] = (p, native, native_name)
         return out
 
 
@@ -348,14 +350,14 @@ class ParamTree(Node):
     """
 
     def __init__(self, adapter: Adapter, native: Any) -> None:
-        super().__init__(self, "")
+        super().__init__(self, ())
         self._adapter = adapter
         self._native = native
         self._structure: Structure | None = None  # the last read
         # None: not read yet, or known to be stale; the Structure: read, its fingerprint not
         # made yet (the first traversal does not pay for it); else the fingerprint
         self._fp: Any = None
-        self._nodes: dict[str, Node] = {}
+        self._nodes: dict[Path, Node] = {}
         self._lock = threading.RLock()  # one re-read at a time: it re-places the Params
 
     @property
@@ -421,58 +423,58 @@ class ParamTree(Node):
                 )
         return found
 
-    def _node(self, path: str) -> Node:
-        """The one Node object for ``path``, so that ``tree[2] is tree[2]``."""
-        if not path:
+    def _node(self, at: Path) -> Node:
+        """The one Node object for the path ``at``, so that ``tree[2] is tree["2"]``."""
+        if not at:
             return self
-        node = self._nodes.get(path)
+        node = self._nodes.get(at)
         if node is None:
-            node = self._nodes[path] = Node(self, path)
+            node = self._nodes[at] = Node(self, at)
         return node
 
-    def _module_at(self, path: str) -> Any:
-        found = self._find(path)
-        if found is None:
-            raise PathError(f"There is no module at {path!r} any more in the {self.backend} model.")
-        return found[0]
+    def _module_at(self, at: Path) -> Any:
+        """The module at ``at`` in the live model."""
+        adapter, native = self._adapter, self._native
+        for seg in at:
+            native = adapter.child(native, seg)
+            if native is None:
+                raise PathError(
+                    f"There is no module at {keystr(at)!r} any more in the {self.backend} model."
+                )
+        return native
 
-    def _find(self, path: str) -> tuple[Any, Param | None] | None:
-        """Follow ``path`` through the live model: (module, None), (owner, Param), or None."""
+    def _find(self, base: Path, text: str) -> tuple[Path, Any, Param | None] | None:
+        """Follow the user's dotted ``text`` from the module at ``base`` through the live
+        model, each part turned into a segment by the adapter (a position, an alias): (its
+        path, the module, None) for a module, (owner's path, owner, Param) for a leaf, or None."""
         self._read_once()
         adapter = self._adapter
-        native = self._native
-        segments = path.split(".") if path else []
-        for i, seg in enumerate(segments):
+        native = self._module_at(base)
+        at = list(base)
+        keys = parts(text)
+        for i, key in enumerate(keys):
+            seg = adapter.segment(native, key)
             child = adapter.child(native, seg)
             if child is not None:
                 native = child
+                at.append(seg)
                 continue
-            if i == len(segments) - 1:
+            if i == len(keys) - 1:
                 for name, _, p in self._own_leaves(native):
-                    if name == seg:
-                        return native, p
+                    if name == key:
+                        return tuple(at), native, p
             return None
-        return native, None
+        return tuple(at), native, None
 
-    def _lookup(self, path: str, base: str) -> Node | Param:
-        full = join(base, path)
-        found = self._find(full)
+    def _lookup(self, base: Path, text: str) -> Node | Param:
+        found = self._find(base, text)
         if found is None:
             s = self._sync()
-            known = [p for p, _ in s.leaves] + [p for p, _ in s.modules]
+            known = [keystr(path) for path, _ in (*s.leaves, *s.modules)]
+            full = join(keystr(base), text)
             raise PathError.missing(full, f"{self.type_name} (the {self.backend} model)", known)
-        return self._node(self._canonical(full)) if found[1] is None else found[1]
-
-    def _canonical(self, path: str) -> str:
-        """``path`` with each alias (a Keras layer's own name) replaced by its child's segment."""
-        adapter = self._adapter
-        if not path or type(adapter).segment is Adapter.segment:
-            return path
-        native, out = self._native, []
-        for seg in path.split("."):
-            out.append(adapter.segment(native, seg))
-            native = adapter.child(native, seg)
-        return ".".join(out)
+        at, _, p = found
+        return self._node(at) if p is None else p
 
     def backward(self, loss_fn: Callable[[Any], Any], *inputs: Any) -> float:
         """Run the model on ``inputs``, ``loss_fn`` on its native output, and differentiate natively.

@@ -96,7 +96,7 @@ def load(
             f"{k}: unexpected, the model has no such path" for k in unexpected if not _optional(k)
         ]
     if problems:
-        where = f" under {view.base!r}" if view.base else ""
+        where = f" under {view.name!r}" if view.base else ""
         raise StateDictError(
             f"Cannot load into the {view.adapter.name} model{where}; nothing was written:\n  "
             + "\n  ".join(problems)
