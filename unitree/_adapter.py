@@ -323,18 +323,19 @@ def fingerprint(
     return ids
 
 
-# The package of the types an adapter claims (a type of that package or one below it) ->
-# (adapter module, what it wraps, the extra to install).
+# The package or module of the types an adapter claims (a type there or below it) -> (adapter
+# module, what it wraps, the extra to install). Flax names the modules of its two base classes:
+# a linen module may live under flax.nnx (nnx.bridge.ToLinen), and is found by its base.
 ADAPTERS: dict[str, tuple[str, str, str]] = {
     "torch": ("unitree.adapters.torch", "torch.nn.Module", "torch"),
     "keras": ("unitree.adapters.keras", "keras.Layer (Keras 3)", "keras"),
-    "flax.nnx": ("unitree.adapters.nnx", "flax nnx.Module", "flax"),
-    "flax.linen": ("unitree.adapters.linen", "flax linen Module with its variables", "flax"),
+    "flax.nnx.module": ("unitree.adapters.nnx", "flax nnx.Module", "flax"),
+    "flax.linen.module": ("unitree.adapters.linen", "a linen Module with its variables", "flax"),
     "mxnet": ("unitree.adapters.gluon", "mxnet.gluon.Block", "gluon"),
 }
 
-# Frameworks that stop the MRO walk even without an adapter here: a Keras 3 model
-# on the torch backend is a torch.nn.Module too, and must not be read as one.
+# Frameworks that stop the MRO walk where no adapter claims the type: a Keras 3 model on the
+# torch backend is a torch.nn.Module too, and must not be read as one.
 FRAMEWORKS = {
     "torch": "PyTorch",
     "keras": "Keras 3",
@@ -361,8 +362,13 @@ def _entry_points() -> dict[str, str]:
     return {ep.name: ep.value for ep in entry_points(group="unitree.adapters")}
 
 
+# Frameworks whose adapters claim parts of them: the walk goes on to a claimed base class.
+_SPLIT = {key.partition(".")[0] for key in ADAPTERS if "." in key}
+
+
 def _claimed(module: str) -> str | None:
-    """The ADAPTERS key whose package holds ``module`` ("flax.nnx.nn.linear" -> "flax.nnx")."""
+    """The ADAPTERS key that is ``module`` or a package holding it ("torch.nn.modules.linear"
+    -> "torch"), or None."""
     while module:
         if module in ADAPTERS:
             return module
@@ -393,14 +399,18 @@ def adapter_for(obj: Any) -> Adapter:
         key = _claimed(module)
         if key is not None:
             return _load(ADAPTERS[key][0])
-        if root in FRAMEWORKS:
+        if root in FRAMEWORKS and root not in _SPLIT:
             break
     plugins = _entry_points()
     for root in roots:
         if root in plugins:
             return _load(plugins[root])
+    by_extra: dict[str, list[str]] = {}  # flax's two adapters: one line, one extra
+    for _, what, extra in ADAPTERS.values():
+        by_extra.setdefault(extra, []).append(what)
     supported = "; ".join(
-        f"{what} (pip install 'unitree-params[{extra}]')" for _, what, extra in ADAPTERS.values()
+        f"{', or '.join(whats)} (pip install 'unitree-params[{extra}]')"
+        for extra, whats in by_extra.items()
     )
     root = next((root for root in roots if root in FRAMEWORKS), None)
     if root is None:

@@ -514,3 +514,16 @@ def test_wrap_asks_for_the_variables():
 def test_second_traversal_is_cached(monkeypatch):
     net = Net()
     assert_read_once(ut.wrap(net, init(net, IDS)), monkeypatch)
+
+
+def test_a_linen_module_defined_under_flax_nnx_is_read_as_linen():
+    """nnx.bridge.ToLinen is a linen Module whose class lives in flax.nnx: the adapter is found
+    by its base class, and its values are linen's own variables."""
+    from flax.nnx import bridge
+
+    m = bridge.ToLinen(nnx.Linear, args=(2, 3))
+    variables = m.init(jax.random.key(0), np.ones((1, 2), np.float32))
+    tree = ut.wrap(m, variables)
+    assert tree.variables is variables
+    kernel = np.asarray(variables["params"]["kernel"])
+    np.testing.assert_array_equal(tree["kernel"].numpy(), kernel)

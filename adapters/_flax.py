@@ -1,0 +1,281 @@
+"""What the two flax adapters share: jax arrays as leaves, layer settings, autodiff helpers.
+
+linen (``unitree.adapters.linen``) keeps its variables apart from the module and NNX
+(``unitree.adapters.nnx``) inside it, but both hold jax arrays and name their layer
+settings alike. :class:`FlaxAdapter` is their common base: everything about one leaf,
+given how to get and replace its array (devices come from its sharding: "cpu", "gpu:0");
+the settings ``ut.port`` compares; the devices. The functions below it serve both
+adapters' kinds, backward passes and settings.
+"""
+
+from __future__ import annotations
+
+import functools
+from abc import abstractmethod
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from flax.linen.linear import canonicalize_padding
+
+from unitree._adapter import Adapter, KindTable
+from unitree._errors import ValueTypeError
+
+BY_CELL = "by cell"  # a recurrent wrapper (RNN) is the kind of its cell
+# Leaf(...) without NamedTuple's Python-level __new__, at half the cost (a wrap makes one per
+# variable): new_leaf(Leaf, (name, obj, param, persistent)) is that very Leaf.
+new_leaf = tuple.__new__
+
+
+class FlaxAdapter(Adapter):
+    """A flax adapter: leaves are jax arrays, read through :meth:`array` and replaced (arrays
+    are immutable) through :meth:`replace`; layer settings are read from the module that
+    :meth:`definition` gives."""
+
+    name = "flax"
+    # One message for both APIs: a user who passes the wrong object may mean either.
+    module_what = "flax nnx.Module, or a linen Module with its variables"
+
+    @abstractmethod
+    def array(self, leaf: Any) -> Any:
+        """The leaf's current array (unboxed)."""
+
+    @abstractmethod
+    def replace(self, leaf: Any, value: Any) -> None:
+        """Make ``value`` the leaf's array, for every alias of it."""
+
+    @abstractmethod
+    def definition(self, module: Any) -> Any:
+        """The flax module whose fields or attributes hold ``module``'s settings, or None."""
+
+    # -- one leaf ----------------------------------------------------------------------
+    def shape(self, leaf: Any) -> tuple[int, ...]:
+        return tuple(np.shape(self.array(leaf)))
+
+    def dtype(self, leaf: Any) -> str:
+        a = self.array(leaf)
+        return str(a.dtype) if hasattr(a, "dtype") else str(np.asarray(a).dtype)
+
+    def device(self, leaf: Any) -> str:
+        devices = getattr(self.array(leaf), "devices", None)
+        if devices is None:  # a numpy array (variables restored without a target)
+            return "cpu"
+        names = sorted("cpu" if d.platform == "cpu" else f"{d.platform}:{d.id}" for d in devices())
+        return ",".join(dict.fromkeys(names))
+
+    def read(self, leaf: Any) -> np.ndarray:
+        return np.asarray(self.array(leaf))  # a read-only view of a CPU array
+
+    def write(self, leaf: Any, value: np.ndarray, index: Any = None) -> None:
+        old = self.array(leaf)
+        if index is not None:  # numpy's indexing rules, exactly as p[index] reads
+            full = np.array(old)
+            full[index] = value
+            value = full
+        self.replace(leaf, _placed(value, old))
+
+    def data(self, leaf: Any) -> Any:
+        return self.array(leaf)
+
+    def asarray(self, value: Any) -> np.ndarray:
+        # a value the user gives may be an NNX variable, whichever API the model is
+        if isinstance(value, nnx.Variable):
+            value = get_value(value)
+        return np.asarray(value)
+
+    def devices(self) -> list[str]:
+        try:
+            gpus = jax.devices("gpu")
+        except RuntimeError:  # no GPU backend here
+            gpus = []
+        return ["cpu"] + [f"gpu:{d.id}" for d in gpus]
+
+    # -- capability: device copies and backups ------------------------------------------
+    def dlpack(self, leaf: Any) -> Any:
+        a = self.array(leaf)
+        return a if isinstance(a, jax.Array) else None
+
+    def write_dlpack(self, leaf: Any, tensor: Any) -> bool:
+        old = self.array(leaf)
+        if not isinstance(old, jax.Array):
+            return False
+        # an array of jax's own (the import may alias the other framework's memory), where
+        # the old one lives
+        new = jax.device_put(jnp.array(jax.dlpack.from_dlpack(tensor), copy=True), old.sharding)
+        self.replace(leaf, new)
+        return True
+
+    def backup(self, leaf: Any) -> Any:
+        return self.array(leaf)  # jax arrays are immutable: the current one is the backup
+
+    def restore(self, leaf: Any, backup: Any) -> None:
+        self.replace(leaf, backup)
+
+    # -- capability: layer settings -----------------------------------------------------
+    def settings(self, module: Any) -> dict[str, Any]:
+        """Read from a linen module's fields or an NNX module's attributes (the same names); a
+        linen submodule made by a compact method has no definition to read: {}."""
+        kind = self.kind(module)
+        m = self.definition(module)
+        if kind is None or m is None:
+            return {}
+        if kind == "conv":
+            n = len(_axes(m.kernel_size))
+            dilation = _axes(m.kernel_dilation, n)
+            return {
+                "padding": _padding(m.padding, n, _axes(m.kernel_size), dilation),
+                "stride": _axes(m.strides, n),
+                "dilation": dilation,
+                "groups": int(m.feature_group_count),
+            }
+        if kind == "conv_transpose":
+            size = _axes(m.kernel_size)
+            n = len(size)
+            return {
+                **_transpose_padding(
+                    m.padding, size, _axes(m.strides, n), _axes(m.kernel_dilation, n)
+                ),
+                "stride": _axes(m.strides, n),
+                "dilation": _axes(m.kernel_dilation, n),
+            }
+        if kind == "layer_norm":
+            return {"eps": float(m.epsilon)}
+        if kind == "attention":
+            return {"num_heads": int(m.num_heads)}
+        if kind in ("lstm", "gru"):
+            cell = getattr(m, "cell", m)
+            out = {
+                "activation": fn_name(cell.activation_fn),
+                "recurrent_activation": fn_name(cell.gate_fn),
+            }  # a GRU cell resets as PyTorch's: r * (W_hn h + b_hn)
+            return {**out, "reset_after": True} if kind == "gru" else out
+        if kind == "batch_norm":  # flax's momentum weighs the old value, PyTorch's the new batch
+            return {"eps": float(m.epsilon), "momentum": round(1.0 - float(m.momentum), 12)}
+        if kind == "group_norm":
+            out: dict[str, Any] = {"eps": float(m.epsilon)}
+            groups = m.num_groups
+            if groups is None and m.group_size:  # linen: the channels from the scale or bias
+                channels = next((self.shape(leaf.obj)[0] for leaf in self.leaves(module)), None)
+                groups = None if channels is None else channels // m.group_size
+            if groups is not None:
+                out["groups"] = int(groups)
+            return out
+        return {}
+
+
+# -- kinds -----------------------------------------------------------------------------------
+def kind_of(kinds: KindTable, m: Any) -> str | None:
+    """The kind of a module: its class's, or for a recurrent wrapper, its cell's."""
+    kind = kinds(type(m))
+    if kind == BY_CELL:
+        cell = getattr(m, "cell", None)
+        return None if cell is None else kinds(type(cell))
+    return kind
+
+
+def layout_kind(kind: str | None, m: Any) -> str | None:
+    """``kind``, unless its native layout is one no rule knows."""
+    if kind == "conv_transpose" and getattr(m, "transpose_kernel", False):
+        return None  # a (*k, out, in) kernel, not flipped: no rule, native layout
+    return kind
+
+
+def fn_name(fn: Any) -> str:
+    """``relu`` for ``nn.relu``, ``gelu`` for ``functools.partial(nn.gelu, ...)``."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+# -- arrays -----------------------------------------------------------------------------------
+def get_value(var: nnx.Variable) -> Any:
+    return var.get_value() if hasattr(var, "get_value") else var.value  # older flax
+
+
+def _placed(value: np.ndarray, like: Any) -> Any:
+    """``value`` as a new array where ``like`` lives; never an alias of the caller's buffer."""
+    fresh = np.array(value)  # jax may adopt a numpy buffer without copying: give it our own
+    sharding = getattr(like, "sharding", None)
+    return fresh if sharding is None else jax.device_put(fresh, sharding)
+
+
+def scalar(loss: Any) -> Any:
+    """The loss as a jax scalar, or the error a user sees for a loss_fn that returns no scalar."""
+    if getattr(loss, "size", None) != 1:
+        raise ValueTypeError(
+            f"loss_fn must return a jax scalar, got {type(loss).__name__} of shape {getattr(loss, 'shape', None)}."
+        )
+    return loss.reshape(())
+
+
+def inputs_like(inputs: Sequence[Any], arrays: Iterable[Any]) -> list[Any]:
+    """numpy inputs as jax arrays, floats in the model's floating dtype (the first floating
+    array of ``arrays``), on its device."""
+    like = next((a for a in arrays if np.issubdtype(a.dtype, np.floating)), None)
+    device = None
+    if like is not None and len(getattr(like, "devices", set)()) == 1:
+        device = next(iter(like.devices()))
+    out = []
+    for x in inputs:
+        if isinstance(x, np.ndarray) or np.isscalar(x):
+            a = np.asarray(x)
+            if like is not None and a.dtype.kind == "f":
+                a = a.astype(like.dtype)
+            x = jax.device_put(a, device)
+        out.append(x)
+    return out
+
+
+# -- layer settings, in the vocabulary of Adapter.settings ---------------------------------
+def _axes(value: Any, n: int = 1) -> tuple[int, ...]:
+    """A per-axis setting (None, an int, or a sequence) as a tuple of ints."""
+    if value is None:
+        return (1,) * n
+    if isinstance(value, int):
+        return (value,) * n
+    return tuple(int(v) for v in value)
+
+
+def _padding(
+    padding: Any, n: int, size: tuple[int, ...], dilation: tuple[int, ...]
+) -> str | tuple[tuple[int, int], ...]:
+    """A conv's padding: "same", or (before, after) per spatial axis ('VALID': zeros)."""
+    lax = canonicalize_padding(padding, n)
+    if isinstance(lax, str):
+        if lax == "VALID":
+            return ((0, 0),) * n
+        if lax == "CAUSAL":  # 1-D: the dilated kernel's reach, all before
+            return ((dilation[0] * (size[0] - 1), 0),)
+        return lax.lower()  # "same", "circular", "reflect"
+    return tuple((int(lo), int(hi)) for lo, hi in lax)
+
+
+def _transpose_padding(
+    padding: Any, size: tuple[int, ...], strides: tuple[int, ...], dilation: tuple[int, ...]
+) -> dict[str, Any]:
+    """A transposed conv's padding as PyTorch counts it: ``padding`` p cropped on both sides,
+    ``output_padding`` added after. Flax pads the stride-dilated input by (lo, hi) (or what
+    lax works out for 'SAME' / 'VALID') before a valid conv with the kernel of reach
+    r = dilation * (k - 1): the same output as PyTorch's p = r - lo, output_padding = hi - lo
+    (checked numerically against torch.nn.ConvTranspose1d)."""
+    n = len(size)
+    lax = canonicalize_padding(padding, n)
+    if isinstance(lax, str) and lax not in ("SAME", "VALID"):
+        return {"padding": lax.lower()}
+    pads, out_pad = [], []
+    for i in range(n):
+        reach, s = dilation[i] * (size[i] - 1), strides[i]
+        if lax == "SAME":  # as jax.lax.conv_transpose works it out
+            total = reach + s - 1
+            lo = reach if s > reach else -(-total // 2)
+            hi = total - lo
+        elif lax == "VALID":
+            lo, hi = reach, s - 1 + max(reach + 1 - s, 0)
+        else:
+            lo, hi = (int(p) for p in lax[i])
+        pads.append((reach - lo, reach - lo))
+        out_pad.append(hi - lo)
+    return {"padding": tuple(pads), "output_padding": tuple(out_pad)}
