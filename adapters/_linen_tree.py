@@ -23,6 +23,7 @@ from flax.core.meta import AxisMetadata
 from flax.linen.recurrent import DenseParams
 
 from unitree._adapter import KindTable, Leaf
+from unitree._paths import Segment
 
 from ._flax import (
     BY_CELL,
@@ -80,8 +81,8 @@ class _Node:
         self.scope = scope  # its path in the variables; None for a list or dict
         self.type_name = type_name
         self.kind = kind
-        self.children: list[tuple[str, Any]] = []
-        self.index: dict[str, Any] | None = None  # children by segment, made on first lookup
+        self.children: list[tuple[Segment, Any]] = []  # an int: a position in a list
+        self.index: dict[Segment, Any] | None = None  # children by segment, made on first lookup
         self.leaves: list[Leaf] = _NO_LEAVES
 
 
@@ -308,13 +309,13 @@ class _LinenBuilder:
         params = dicts[0][1] if len(dicts) == 1 else None  # the common case: params alone
         for i, layer in enumerate(layers):
             if not isinstance(layer, nn.Module):
-                children.append((str(i), _fn(layer)))
+                children.append((i, _fn(layer)))
                 continue
             name = f"layers_{i}"
             sub = adopted[id(layer)] = (*scope, name)
             cls = type(layer)
             child = by_scope[sub] = _Node(layer, sub, cls.__name__, _KINDS[cls])
-            children.append((str(i), child))
+            children.append((i, child))
             parts = _CELL_PARTS.get(cls)
             if params is None:
                 self.variables(child, sub, self.dicts(sub, dicts, scope), parts)
@@ -357,7 +358,7 @@ class _LinenBuilder:
                 else:
                     child = _fn(layer)
                 if child is not None:
-                    node.children.append((str(i), child))
+                    node.children.append((i, child))
             return
         child = self.entry(value, offset, scope, dicts)
         if child is not None:
@@ -381,12 +382,13 @@ class _LinenBuilder:
                 return None
             return self.module(value, sub, offset, self.dicts(sub, dicts, scope))
         if isinstance(value, _NESTED) and _module_entries(value):
-            items = value.items() if isinstance(value, _SCOPES) else enumerate(value)
-            node = _Node(value, None, "dict" if isinstance(value, _SCOPES) else "list")
+            is_dict = isinstance(value, _SCOPES)
+            items = [(str(k), v) for k, v in value.items()] if is_dict else enumerate(value)
+            node = _Node(value, None, "dict" if is_dict else "list")
             for key, item in items:
                 child = self.entry(item, offset, scope, dicts)
                 if child is not None:
-                    node.children.append((str(key), child))
+                    node.children.append((key, child))
             return node
         return None
 
@@ -489,7 +491,7 @@ def _call_order(keys: list[str]) -> list[str]:
     return out
 
 
-def _walk(node: _Node) -> Iterator[tuple[str, _Node]]:
+def _walk(node: _Node) -> Iterator[tuple[Segment, _Node]]:
     for seg, child in node.children:
         if isinstance(child, _Node):
             yield seg, child

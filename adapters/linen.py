@@ -44,6 +44,7 @@ from flax.core.meta import AxisMetadata
 
 from unitree._adapter import Leaf, fingerprint
 from unitree._errors import PathError, UnsupportedError, UnsupportedModelError
+from unitree._paths import Segment, position
 
 from ._flax import (
     FlaxAdapter,
@@ -109,13 +110,22 @@ class LinenAdapter(FlaxAdapter):
         return obj.raw() if isinstance(obj, _Var) else obj.module
 
     # -- structure -------------------------------------------------------------------
-    def children(self, module: _Node) -> Sequence[tuple[str, Any]]:
+    def children(self, module: _Node) -> Sequence[tuple[Segment, Any]]:
         return module.children
 
-    def child(self, module: _Node, segment: str) -> Any:
+    def child(self, module: _Node, segment: Segment) -> Any:
+        return self._index(module).get(segment)
+
+    def segment(self, module: _Node, key: str) -> Segment:
+        """A position in ``nn.Sequential`` or a list field ("0" -> 0); other keys as they are."""
+        i = position(key)
+        return i if i is not None and i in self._index(module) else key
+
+    @staticmethod
+    def _index(module: _Node) -> dict[Segment, Any]:
         if module.index is None:
             module.index = dict(module.children)
-        return module.index.get(segment)
+        return module.index
 
     def leaves(self, module: _Node) -> Sequence[Leaf]:
         return module.leaves

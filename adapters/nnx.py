@@ -23,8 +23,9 @@ from typing import Any, Callable
 import numpy as np
 from flax import nnx
 
-from unitree._adapter import KindTable, Leaf, fingerprint, position
+from unitree._adapter import KindTable, Leaf, fingerprint
 from unitree._errors import PathError, UnsupportedError, UnsupportedModelError
+from unitree._paths import Segment, position
 
 from ._flax import (
     BY_CELL,
@@ -166,10 +167,19 @@ class NnxAdapter(FlaxAdapter):
         return obj.fn if type(obj) is _Fn else obj
 
     # -- structure -------------------------------------------------------------------
-    def children(self, module: Any) -> Sequence[tuple[str, Any]]:
+    def children(self, module: Any) -> Sequence[tuple[Segment, Any]]:
         if isinstance(module, nnx.Sequential):
-            return [(str(i), self._layer(module, i, x)) for i, x in enumerate(module.layers)]
+            return [(i, self._layer(module, i, x)) for i, x in enumerate(module.layers)]
+        if _classify(module) == _LIST:
+            return [(i, v) for i, v in enumerate(module) if _is_node(v)]
         return [(str(k), v) for k, v in _items(module) if _is_node(v)]
+
+    def segment(self, module: Any, key: str) -> Segment:
+        """A position in an ``nnx.Sequential`` or a list ("0" -> 0); other keys as they are."""
+        i = position(key)
+        if i is not None and (isinstance(module, nnx.Sequential) or _classify(module) == _LIST):
+            return i
+        return key
 
     def _layer(self, seq: nnx.Sequential, i: int, layer: Any) -> Any:
         if isinstance(layer, nnx.Module):
@@ -183,12 +193,12 @@ class NnxAdapter(FlaxAdapter):
             node = nodes[(i, id(layer))] = _Fn(layer)
         return node
 
-    def child(self, module: Any, segment: str) -> Any:
+    def child(self, module: Any, segment: Segment) -> Any:
         if isinstance(module, nnx.Sequential):
-            layers, i = module.layers, position(segment)
-            if i is None or i >= len(layers):
+            layers = module.layers
+            if type(segment) is not int or segment >= len(layers):
                 return None
-            return self._layer(module, i, layers[i])
+            return self._layer(module, segment, layers[segment])
         return super().child(module, segment)
 
     def leaves(self, module: Any) -> Sequence[Leaf]:
