@@ -44,8 +44,13 @@ from mxnet import autograd, gluon
 from mxnet.gluon import nn
 from mxnet.gluon.parameter import Constant, Parameter
 
-from unitree._adapter import Adapter, Leaf
+from unitree._adapter import Adapter, KindTable, Leaf, fingerprint
 from unitree._errors import PathError, UninitializedError, UnsupportedModelError, ValueTypeError
+from unitree.layouts import CONVS
+
+# Leaf(...) runs the NamedTuple's __new__ in Python; tuple.__new__ makes the same Leaf in C, in
+# half the time: leaves() makes one per parameter on every wrap
+_new = tuple.__new__
 
 _KINDS: dict[type, str] = {
     nn.Dense: "dense",
@@ -62,13 +67,17 @@ _KINDS: dict[type, str] = {
     gluon.rnn.LSTM: "lstm",
     gluon.rnn.GRU: "gru",
 }
-_kind_of: dict[type, str | None] = {}  # filled per class on first sight
-_CONVS = ("conv", "conv_transpose")
 
 
 def _block(child: Any) -> Any:
     # MXNet 2.x keeps children as weak references; 1.9.1 keeps the blocks themselves.
     return child() if isinstance(child, weakref.ref) else child
+
+
+def _child_blocks(block: gluon.Block) -> Any:
+    # most blocks are layers without children: no list to build for them
+    children = block._children
+    return [_block(c) for c in children.values()] if children else ()
 
 
 def _blocks(root: gluon.Block) -> Iterator[gluon.Block]:
@@ -148,12 +157,14 @@ def _tell_trainer(leaf: Parameter) -> None:
 
 class GluonAdapter(Adapter):
     name = "gluon"
+    kinds = KindTable(_KINDS)
 
     def __init__(self) -> None:
         # Parameters a backward pass went through: grad is None for the others, as in torch.
         self._touched: weakref.WeakSet[Parameter] = weakref.WeakSet()
 
     def root(self, obj: Any, *state: Any) -> Any:
+        # its own check, not module_types: the base's message would say "a mxnet.gluon.Block"
         if not isinstance(obj, gluon.Block):
             raise UnsupportedModelError(
                 f"Expected an mxnet.gluon.Block, got {type(obj).__module__}.{type(obj).__qualname__}."
@@ -169,9 +180,9 @@ class GluonAdapter(Adapter):
         return None if found is None else _block(found)
 
     def leaves(self, module: gluon.Block) -> list[Leaf]:
-        # plain tuples in Leaf's shape: this runs once per block on every wrap
+        # once per block on every wrap
         return [
-            (n, p, p._differentiable and not isinstance(p, Constant), True)
+            _new(Leaf, (n, p, p._differentiable and not isinstance(p, Constant), True))
             for n, p in module._reg_params.items()
         ]
 
@@ -184,17 +195,14 @@ class GluonAdapter(Adapter):
         return p
 
     def kind(self, module: gluon.Block) -> str | None:
-        cls = type(module)
-        if cls not in _kind_of:
-            _kind_of[cls] = next((_KINDS[base] for base in cls.__mro__ if base in _KINDS), None)
-        kind = _kind_of[cls]
-        if kind in _CONVS and not module._kwargs.get("layout", "NC").startswith("NC"):
+        kind = self.kinds(type(module))
+        if kind in CONVS and not module._kwargs.get("layout", "NC").startswith("NC"):
             return None  # channels-last weight (out, *k, in): no canonical rule for it
         return kind
 
     def settings(self, module: gluon.Block) -> dict[str, Any]:
         kind = self.kind(module)
-        if kind in _CONVS:
+        if kind in CONVS:
             kw = module._kwargs  # what Gluon hands its Convolution / Deconvolution operator
             out = {
                 "padding": tuple((int(p), int(p)) for p in kw["pad"]),
@@ -220,19 +228,8 @@ class GluonAdapter(Adapter):
         return {}
 
     def fingerprint(self, root: gluon.Block) -> Any:
-        # the same ids, in the same order, as the core's build reads through leaves() and children()
-        ids: list[int] = []
-        add = ids.append
-
-        def visit(b: gluon.Block) -> None:
-            add(id(b))
-            for p in b._reg_params.values():
-                add(id(p))
-            for c in b._children.values():
-                visit(_block(c))
-
-        visit(root)
-        return ids
+        # the dicts themselves, not leaves() and children(): this runs on every traversal
+        return fingerprint(root, lambda b: b._reg_params.values(), _child_blocks)
 
     # -- one leaf ------------------------------------------------------------------------
     def shape(self, leaf: Parameter) -> tuple[int, ...] | None:

@@ -44,6 +44,10 @@ assigned back), autograd on torch, where the gradient stays on the tensor
 (``variable.value.grad``) as torch keeps it. Elsewhere the adapter keeps the
 sums, keyed by variable. A parameter the loss does not use has no gradient on
 tensorflow and torch, and zeros on jax, as each computes it.
+
+What differs per backend (tensors to numpy, devices, autodiff and its gradients,
+backups, where a layer keeps its sublayers) is one small object, picked once at
+import: see ``_keras_backend``. Everything else here is the same on every backend.
 """
 
 from __future__ import annotations
@@ -51,22 +55,24 @@ from __future__ import annotations
 import re
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import keras
 import numpy as np
 from keras.src.models.functional import Functional  # no public name; stable across Keras 3
 
-from unitree._adapter import Adapter, Leaf, position
-from unitree._errors import (
-    PathError,
-    UninitializedError,
-    UnsupportedError,
-    UnsupportedModelError,
-    ValueTypeError,
-)
+from unitree._adapter import Adapter, KindTable, Leaf, fingerprint, position
+from unitree._errors import PathError, UninitializedError, UnsupportedError
+from unitree.layouts import CONVS
+
+from ._keras_backend import Backend, pick
+
+# Leaf(...) runs the NamedTuple's __new__ in Python; tuple.__new__ makes the same Leaf in C, in
+# half the time: leaves() makes one per variable on every wrap
+_new = tuple.__new__
 
 BACKEND = keras.backend.backend()
+_backend = pick(BACKEND)  # read once: Keras itself reads KERAS_BACKEND only at import
 
 _KINDS: dict[type, str] = {
     keras.layers.Dense: "dense",
@@ -87,7 +93,6 @@ _KINDS: dict[type, str] = {
     keras.layers.GRU: "gru",
     keras.layers.MultiHeadAttention: "attention",
 }
-_CONVS = frozenset({"conv", "depthwise_conv", "conv_transpose"})
 _CELLS = (keras.layers.LSTMCell, keras.layers.GRUCell)
 # MultiHeadAttention keeps its sublayers in private attributes: they are called by the names Keras
 # gives those sublayers (the names its checkpoints use), which the attention codec reads.
@@ -100,15 +105,6 @@ _ATTENTION = {
     "_dropout_layer": "dropout",
     "_output_dense": "attention_output",
 }
-_kind_of: dict[type, str | None] = {}  # filled per class on first sight
-
-
-def _class_kind(cls: type) -> str | None:
-    if cls not in _kind_of:
-        _kind_of[cls] = next((_KINDS[base] for base in cls.__mro__ if base in _KINDS), None)
-    return _kind_of[cls]
-
-
 # Keras's automatic variable names: "variable", "variable_12" (a process-global counter).
 _AUTO_NAME = re.compile(r"variable(_\d+)?")
 _PLAIN: set[str] = set()  # variable names seen to be neither automatic nor dotted
@@ -146,7 +142,7 @@ def _pending(layer: keras.Layer, kind: str | None) -> list[tuple[str, bool]]:
     A recurrent layer's variables are its cell's (``cell.kernel``); an attention layer creates
     its projection sublayers when it is built, so it shows none before.
     """
-    if kind in ("dense", *_CONVS):
+    if kind == "dense" or kind in CONVS:
         return [("kernel", True)] + ([("bias", True)] if layer.use_bias else [])
     if isinstance(layer, _CELLS):
         out = [("kernel", True), ("recurrent_kernel", True)]
@@ -181,22 +177,13 @@ class Container:
         owner = self._owner
         if isinstance(owner, Container):
             return owner.value[self._key]
-        return _attributes_of(owner)[self._key]
+        return _backend.attributes(owner)[self._key]
 
     def sub(self, key: Any) -> Container:
         found = self._subs.get(key)
         if found is None:
             found = self._subs[key] = Container(self, key)
         return found
-
-
-def _attributes_of(layer: Any) -> dict[str, Any]:
-    """A layer's attributes; on the torch backend, sublayers live in ``_modules`` instead."""
-    attrs = vars(layer)
-    modules = attrs.get("_modules")
-    if BACKEND == "torch" and modules:
-        return {**attrs, **modules}
-    return attrs
 
 
 def _is_sequence(value: Any) -> bool:
@@ -230,50 +217,16 @@ def _first_layer(value: Any, order: Mapping[int, int]) -> int:
     )
 
 
-def _to_numpy(t: Any) -> np.ndarray:
-    """The backend tensor's values; a view of its memory where the backend allows it."""
-    if BACKEND == "jax":
-        return np.asarray(t)  # a read-only view on CPU
-    if BACKEND == "tensorflow":
-        if isinstance(t, tf.Variable):
-            t = t.read_value()  # a snapshot: TensorFlow copies on the next write
-        return np.asarray(t)
-    t = t.detach()
-    if t.device.type != "cpu":
-        t = t.cpu()
-    try:
-        return t.numpy()  # a view of a CPU tensor
-    except TypeError:  # bfloat16, float8: numpy knows them only through ml_dtypes
-        import ml_dtypes
-
-        name = str(t.dtype).rpartition(".")[2]
-        bits = {1: torch.uint8, 2: torch.int16}[t.element_size()]
-        return t.view(bits).numpy().view(getattr(ml_dtypes, name))
-
-
-if BACKEND == "tensorflow":
-    import tensorflow as tf
-elif BACKEND == "jax":
-    import jax
-else:
-    import torch
-
-
 class KerasAdapter(Adapter):
     name = "keras"
+    module_types = (keras.Layer,)
+    module_what = "keras.Layer (a layer or a model)"
+    kinds = KindTable(_KINDS)
+    backend: ClassVar[Backend] = _backend
 
     def __init__(self) -> None:
-        # Gradients live outside Keras, which stores none: id(variable) -> (weak ref, sum so far).
-        self._grads: dict[int, tuple[weakref.ref, np.ndarray]] = {}
         self._unbuilt: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._containers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-    def root(self, obj: Any, *state: Any) -> Any:
-        if not isinstance(obj, keras.Layer):
-            raise UnsupportedModelError(
-                f"Expected a keras.Layer (a layer or a model), got {type(obj).__module__}.{type(obj).__qualname__}."
-            )
-        return super().root(obj, *state)
 
     # -- structure ------------------------------------------------------------------
     @staticmethod
@@ -305,7 +258,7 @@ class KerasAdapter(Adapter):
         """(attribute, layer or Container) in assignment order: the order Keras tracked them in."""
         order = {id(x): i for i, x in enumerate(layer._layers)}
         found = []
-        for name, value in _attributes_of(layer).items():
+        for name, value in self.backend.attributes(layer).items():
             if name in _INTERNAL or name.startswith("_self_") or not _has_layer(value):
                 continue
             if isinstance(value, keras.Layer):
@@ -365,33 +318,33 @@ class KerasAdapter(Adapter):
         return stand_ins
 
     def leaves(self, module: Any) -> list[Leaf]:
-        # the hot path of every wrap: one call per layer, kept to plain tuples in Leaf's shape
+        # the hot path of every wrap: one call per layer
         if type(module) is Container:
             return []
         trainable, other = module._trainable_variables, module._non_trainable_variables
-        out = [(v.name, v, True, True) for v in trainable]
+        out = [_new(Leaf, (v.name, v, True, True)) for v in trainable]
         if other:
-            out += [(v.name, v, False, True) for v in other]
+            out += [_new(Leaf, (v.name, v, False, True)) for v in other]
         elif not out:
             return (
                 []
                 if module.built
-                else [(u.name, u, u.trainable, True) for u in self._objects(module)]
+                else [Leaf(u.name, u, u.trainable) for u in self._objects(module)]
             )
         # names Keras chose automatically, twice or with a dot are replaced; checked cheaply for
         # the common one- and two-variable layers, whose names are almost always plain
         if len(out) == 2:
-            a, b = out[0][0], out[1][0]
+            a, b = out[0].name, out[1].name
             plain = a != b and a in _PLAIN and b in _PLAIN
         else:
-            names = {leaf[0] for leaf in out}
+            names = {leaf.name for leaf in out}
             plain = len(names) == len(out) and names <= _PLAIN
         return out if plain else self._renamed(module, out)
 
     @staticmethod
     def _renamed(module: Any, leaves: list[Leaf]) -> list[Leaf]:
         """Leaves whose Keras names are automatic, repeated or dotted, named by their attributes."""
-        names = [leaf[0] for leaf in leaves]
+        names = [leaf.name for leaf in leaves]
         _PLAIN.update(n for n in names if "." not in n and not _AUTO_NAME.fullmatch(n))
         if all(names.count(n) == 1 for n in names) and set(names) <= _PLAIN:
             return leaves
@@ -404,12 +357,12 @@ class KerasAdapter(Adapter):
                     f"var_{i}",
                 )
             out.append(n)
-        return [(n, *leaf[1:]) for n, leaf in zip(out, leaves)]
+        return [leaf._replace(name=n) for n, leaf in zip(out, leaves)]
 
     def leaf(self, module: Any, name: str) -> Any:
         for leaf in self.leaves(module):
-            if leaf[0] == name:
-                return leaf[1]
+            if leaf.name == name:
+                return leaf.obj
         raise PathError(f"The {type(module).__name__} layer no longer has a variable {name!r}.")
 
     def native(self, obj: Any) -> Any:
@@ -422,7 +375,7 @@ class KerasAdapter(Adapter):
         return type(module).__name__
 
     def kind(self, module: Any) -> str | None:
-        kind = _class_kind(type(module))
+        kind = self.kinds(type(module))
         if kind == "gru" and not getattr(module, "reset_after", True):
             return None  # resets before the recurrent matmul: no canonical (PyTorch) form
         return kind
@@ -438,8 +391,8 @@ class KerasAdapter(Adapter):
         their activations by name, and a GRU ``reset_after`` (PyTorch's GRU is ``True``);
         attention its ``num_heads``, which the parameter shapes do not show.
         """
-        kind = _class_kind(type(module))  # a GRU that resets before the matmul reports it too
-        if kind in _CONVS:
+        kind = self.kinds(type(module))  # a GRU that resets before the matmul reports it too
+        if kind in CONVS:
             return _conv_settings(module, kind)
         if kind in ("layer_norm", "group_norm"):
             out = {"eps": float(module.epsilon)}
@@ -458,19 +411,9 @@ class KerasAdapter(Adapter):
         return {}
 
     def fingerprint(self, root: Any) -> Any:
-        # the same ids, in the same order, as the core's build reads through leaves() and children()
-        ids: list[int] = []
-        add, extend = ids.append, ids.extend
-        objects, children = self._objects, self.children
-
-        def visit(module: Any) -> None:
-            add(id(module))
-            extend([id(v) for v in objects(module)])
-            for _, c in children(module):
-                visit(c)
-
-        visit(root)
-        return ids
+        # the variables themselves, not leaves(): no renaming of automatic names on every traversal
+        children = self.children
+        return fingerprint(root, self._objects, lambda m: [c for _, c in children(m)])
 
     # -- one leaf -----------------------------------------------------------------------
     def shape(self, leaf: Any) -> tuple[int, ...] | None:
@@ -487,20 +430,13 @@ class KerasAdapter(Adapter):
         if type(leaf) is Unbuilt:  # where Keras will create it: the first GPU, if any
             devices = self.devices()
             return devices[1] if len(devices) > 1 else "cpu"
-        t = leaf.value
-        if BACKEND == "jax":
-            d = next(iter(t.devices()))
-            return "cpu" if d.platform == "cpu" else f"gpu:{d.id}"
-        if BACKEND == "tensorflow":
-            kind, _, index = t.device.rpartition("device:")[2].partition(":")
-            return "cpu" if kind == "CPU" else f"{kind.lower()}:{index}"
-        return "cpu" if t.device.type == "cpu" else f"gpu:{t.device.index or 0}"
+        return self.backend.device(leaf.value)
 
     def trainable(self, leaf: Any) -> bool:
         return bool(leaf.trainable)
 
     def read(self, leaf: Any) -> np.ndarray:
-        return _to_numpy(leaf.value)
+        return self.backend.to_numpy(leaf.value)
 
     def write(self, leaf: Any, value: np.ndarray, index: Any = None) -> None:
         if index is not None:  # Keras variables take whole values only
@@ -512,78 +448,31 @@ class KerasAdapter(Adapter):
         leaf.assign(value)
 
     def backup(self, leaf: Any) -> Any:
-        if BACKEND == "jax":  # immutable: assign replaces the array, restore assigns this one back
-            return leaf.value
-        return super().backup(leaf)
+        return self.backend.backup(leaf)
 
     def data(self, leaf: Any) -> Any:
         return leaf.value
 
     def grad(self, leaf: Any) -> np.ndarray | None:
-        if type(leaf) is Unbuilt:
-            return None
-        if BACKEND == "torch":  # autograd keeps it on the tensor, and accumulates it there
-            g = leaf.value.grad
-            return None if g is None else _to_numpy(g)
-        entry = self._grads.get(id(leaf))
-        if entry is None or entry[0]() is not leaf:
-            return None
-        return entry[1]
+        return None if type(leaf) is Unbuilt else self.backend.grad(leaf)
 
     def asarray(self, value: Any) -> np.ndarray:
         if isinstance(value, keras.Variable):
             return self.read(value)
         if keras.ops.is_tensor(value):
-            return _to_numpy(value)
+            return self.backend.to_numpy(value)
         return np.asarray(value)
 
     # -- the whole model ------------------------------------------------------------------
     def devices(self) -> list[str]:
-        if BACKEND == "tensorflow":
-            gpus = len(tf.config.list_logical_devices("GPU"))
-        elif BACKEND == "jax":
-            try:
-                gpus = len(jax.devices("gpu"))
-            except RuntimeError:  # no GPU backend in this jax
-                gpus = 0
-        else:
-            gpus = torch.cuda.device_count()
-        return ["cpu"] + [f"gpu:{i}" for i in range(gpus)]
+        return ["cpu"] + [f"gpu:{i}" for i in range(self.backend.gpus())]
 
     def backward(self, root: Any, loss_fn: Callable[[Any], Any], inputs: Sequence[Any]) -> float:
         floating = next(
             (v.dtype for v in root.trainable_variables if "float" in v.dtype), keras.config.floatx()
         )
         args = [self._input(x, floating) for x in inputs]
-        if BACKEND == "torch":
-            loss = _scalar(loss_fn(root(*args)))
-            loss.backward()
-            return float(loss.item())
-        if BACKEND == "tensorflow":
-            trainable = root.trainable_variables
-            with tf.GradientTape() as tape:
-                tape.watch([v.value for v in trainable])
-                loss = _scalar(loss_fn(root(*args)))
-            grads = tape.gradient(loss, [v.value for v in trainable])
-            self._accumulate(
-                trainable, [None if g is None else tf.convert_to_tensor(g) for g in grads]
-            )
-            return float(np.asarray(loss).reshape(()))
-        if not root.built:  # stateless_call needs the variables: build them as a first call would
-            root(*args)
-        trainable, non_trainable = root.trainable_variables, root.non_trainable_variables
-
-        def f(values: list, state: list) -> tuple[Any, list]:
-            y, state = root.stateless_call(values, state, *args)
-            return _scalar(loss_fn(y)).reshape(()), state
-
-        (loss, state), grads = jax.value_and_grad(f, has_aux=True)(
-            [v.value for v in trainable], [v.value for v in non_trainable]
-        )
-        for v, value in zip(non_trainable, state):  # what the call changed, as an eager call would
-            v.assign(value)
-        self._accumulate(trainable, grads)
-        return float(loss)  # a jax scalar
+        return self.backend.backward(root, loss_fn, args)
 
     @staticmethod
     def _input(x: Any, floating: str) -> Any:
@@ -593,30 +482,8 @@ class KerasAdapter(Adapter):
         return x
 
     def zero_grad(self, leaf: Any) -> None:
-        if type(leaf) is Unbuilt:
-            return
-        if BACKEND == "torch":
-            leaf.value.grad = None
-        else:
-            self._grads.pop(id(leaf), None)
-
-    def _accumulate(self, variables: Sequence[Any], grads: Sequence[Any]) -> None:
-        for v, g in zip(variables, grads):
-            if g is None:  # TensorFlow: the loss does not depend on it
-                continue
-            g = np.array(_to_numpy(g))
-            entry = self._grads.get(id(v))
-            if entry is not None and entry[0]() is v:
-                self._grads[id(v)] = (entry[0], entry[1] + g)  # a new array: grads read before stay
-            else:
-                key = id(v)
-                ref = weakref.ref(v, lambda r, key=key: self._drop(key, r))
-                self._grads[key] = (ref, g)
-
-    def _drop(self, key: int, ref: weakref.ref) -> None:
-        entry = self._grads.get(key)
-        if entry is not None and entry[0] is ref:
-            del self._grads[key]
+        if type(leaf) is not Unbuilt:
+            self.backend.zero_grad(leaf)
 
     def share(self, new: Any, dst_owner: Any, dst_name: str) -> None:
         old = self.leaf(dst_owner, dst_name)
@@ -675,8 +542,7 @@ class KerasAdapter(Adapter):
             for fn in ("train_function", "test_function", "predict_function"):
                 if getattr(layer, fn, None) is not None:
                     setattr(layer, fn, None)
-            if BACKEND == "torch" and "_torch_params" in layer._modules:
-                layer._track_variables()
+            self.backend.retrack(layer)
 
 
 def _conv_settings(layer: Any, kind: str) -> dict[str, Any]:
@@ -733,15 +599,6 @@ def _holders(layer: Any) -> dict[int, list[str]]:
         if isinstance(value, keras.Variable):
             out.setdefault(id(value), []).append(name)
     return out
-
-
-def _scalar(loss: Any) -> Any:
-    if not keras.ops.is_tensor(loss) or int(np.prod(loss.shape)) != 1:
-        raise ValueTypeError(
-            f"loss_fn must return a scalar {BACKEND} tensor (keras.ops.sum(y), for example), "
-            f"got {type(loss).__name__} {getattr(loss, 'shape', '')}."
-        )
-    return loss
 
 
 adapter = KerasAdapter()

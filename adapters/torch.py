@@ -17,14 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from unitree._adapter import Adapter, Leaf
-from unitree._errors import (
-    CheckpointError,
-    PathError,
-    UninitializedError,
-    UnsupportedModelError,
-    ValueTypeError,
-)
+from unitree._adapter import Adapter, KindTable, Leaf, fingerprint
+from unitree._errors import CheckpointError, PathError, UninitializedError, ValueTypeError
+from unitree.layouts import CONVS
+
+# Leaf(...) runs the NamedTuple's __new__ in Python; tuple.__new__ makes the same Leaf in C, in
+# half the time: leaves() makes one per tensor on every wrap
+_new = tuple.__new__
 
 _KINDS: dict[type, str] = {
     nn.Linear: "dense",
@@ -44,11 +43,9 @@ _KINDS: dict[type, str] = {
 }
 
 
-_kind_of: dict[type, str | None] = {}  # filled per class on first sight
-
-
-def _to_numpy(t: torch.Tensor) -> np.ndarray:
-    """A CPU tensor's numpy view (a copy from other devices), for dtypes numpy lacks too."""
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor's numpy view (a copy from other devices), for dtypes numpy lacks too.
+    Keras on the torch backend reads its tensors through it as well."""
     t = t.detach()
     if t.device.type == "meta":
         raise UninitializedError(
@@ -68,7 +65,7 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
         return t.view(bits).numpy().view(getattr(ml_dtypes, name))
 
 
-def _from_numpy(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+def from_numpy(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     if not a.flags.writeable or not a.flags.c_contiguous:
         a = np.array(a)  # torch.from_numpy wants its own writable buffer
     if a.dtype.kind == "V":  # an ml_dtypes type: move the bits, then reinterpret them
@@ -77,15 +74,17 @@ def _from_numpy(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(a)
 
 
+def _tensors(m: nn.Module) -> Any:
+    # buffers are rare: most modules give their parameters' dict view, with no list to build
+    buffers = m._buffers
+    return [*m._parameters.values(), *buffers.values()] if buffers else m._parameters.values()
+
+
 class TorchAdapter(Adapter):
     name = "torch"
-
-    def root(self, obj: Any, *state: Any) -> Any:
-        if not isinstance(obj, nn.Module):
-            raise UnsupportedModelError(
-                f"Expected a torch.nn.Module, got {type(obj).__module__}.{type(obj).__qualname__}."
-            )
-        return super().root(obj, *state)
+    module_types = (nn.Module,)
+    module_what = "torch.nn.Module"
+    kinds = KindTable(_KINDS)
 
     # -- structure -----------------------------------------------------------------
     def children(self, module: nn.Module) -> Sequence[tuple[str, nn.Module]]:
@@ -96,14 +95,20 @@ class TorchAdapter(Adapter):
         return module._modules.get(segment)
 
     def leaves(self, module: nn.Module) -> list[Leaf]:
-        # plain tuples in Leaf's shape: this runs once per module on every wrap
+        # once per module on every wrap: the dicts read directly, empty ones skipped
         params, buffers = module._parameters, module._buffers
-        out: list[Any] = (
-            [(n, p, True, True) for n, p in params.items() if p is not None] if params else []
+        out = (
+            [_new(Leaf, (n, p, True, True)) for n, p in params.items() if p is not None]
+            if params
+            else []
         )
         if buffers:
             transient = module._non_persistent_buffers_set
-            out += [(n, b, False, n not in transient) for n, b in buffers.items() if b is not None]
+            out += [
+                _new(Leaf, (n, b, False, n not in transient))
+                for n, b in buffers.items()
+                if b is not None
+            ]
         return out
 
     def leaf(self, module: nn.Module, name: str) -> torch.Tensor:
@@ -115,12 +120,6 @@ class TorchAdapter(Adapter):
                 f"The {type(module).__name__} module no longer has a parameter or buffer {name!r}."
             )
         return t
-
-    def kind(self, module: nn.Module) -> str | None:
-        cls = type(module)
-        if cls not in _kind_of:
-            _kind_of[cls] = next((_KINDS[base] for base in cls.__mro__ if base in _KINDS), None)
-        return _kind_of[cls]
 
     def state_dict_file(self, path: str) -> dict[str, torch.Tensor]:
         """A ``torch.save``d state_dict, loaded with ``weights_only=True`` (never a plain
@@ -187,7 +186,7 @@ class TorchAdapter(Adapter):
 
     def settings(self, module: nn.Module) -> dict[str, Any]:
         kind = self.kind(module)
-        if kind in ("conv", "conv_transpose"):
+        if kind in CONVS:
             padding = module.padding
             if isinstance(padding, str):
                 padding = "same" if padding == "same" else ((0, 0),) * len(module.kernel_size)
@@ -213,24 +212,8 @@ class TorchAdapter(Adapter):
         return {}
 
     def fingerprint(self, root: nn.Module) -> Any:
-        # the same ids, in the same order, as the core's build reads through leaves() and children()
-        ids: list[int] = []
-        add = ids.append
-
-        def visit(m: nn.Module) -> None:
-            add(id(m))
-            for t in m._parameters.values():
-                if t is not None:
-                    add(id(t))
-            for t in m._buffers.values():
-                if t is not None:
-                    add(id(t))
-            for c in m._modules.values():
-                if c is not None:
-                    visit(c)
-
-        visit(root)
-        return ids
+        # the dicts themselves, not leaves() and children(): this runs on every traversal
+        return fingerprint(root, _tensors, lambda m: m._modules.values())
 
     # -- one leaf ------------------------------------------------------------------------
     def shape(self, leaf: torch.Tensor) -> tuple[int, ...] | None:
@@ -248,10 +231,10 @@ class TorchAdapter(Adapter):
         return leaf.requires_grad
 
     def read(self, leaf: torch.Tensor) -> np.ndarray:
-        return _to_numpy(leaf)
+        return to_numpy(leaf)
 
     def write(self, leaf: torch.Tensor, value: np.ndarray, index: Any = None) -> None:
-        src = _from_numpy(value, leaf)
+        src = from_numpy(value, leaf)
         # no_grad: a parameter is a leaf that requires grad. The write still
         # bumps the version counter, so a graph that saved the old value fails
         # loudly in backward instead of using the new one silently.
@@ -273,14 +256,14 @@ class TorchAdapter(Adapter):
         return leaf.data
 
     def grad(self, leaf: torch.Tensor) -> np.ndarray | None:
-        return None if leaf.grad is None else _to_numpy(leaf.grad)
+        return None if leaf.grad is None else to_numpy(leaf.grad)
 
     def zero_grad(self, leaf: torch.Tensor) -> None:
         leaf.grad = None  # torch's zero_grad(set_to_none=True)
 
     def asarray(self, value: Any) -> np.ndarray:
         if isinstance(value, torch.Tensor):
-            return _to_numpy(value)
+            return to_numpy(value)
         return np.asarray(value)
 
     # -- the whole model -------------------------------------------------------------------
