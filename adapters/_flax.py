@@ -25,9 +25,6 @@ from unitree._adapter import Adapter, KindTable
 from unitree._errors import ValueTypeError
 
 BY_CELL = "by cell"  # a recurrent wrapper (RNN) is the kind of its cell
-# Leaf(...) without NamedTuple's Python-level __new__, at half the cost (a wrap makes one per
-# variable): new_leaf(Leaf, (name, obj, param, persistent)) is that very Leaf.
-new_leaf = tuple.__new__
 
 
 class FlaxAdapter(Adapter):
@@ -37,7 +34,7 @@ class FlaxAdapter(Adapter):
 
     name = "flax"
     # One message for both APIs: a user who passes the wrong object may mean either.
-    module_what = "flax nnx.Module, or a linen Module with its variables"
+    module_what = "a flax nnx.Module, or a linen Module with its variables"
 
     @abstractmethod
     def array(self, leaf: Any) -> Any:
@@ -169,10 +166,10 @@ class FlaxAdapter(Adapter):
 # -- kinds -----------------------------------------------------------------------------------
 def kind_of(kinds: KindTable, m: Any) -> str | None:
     """The kind of a module: its class's, or for a recurrent wrapper, its cell's."""
-    kind = kinds(type(m))
+    kind = kinds[type(m)]
     if kind == BY_CELL:
         cell = getattr(m, "cell", None)
-        return None if cell is None else kinds(type(cell))
+        return None if cell is None else kinds[type(cell)]
     return kind
 
 

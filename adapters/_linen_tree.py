@@ -22,14 +22,13 @@ from flax.core import FrozenDict
 from flax.core.meta import AxisMetadata
 from flax.linen.recurrent import DenseParams
 
-from unitree._adapter import KindTable, Leaf
+from unitree._adapter import KindTable, Leaf, new_leaf
 from unitree._paths import Segment
 
 from ._flax import (
     BY_CELL,
     fn_name,
     kind_of,
-    new_leaf,
 )
 
 _KINDS: dict[type, str] = {
@@ -410,7 +409,7 @@ class _LinenBuilder:
                     else:
                         handle = _Var(root, c, scope, key)
                         params.append(handle)
-                        leaves.append(new_leaf(Leaf, (key, handle, True, True)))
+                        leaves.append(new_leaf((key, handle, True, True)))
                 continue
             names = {leaf[0] for leaf in leaves}
             for key, value in d.items():
@@ -419,7 +418,7 @@ class _LinenBuilder:
                     continue
                 name = key if key not in names else f"{c}_{key}"  # taken by another collection
                 names.add(name)
-                leaves.append(new_leaf(Leaf, (name, _Var(root, c, scope, key), False, True)))
+                leaves.append(new_leaf((name, _Var(root, c, scope, key), False, True)))
         if leaves:
             node.leaves = leaves
         if subscopes:
@@ -439,13 +438,13 @@ class _LinenBuilder:
         """The node of a submodule made by a compact method: of class ``cls`` when its parent's
         class says so (a cell's gates), else of the class linen named it after (``Dense_0``)."""
         if cls is not None:
-            node = _Node(None, scope, cls.__name__, _kinds(cls))
+            node = _Node(None, scope, cls.__name__, _kinds[cls])
             parts = _CELL_PARTS.get(cls)
         else:
             auto = _AUTO_NAME.match(name)
             node = _Node(None, scope, auto[1] if auto else "Module")
             classes = self.classes_named(auto[1]) if auto else []
-            kind = _only({_kinds(c) for c in classes})
+            kind = _only({_kinds[c] for c in classes})
             node.kind = None if kind == BY_CELL else kind  # an RNN's scope: its cell unseen
             parts = _only({_CELL_PARTS.get(c) for c in classes})
         self.by_scope[scope] = node

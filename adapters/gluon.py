@@ -44,13 +44,9 @@ from mxnet import autograd, gluon
 from mxnet.gluon import nn
 from mxnet.gluon.parameter import Constant, Parameter
 
-from unitree._adapter import Adapter, KindTable, Leaf, fingerprint
-from unitree._errors import PathError, UninitializedError, UnsupportedModelError, ValueTypeError
+from unitree._adapter import Adapter, KindTable, Leaf, fingerprint, new_leaf
+from unitree._errors import PathError, UninitializedError, ValueTypeError
 from unitree.layouts import CONVS
-
-# Leaf(...) runs the NamedTuple's __new__ in Python; tuple.__new__ makes the same Leaf in C, in
-# half the time: leaves() makes one per parameter on every wrap
-_new = tuple.__new__
 
 _KINDS: dict[type, str] = {
     nn.Dense: "dense",
@@ -157,19 +153,13 @@ def _tell_trainer(leaf: Parameter) -> None:
 
 class GluonAdapter(Adapter):
     name = "gluon"
+    module_types = (gluon.Block,)
+    module_what = "an mxnet.gluon.Block"
     kinds = KindTable(_KINDS)
 
     def __init__(self) -> None:
         # Parameters a backward pass went through: grad is None for the others, as in torch.
         self._touched: weakref.WeakSet[Parameter] = weakref.WeakSet()
-
-    def root(self, obj: Any, *state: Any) -> Any:
-        # its own check, not module_types: the base's message would say "a mxnet.gluon.Block"
-        if not isinstance(obj, gluon.Block):
-            raise UnsupportedModelError(
-                f"Expected an mxnet.gluon.Block, got {type(obj).__module__}.{type(obj).__qualname__}."
-            )
-        return super().root(obj, *state)
 
     # -- structure -----------------------------------------------------------------
     def children(self, module: gluon.Block) -> list[tuple[str, gluon.Block]]:
@@ -182,7 +172,7 @@ class GluonAdapter(Adapter):
     def leaves(self, module: gluon.Block) -> list[Leaf]:
         # once per block on every wrap
         return [
-            _new(Leaf, (n, p, p._differentiable and not isinstance(p, Constant), True))
+            new_leaf((n, p, p._differentiable and not isinstance(p, Constant), True))
             for n, p in module._reg_params.items()
         ]
 
@@ -195,7 +185,7 @@ class GluonAdapter(Adapter):
         return p
 
     def kind(self, module: gluon.Block) -> str | None:
-        kind = self.kinds(type(module))
+        kind = self.kinds[type(module)]
         if kind in CONVS and not module._kwargs.get("layout", "NC").startswith("NC"):
             return None  # channels-last weight (out, *k, in): no canonical rule for it
         return kind

@@ -61,15 +61,11 @@ import keras
 import numpy as np
 from keras.src.models.functional import Functional  # no public name; stable across Keras 3
 
-from unitree._adapter import Adapter, KindTable, Leaf, fingerprint, position
+from unitree._adapter import Adapter, KindTable, Leaf, fingerprint, new_leaf, position
 from unitree._errors import PathError, UninitializedError, UnsupportedError
 from unitree.layouts import CONVS
 
 from ._keras_backend import Backend, pick
-
-# Leaf(...) runs the NamedTuple's __new__ in Python; tuple.__new__ makes the same Leaf in C, in
-# half the time: leaves() makes one per variable on every wrap
-_new = tuple.__new__
 
 BACKEND = keras.backend.backend()
 _backend = pick(BACKEND)  # read once: Keras itself reads KERAS_BACKEND only at import
@@ -220,7 +216,7 @@ def _first_layer(value: Any, order: Mapping[int, int]) -> int:
 class KerasAdapter(Adapter):
     name = "keras"
     module_types = (keras.Layer,)
-    module_what = "keras.Layer (a layer or a model)"
+    module_what = "a keras.Layer (a layer or a model)"
     kinds = KindTable(_KINDS)
     backend: ClassVar[Backend] = _backend
 
@@ -322,9 +318,9 @@ class KerasAdapter(Adapter):
         if type(module) is Container:
             return []
         trainable, other = module._trainable_variables, module._non_trainable_variables
-        out = [_new(Leaf, (v.name, v, True, True)) for v in trainable]
+        out = [new_leaf((v.name, v, True, True)) for v in trainable]
         if other:
-            out += [_new(Leaf, (v.name, v, False, True)) for v in other]
+            out += [new_leaf((v.name, v, False, True)) for v in other]
         elif not out:
             return (
                 []
@@ -375,7 +371,7 @@ class KerasAdapter(Adapter):
         return type(module).__name__
 
     def kind(self, module: Any) -> str | None:
-        kind = self.kinds(type(module))
+        kind = self.kinds[type(module)]
         if kind == "gru" and not getattr(module, "reset_after", True):
             return None  # resets before the recurrent matmul: no canonical (PyTorch) form
         return kind
@@ -391,7 +387,7 @@ class KerasAdapter(Adapter):
         their activations by name, and a GRU ``reset_after`` (PyTorch's GRU is ``True``);
         attention its ``num_heads``, which the parameter shapes do not show.
         """
-        kind = self.kinds(type(module))  # a GRU that resets before the matmul reports it too
+        kind = self.kinds[type(module)]  # a GRU that resets before the matmul reports it too
         if kind in CONVS:
             return _conv_settings(module, kind)
         if kind in ("layer_norm", "group_norm"):

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 from flax import nnx
 
-from unitree._adapter import KindTable, Leaf, fingerprint
+from unitree._adapter import KindTable, Leaf, fingerprint, new_leaf
 from unitree._errors import PathError, UnsupportedError, UnsupportedModelError
 from unitree._paths import Segment, position
 
@@ -35,7 +35,6 @@ from ._flax import (
     inputs_like,
     kind_of,
     layout_kind,
-    new_leaf,
     scalar,
 )
 
@@ -206,7 +205,7 @@ class NnxAdapter(FlaxAdapter):
         for k, v in _items(module):
             what = _classify(v)
             if what in (_PARAM, _BUFFER):
-                out.append(new_leaf(Leaf, (str(k), v, what == _PARAM, True)))
+                out.append(new_leaf((str(k), v, what == _PARAM, True)))
         return out
 
     def leaf(self, module: Any, name: str) -> Any:

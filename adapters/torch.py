@@ -17,13 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from unitree._adapter import Adapter, KindTable, Leaf, fingerprint
+from unitree._adapter import Adapter, KindTable, Leaf, fingerprint, new_leaf
 from unitree._errors import CheckpointError, PathError, UninitializedError, ValueTypeError
 from unitree.layouts import CONVS
-
-# Leaf(...) runs the NamedTuple's __new__ in Python; tuple.__new__ makes the same Leaf in C, in
-# half the time: leaves() makes one per tensor on every wrap
-_new = tuple.__new__
 
 _KINDS: dict[type, str] = {
     nn.Linear: "dense",
@@ -83,7 +79,7 @@ def _tensors(m: nn.Module) -> Any:
 class TorchAdapter(Adapter):
     name = "torch"
     module_types = (nn.Module,)
-    module_what = "torch.nn.Module"
+    module_what = "a torch.nn.Module"
     kinds = KindTable(_KINDS)
 
     # -- structure -----------------------------------------------------------------
@@ -98,14 +94,14 @@ class TorchAdapter(Adapter):
         # once per module on every wrap: the dicts read directly, empty ones skipped
         params, buffers = module._parameters, module._buffers
         out = (
-            [_new(Leaf, (n, p, True, True)) for n, p in params.items() if p is not None]
+            [new_leaf((n, p, True, True)) for n, p in params.items() if p is not None]
             if params
             else []
         )
         if buffers:
             transient = module._non_persistent_buffers_set
             out += [
-                _new(Leaf, (n, b, False, n not in transient))
+                new_leaf((n, b, False, n not in transient))
                 for n, b in buffers.items()
                 if b is not None
             ]

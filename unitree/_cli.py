@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ._checkpoint import TorchFile, open_checkpoint
 from ._errors import UnitreeError
+from ._files import TorchFile, open_checkpoint
 from ._picture import Branch, render, shape_text
 
 

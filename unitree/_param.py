@@ -351,11 +351,10 @@ def write_canonical(p: Param, value: np.ndarray) -> None:
     p._write(value)
 
 
-def placed(
-    p: Param, owner: Any, name: str, path: str, rule: Rule | None, is_param: bool, persistent: bool
-) -> None:
-    """Re-place ``p`` after a re-read of the structure: the same Param object, found again."""
-    p.__init__(p._adapter, owner, name, path, rule, is_param, persistent)
+def placed(p: Param, *args: Any) -> None:
+    """Re-place ``p`` after a re-read of the structure: the same Param object, found again,
+    with :class:`Param`'s arguments."""
+    p.__init__(*args)
 
 
 def set_aliases(p: Param, paths: list[str] | None) -> None:

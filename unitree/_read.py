@@ -22,6 +22,7 @@ from ._paths import Path, keystr
 from .layouts import CHANNELS_LAST, CONVS, Plan, flatten, flattens, has_rules, plan, rules
 
 Entry = tuple[Path, Param]
+Occurrence = tuple[Path, str, Param]  # (its module's path, its name there, the Param)
 
 
 class Structure(NamedTuple):
@@ -29,7 +30,9 @@ class Structure(NamedTuple):
 
     adapter: Adapter
     root: Any  # the adapter's root object
-    leaves: list[Entry]  # every leaf occurrence, aliases included
+    # every leaf occurrence, aliases included: kept as its module's path and its name, since
+    # a read that only lists parameters (the first traversal) never needs their full paths
+    occurrences: list[Occurrence]
     modules: list[tuple[Path, Any]]  # every module occurrence below the root
     # each parameter (buffer) once, at its first path, as users see it: the root's
     # named_parameters() (named_buffers()), made while reading, its most common question
@@ -90,7 +93,13 @@ class View(NamedTuple):
 
     def leaves(self) -> list[Entry]:
         """Every leaf occurrence under the node, in traversal order, aliases included."""
-        return self._under(self.structure.leaves)
+        base = self.base
+        n = len(base)
+        return [
+            ((*pre[n:], name), p)
+            for pre, name, p in self.structure.occurrences
+            if not n or pre[:n] == base
+        ]
 
     def modules(self) -> list[tuple[Path, Any]]:
         """Every module occurrence under the node, the node's own first (at ())."""
@@ -136,7 +145,7 @@ def read(adapter: Adapter, root: Any, old: dict[Hashable, Param] | None = None) 
     with_rules = has_rules(backend)
     channels_last = backend in CHANNELS_LAST
     by_ident: dict[Hashable, Param] = {}
-    flat: list[Entry] = []
+    flat: list[Occurrence] = []
     modules: list[tuple[Path, Any]] = []
     params: list[tuple[str, Param]] = []
     buffers: list[tuple[str, Param]] = []
@@ -175,24 +184,24 @@ def read(adapter: Adapter, root: Any, old: dict[Hashable, Param] | None = None) 
                 leaf_name = name or native_name
                 if not leaf_name or "." in leaf_name or not leaf_name.isprintable():
                     check_name(backend, text, leaf_name, "leaf")
-                path = (*pre, leaf_name)
+                shown = text + leaf_name
                 ident = id(obj) if same else adapter.identity(obj)
                 p = by_ident.get(ident)
                 if p is None:
                     p = old.get(ident) if old else None
-                    args = (native, native_name, text + leaf_name, rule, is_param, persistent)
+                    args = (adapter, native, native_name, shown, rule, is_param, persistent)
                     if p is None:
-                        p = Param(adapter, *args)
+                        p = Param(*args)
                     else:  # re-placed once the read is done: another thread may be using it
                         renewed[p] = args
                     by_ident[ident] = p
-                    (params if is_param else buffers).append((text + leaf_name, p))
+                    (params if is_param else buffers).append((shown, p))
                 else:
-                    aliases.setdefault(p, []).append(text + leaf_name)
-                    first_rule = renewed[p][3] if p in renewed else rule_of(p)
+                    aliases.setdefault(p, []).append(shown)
+                    first_rule = renewed[p][4] if p in renewed else rule_of(p)
                     if flattens(first_rule) != flattens(rule):
                         mixed.add(p)
-                flat.append((path, p))
+                flat.append((pre, leaf_name, p))
         for seg, child in adapter.children(native):
             if type(seg) is str and (not seg or "." in seg or not seg.isprintable()):
                 check_name(backend, text, seg, "module")

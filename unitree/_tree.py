@@ -470,7 +470,8 @@ class ParamTree(Node):
         found = self._find(base, text)
         if found is None:
             s = self._sync()
-            known = [keystr(path) for path, _ in (*s.leaves, *s.modules)]
+            known = [keystr((*pre, name)) for pre, name, _ in s.occurrences]
+            known += [keystr(path) for path, _ in s.modules]
             full = join(keystr(base), text)
             raise PathError.missing(full, f"{self.type_name} (the {self.backend} model)", known)
         at, _, p = found
