@@ -61,8 +61,9 @@ import keras
 import numpy as np
 from keras.src.models.functional import Functional  # no public name; stable across Keras 3
 
-from unitree._adapter import Adapter, KindTable, Leaf, fingerprint, new_leaf, position
+from unitree._adapter import Adapter, KindTable, Leaf, fingerprint, new_leaf
 from unitree._errors import PathError, UninitializedError, UnsupportedError
+from unitree._paths import Segment, position
 from unitree.layouts import CONVS
 
 from ._keras_backend import Backend, pick
@@ -236,10 +237,11 @@ class KerasAdapter(Adapter):
             ]
         return None
 
-    def children(self, module: Any) -> Sequence[tuple[str, Any]]:
+    def children(self, module: Any) -> Sequence[tuple[Segment, Any]]:
         if type(module) is Container:
+            listed = not isinstance(module.value, Mapping)  # a list's keys are positions
             return [
-                (str(k), v if isinstance(v, keras.Layer) else module.sub(k))
+                (k if listed else str(k), v if isinstance(v, keras.Layer) else module.sub(k))
                 for k, v in _items(module.value)
                 if _has_layer(v)
             ]
@@ -247,7 +249,7 @@ class KerasAdapter(Adapter):
             return ()
         layers = self._positional(module)
         if layers is not None:
-            return [(str(i), layer) for i, layer in enumerate(layers)]
+            return list(enumerate(layers))
         return self._attribute_children(module)
 
     def _attribute_children(self, layer: Any) -> list[tuple[str, Any]]:
@@ -272,33 +274,34 @@ class KerasAdapter(Adapter):
             return [(_ATTENTION.get(name, name), value) for _, name, value in found]
         return [(name, value) for _, name, value in found]
 
-    def child(self, module: Any, segment: str) -> Any:
+    def child(self, module: Any, segment: Segment) -> Any:
         if type(module) is Container:
             return dict(self.children(module)).get(segment)
         if not module._layers:
             return None
         layers = self._positional(module)
         if layers is not None:
-            i = position(segment)
-            if i is not None:
-                return layers[i] if i < len(layers) else None
-            return next((x for x in layers if x.name == segment), None)
-        found = dict(self._attribute_children(module))
-        if segment in found:
-            return found[segment]
-        return next(
-            (x for x in found.values() if isinstance(x, keras.Layer) and x.name == segment), None
-        )
+            return layers[segment] if type(segment) is int and segment < len(layers) else None
+        return dict(self._attribute_children(module)).get(segment)
 
-    def segment(self, module: Any, key: str) -> str:
-        """A layer's own name (an alias) -> the path segment of its first position."""
-        if position(key) is not None and self._positional(module) is not None:
-            return key  # a position: the common case, without listing the children
-        children = self.children(module)
-        if any(seg == key for seg, _ in children):
+    def segment(self, module: Any, key: str) -> Segment:
+        """A position ("0" -> 0) in a model's layers or a list; a layer's own name (an alias,
+        ``tree["dense_1"]``) -> the segment of its first position or attribute; other keys
+        as they are."""
+        i = position(key)
+        if type(module) is Container:
+            return i if i is not None and not isinstance(module.value, Mapping) else key
+        if not module._layers:
             return key
-        target = self.child(module, key)
-        return next((seg for seg, c in children if c is target), key)
+        layers = self._positional(module)
+        if layers is not None:
+            if i is not None:
+                return i
+            return next((j for j, x in enumerate(layers) if x.name == key), key)
+        found = self._attribute_children(module)
+        if any(seg == key for seg, _ in found):
+            return key
+        return next((seg for seg, x in found if isinstance(x, keras.Layer) and x.name == key), key)
 
     def _objects(self, module: Any) -> list[Any]:
         """The module's own variables in leaf order, or the Unbuilt stand-ins of a layer not built yet."""
