@@ -118,3 +118,7 @@ class Backend(ABC):
                 f"got {type(loss).__name__} {getattr(loss, 'shape', '')}."
             )
         return loss
+
+
+BACKEND = keras.backend.backend()
+backend = pick(BACKEND)  # chosen once: Keras itself reads KERAS_BACKEND only at import

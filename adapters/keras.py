@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, ClassVar
 
 import keras
@@ -66,10 +66,16 @@ from unitree._errors import PathError, UninitializedError, UnsupportedError
 from unitree._paths import Segment, position
 from unitree.layouts import CONVS
 
-from ._keras_backend import Backend, pick
-
-BACKEND = keras.backend.backend()
-_backend = pick(BACKEND)  # read once: Keras itself reads KERAS_BACKEND only at import
+from ._keras_backend import Backend, backend
+from ._keras_tree import (
+    Container,
+    Unbuilt,
+    _first_layer,
+    _has_layer,
+    _is_sequence,
+    _items,
+    _pending,
+)
 
 _KINDS: dict[type, str] = {
     keras.layers.Dense: "dense",
@@ -90,7 +96,6 @@ _KINDS: dict[type, str] = {
     keras.layers.GRU: "gru",
     keras.layers.MultiHeadAttention: "attention",
 }
-_CELLS = (keras.layers.LSTMCell, keras.layers.GRUCell)
 # MultiHeadAttention keeps its sublayers in private attributes: they are called by the names Keras
 # gives those sublayers (the names its checkpoints use), which the attention codec reads.
 _ATTENTION = {
@@ -120,106 +125,12 @@ _INTERNAL = frozenset(
 )
 
 
-class Unbuilt:
-    """A variable a layer creates when it is built: its name is known, its shape is not."""
-
-    __slots__ = ("name", "trainable")
-
-    def __init__(self, name: str, trainable: bool) -> None:
-        self.name = name
-        self.trainable = trainable
-
-    def __repr__(self) -> str:
-        return f"<Unbuilt {self.name}: the layer is built on its first call>"
-
-
-def _pending(layer: keras.Layer, kind: str | None) -> list[tuple[str, bool]]:
-    """(name, trainable) of the variables ``layer`` will create, for the kinds whose build we know.
-
-    A recurrent layer's variables are its cell's (``cell.kernel``); an attention layer creates
-    its projection sublayers when it is built, so it shows none before.
-    """
-    if kind == "dense" or kind in CONVS:
-        return [("kernel", True)] + ([("bias", True)] if layer.use_bias else [])
-    if isinstance(layer, _CELLS):
-        out = [("kernel", True), ("recurrent_kernel", True)]
-        return out + ([("bias", True)] if layer.use_bias else [])
-    if kind == "embedding":
-        return [("embeddings", True)]
-    if kind in ("layer_norm", "batch_norm", "group_norm"):
-        out = [("gamma", True)] if layer.scale else []
-        out += [("beta", True)] if layer.center else []
-        if kind == "batch_norm":
-            out += [("moving_mean", False), ("moving_variance", False)]
-        return out
-    return []
-
-
-class Container:
-    """A list, tuple or dict of layers held by a layer attribute: a node of its own.
-
-    It reads its items live from its owner, so a reassigned attribute shows
-    the new items; one object per (owner, key) keeps the tree's identities stable.
-    """
-
-    __slots__ = ("__weakref__", "_key", "_owner", "_subs")
-
-    def __init__(self, owner: Any, key: Any) -> None:
-        self._owner = owner  # a Layer, or the Container this one is an item of
-        self._key = key
-        self._subs: dict[Any, Container] = {}
-
-    @property
-    def value(self) -> Any:
-        owner = self._owner
-        if isinstance(owner, Container):
-            return owner.value[self._key]
-        return _backend.attributes(owner)[self._key]
-
-    def sub(self, key: Any) -> Container:
-        found = self._subs.get(key)
-        if found is None:
-            found = self._subs[key] = Container(self, key)
-        return found
-
-
-def _is_sequence(value: Any) -> bool:
-    # Not a namedtuple: that is a record (TensorFlow keeps its tracking references in them).
-    # TensorFlow wraps a tuple attribute in a proxy that passes isinstance(value, tuple).
-    return isinstance(value, list) or (isinstance(value, tuple) and not hasattr(value, "_fields"))
-
-
-def _has_layer(value: Any) -> bool:
-    if isinstance(value, keras.Layer):
-        return True
-    if _is_sequence(value):
-        return any(_has_layer(v) for v in value)
-    if isinstance(value, Mapping):
-        return any(_has_layer(v) for v in value.values())
-    return False
-
-
-def _items(value: Any) -> Iterable[tuple[Any, Any]]:
-    if isinstance(value, Mapping):
-        return value.items()
-    return enumerate(value)
-
-
-def _first_layer(value: Any, order: Mapping[int, int]) -> int:
-    """Where the first layer inside ``value`` was tracked: the assignment order of its attribute."""
-    if isinstance(value, keras.Layer):
-        return order.get(id(value), len(order))
-    return min(
-        (_first_layer(v, order) for _, v in _items(value) if _has_layer(v)), default=len(order)
-    )
-
-
 class KerasAdapter(Adapter):
     name = "keras"
     module_types = (keras.Layer,)
     module_what = "a keras.Layer (a layer or a model)"
     kinds = KindTable(_KINDS)
-    backend: ClassVar[Backend] = _backend
+    backend: ClassVar[Backend] = backend
 
     def __init__(self) -> None:
         self._unbuilt: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -19,8 +19,8 @@ module -- the module keeps linen's leaf names and layouts (``kernel``, in, out).
 gates are compact submodules named by gate (``ii``, ``hf``), known as dense layers from
 the cell's class.
 
-The whole structure is read once, in :meth:`LinenAdapter.root`, into handles of this
-module: ``_Root`` (the model), ``_Node`` (one module, list or dict) and ``_Var`` (one
+The whole structure is read once, in :meth:`LinenAdapter.root`, into the handles of
+``_linen_tree``: ``_Root`` (the model), ``_Node`` (one module, list or dict) and ``_Var`` (one
 variable, by collection, scope and name). The ``params`` collection holds the parameters;
 every other collection (``batch_stats``...) holds buffers. Arrays are immutable: a write
 builds new variables, which ``tree.variables`` returns, ready for
@@ -56,7 +56,7 @@ from ._linen_tree import _AUTO_NAME, _at, _kinds, _LinenBuilder, _Node, _Root, _
 
 
 class LinenAdapter(FlaxAdapter):
-    """linen, through the handles of this module (``_Root``, ``_Node``, ``_Var``)."""
+    """linen, through the handles of ``_linen_tree`` (``_Root``, ``_Node``, ``_Var``)."""
 
     module_types = (nn.Module,)
     kinds = _kinds

@@ -20,7 +20,7 @@ from typing import Any, Callable, ClassVar, NamedTuple
 import numpy as np
 
 from ._errors import UnsupportedError, UnsupportedModelError
-from ._paths import Segment, position
+from ._paths import Segment
 
 __all__ = [
     "Adapter",
@@ -29,7 +29,6 @@ __all__ = [
     "adapter_for",
     "fingerprint",
     "new_leaf",
-    "position",
 ]
 
 
@@ -37,7 +36,9 @@ class Leaf(NamedTuple):
     """One leaf of a module as the adapter sees it."""
 
     name: str  # the native leaf name ("weight", "kernel", "running_mean")
-    obj: Any  # the framework's own parameter, variable or buffer
+    # the adapter's object for the leaf: what leaf() returns and shape(), read()... take (the
+    # framework's own parameter, variable or buffer, or a handle standing in for it)
+    obj: Any
     param: bool  # a parameter (True) or non-trainable state, a buffer (False)
     persistent: bool = True  # saved in state_dict and checkpoints
 
@@ -76,6 +77,19 @@ class Adapter(ABC):
     - *native files*: :meth:`state_dict_file`, :meth:`shared_storage` (unsupported);
     - *separate variables*: :meth:`variables` (flax linen only; unsupported elsewhere).
 
+    **Class attributes:** ``name``, the backend name users see, which is also the key of the
+    canonical tables (``layouts.LAYOUTS``, ``CODECS``, ``GENERATED``, ``CHANNELS_LAST``): a
+    new framework's layers keep their native names and layouts until the tables know its
+    name; ``module_types`` and ``module_what`` for :meth:`root`'s check; ``kinds``, a
+    :class:`KindTable` of the layer classes the tables know, by kind: ``dense``, ``conv``,
+    ``conv_transpose``, ``depthwise_conv``, ``embedding``, ``layer_norm``, ``group_norm``,
+    ``batch_norm``, ``lstm``, ``gru``, ``attention``.
+
+    **Registration:** the adapter's module holds one instance, ``adapter = MyAdapter()``;
+    ``ADAPTERS`` below names the built-in ones, and a third-party one is an entry point of
+    the group ``unitree.adapters``, named after the top-level package of the types it
+    claims, whose value is the module's name.
+
     Leaves are addressed by their owner module and native name, and resolved
     with :meth:`leaf` on every access, so a parameter that the framework
     replaces (lazy initialization, a reassigned attribute) is always read live.
@@ -96,11 +110,16 @@ class Adapter(ABC):
 
     @abstractmethod
     def leaves(self, module: Any) -> Sequence[Leaf]:
-        """The module's own leaves (not its children's), in canonical leaf order."""
+        """The module's own leaves (not its children's), in the framework's own order (the
+        core puts them in canonical order with ``layouts.plan``)."""
 
     @abstractmethod
     def leaf(self, module: Any, name: str) -> Any:
-        """The current native leaf object of ``module`` called ``name``."""
+        """The current leaf object of ``module`` called ``name`` (what :class:`Leaf` ``.obj`` is).
+
+        Raises:
+            PathError: the module no longer has such a leaf.
+        """
 
     # -- required: one leaf, native layout -----------------------------------------------
     @abstractmethod
@@ -128,6 +147,7 @@ class Adapter(ABC):
         """Write ``value`` (native layout, the leaf's dtype) in place, or into ``leaf[index]``.
 
         The core validates shape and dtype first. Every alias of the leaf must see the write.
+        ``value`` may be a read-only view (a broadcast): copy from it, never keep it.
         """
 
     # -- defaults ------------------------------------------------------------------------
@@ -263,7 +283,11 @@ class Adapter(ABC):
           the weight of the old value: 1 - theirs);
         - ``padding``: ``"same"``, or a tuple of (before, after) per spatial axis
           (``"valid"`` is zeros); ``stride``, ``dilation``: tuples per spatial axis;
-          ``groups`` (int); ``flatten`` (Gluon's Dense: True flattens N-d inputs).
+          ``groups`` (int); ``flatten`` (Gluon's Dense: True flattens N-d inputs);
+          ``data_format`` (``"channels_first"`` for a conv that says so: the core's flatten
+          rule then leaves the next dense layer as it is);
+        - anything else both frameworks name alike (attention's heads, recurrent
+          activations) is compared by equality.
 
         Only what the framework exposes; {} for a layer with none (the default: an adapter
         that knows no settings lets ``ut.port`` compare none).

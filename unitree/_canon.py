@@ -63,9 +63,6 @@ class Layer:
     def persistent(self, leaf: str) -> bool:
         return self.codec is not None or is_persistent(self.params[leaf])
 
-    def is_buffer(self, leaf: str) -> bool:
-        return self.codec is None and self.params[leaf].is_buffer
-
     def read(self) -> dict[str, np.ndarray]:
         """{canonical leaf: value}: views where the layout allows, for a plain layer."""
         if self.codec is None:
@@ -164,19 +161,31 @@ def slots(view: View) -> list[Slot]:
     return out
 
 
+def slot_value(
+    slot: Slot, computed: dict[int, dict[str, np.ndarray]], drop: bool = False
+) -> np.ndarray:
+    """The canonical value of ``slot``. A codec's layer is computed once for all its slots and
+    kept in ``computed`` (by the layer's id); ``drop=True`` lets go of each value as it is
+    taken, and of the layer with its last (a save holds one such layer at a time)."""
+    layer = slot.layer
+    if layer.codec is None:
+        return layer.params[slot.leaf].numpy()
+    values = computed.get(id(layer))
+    if values is None:
+        values = computed[id(layer)] = layer.read()
+    if not drop:
+        return values[slot.leaf]
+    out = values.pop(slot.leaf)
+    if not values:
+        del computed[id(layer)]
+    return out
+
+
 def state(view: View) -> dict[str, np.ndarray]:
     """{first key: canonical value} of every parameter and persistent buffer."""
-    out: dict[str, np.ndarray] = {}
     computed: dict[int, dict[str, np.ndarray]] = {}
-    for slot in slots(view):
-        layer = slot.layer
-        if not layer.persistent(slot.leaf):
-            continue
-        if layer.codec is None:
-            out[slot.keys[0]] = layer.params[slot.leaf].numpy()
-            continue
-        values = computed.get(id(layer))
-        if values is None:
-            values = computed[id(layer)] = layer.read()
-        out[slot.keys[0]] = values[slot.leaf]
-    return out
+    return {
+        slot.keys[0]: slot_value(slot, computed)
+        for slot in slots(view)
+        if slot.layer.persistent(slot.leaf)
+    }

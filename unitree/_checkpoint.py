@@ -16,26 +16,24 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._canon import layers, slots
+from ._canon import layers, slot_value, slots
 from ._dtypes import numpy_dtype
 from ._errors import CheckpointError, UninitializedError, ValueTypeError
 from ._files import (
-    _CODES,
+    CODES,
     FORMAT,
     FORMAT_VERSION,
-    Checkpoint,
     PathLike,
-    TorchFile,
-    _bad_name,
+    bad_name,
     file_path,
     open_checkpoint,
 )
 from ._paths import join
-from ._tree import as_node
+from ._tree import view_of
 from ._write import LoadResult
 from ._write import load as load_into
 
-__all__ = ["Checkpoint", "TorchFile", "atomic_write", "load", "open_checkpoint", "save"]
+__all__ = ["atomic_write", "load", "save"]
 
 
 def save(tree: Any, path: PathLike, *, metadata: dict[str, str] | None = None) -> None:
@@ -63,10 +61,10 @@ def save(tree: Any, path: PathLike, *, metadata: dict[str, str] | None = None) -
             permission), naming ``path``; the file there, if any, is unchanged.
     """
     path = file_path(path)
-    view = as_node(tree)._view()
+    view = view_of(tree)
     entries = [s for s in slots(view) if s.layer.persistent(s.leaf)]
     for key in (key for slot in entries for key in slot.keys):
-        why = _bad_name(key)  # what Checkpoint refuses to read, save refuses to write
+        why = bad_name(key)  # what Checkpoint refuses to read, save refuses to write
         if why:
             raise CheckpointError(f"Cannot save the path {key!r} to {path}: {why}.")
     header: dict[str, Any] = {}
@@ -78,15 +76,15 @@ def save(tree: Any, path: PathLike, *, metadata: dict[str, str] | None = None) -
                 f"Cannot save {slot.keys[0]}: it is not initialized yet. Run the model once on an input first."
             )
         dtype = numpy_dtype(slot.layer.dtype(slot.leaf))
-        if dtype.name not in _CODES:
+        if dtype.name not in CODES:
             raise ValueTypeError(
                 f"Cannot save {slot.keys[0]} to {path}: safetensors has no {dtype.name} "
-                f"type (it holds {', '.join(sorted(_CODES))}). Cast the parameter to one of "
+                f"type (it holds {', '.join(sorted(CODES))}). Cast the parameter to one of "
                 "those first; nothing was written."
             )
         size = math.prod(shape) * dtype.itemsize
         header[slot.keys[0]] = {
-            "dtype": _CODES[dtype.name],
+            "dtype": CODES[dtype.name],
             "shape": list(shape),
             "data_offsets": [offset, offset + size],
         }
@@ -115,14 +113,7 @@ def save(tree: Any, path: PathLike, *, metadata: dict[str, str] | None = None) -
         f.write(blob)
         computed: dict[int, dict[str, np.ndarray]] = {}
         for slot in entries:
-            layer = slot.layer
-            if layer.codec is None:
-                value = layer.params[slot.leaf].numpy()
-            else:  # one layer at a time: drop it once its last leaf is written
-                values = computed.setdefault(id(layer), layer.read())
-                value = values.pop(slot.leaf)
-                if not values:
-                    del computed[id(layer)]
+            value = slot_value(slot, computed, drop=True)
             want = header[slot.keys[0]]
             if list(value.shape) != want["shape"]:
                 raise CheckpointError(
@@ -218,7 +209,7 @@ def load(
             a lossy dtype change without ``cast=True``; every one listed, nothing written.
         NonFiniteError: with ``error_if_nonfinite=True``, a NaN or an infinity.
     """
-    view = as_node(tree)._view()
+    view = view_of(tree)
     with open_checkpoint(path) as ckpt:
         # a tied tensor's other paths are keys too, holding the stored tensor's value
         aliases = ckpt.aliases()

@@ -24,13 +24,13 @@ PathLike = Union[str, "os.PathLike[str]"]
 FORMAT, FORMAT_VERSION = "unitree", "1"
 
 # safetensors' dtype names -> numpy's
-_DTYPES = {
+DTYPES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
     "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
     "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8",
     "BOOL": "bool", "C64": "complex64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
 }  # fmt: skip
-_CODES = {v: k for k, v in _DTYPES.items()}
+CODES = {v: k for k, v in DTYPES.items()}
 
 
 def file_path(path: Any) -> str:
@@ -61,7 +61,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _bad_name(name: str) -> str | None:
+def bad_name(name: str) -> str | None:
     """Why ``name`` cannot be a tensor's path (dotted segments, never a file path), or None."""
     if not name:
         return "it is empty"
@@ -230,7 +230,7 @@ class Checkpoint:
         self._offsets: dict[str, int] = {}
         spans: list[tuple[int, int, str]] = []
         for name, entry in raw.items():
-            why = _bad_name(name)
+            why = bad_name(name)
             if why:
                 raise self._error(f"invalid tensor name {name!r}: {why}")
             if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
@@ -239,7 +239,7 @@ class Checkpoint:
                     f"the entry of tensor {name!r} must be an object with exactly the keys dtype, shape and data_offsets, not {got}"
                 )
             code, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-            if not isinstance(code, str) or code not in _DTYPES:
+            if not isinstance(code, str) or code not in DTYPES:
                 raise self._error(f"unknown dtype {code!r} for tensor {name!r}")
             if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
                 raise self._error(
@@ -261,7 +261,7 @@ class Checkpoint:
                     f"the data_offsets {offsets} of tensor {name!r} begin after they end"
                 )
             try:
-                dtype = numpy_dtype(_DTYPES[code])
+                dtype = numpy_dtype(DTYPES[code])
             except ValueTypeError as e:
                 raise ValueTypeError(f"{self.path}: tensor {name!r} is {code}: {e}") from None
             if math.prod(max(d, 1) for d in shape) * dtype.itemsize > sys.maxsize:
@@ -310,7 +310,7 @@ class Checkpoint:
                     raise self._error(f"the tie alias {other!r} is also a stored tensor")
                 if other in self._aliases:
                     raise self._error(f"the tie alias {other!r} is in two tie groups")
-                why = _bad_name(other)
+                why = bad_name(other)
                 if why:
                     raise self._error(f"invalid tie alias {other!r}: {why}")
                 self._aliases[other] = group[0]
@@ -379,7 +379,7 @@ class TorchFile:
             ) from None
         self._state = self._adapter.state_dict_file(self.path)
         for key in self._state:  # the names a safetensors file may hold, and no others
-            why = _bad_name(key)
+            why = bad_name(key)
             if why:
                 raise CheckpointError(f"{self.path}: invalid tensor name {key!r}: {why}.")
         self.header = {

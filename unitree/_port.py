@@ -10,13 +10,13 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from ._adapter import Adapter
-from ._canon import Layer, Slot, layers, slots
+from ._canon import Layer, Slot, layers, slot_value, slots
 from ._dtypes import numpy_dtype
 from ._errors import PortError
 from ._param import adapter_of, leaf_of, transform_of
 from ._paths import join
 from ._read import View
-from ._tree import as_node
+from ._tree import view_of
 from ._write import Foreign, write_all
 from .layouts import OPTIONAL, SAME_KIND
 
@@ -132,7 +132,7 @@ def port(
             layer or onto one that does not fit, or maps two onto one. Nothing is written.
         NonFiniteError: with ``error_if_nonfinite=True``, a NaN or an infinity.
     """
-    s_view, d_view = as_node(src)._view(), as_node(dst)._view()
+    s_view, d_view = view_of(src), view_of(dst)
     report = PortReport(s_view.adapter.name, d_view.adapter.name)
     s_layers, d_layers = layers(s_view), layers(d_view)
     renamed = _renamer(rename, s_layers, d_layers, (s_view.adapter.name, d_view.adapter.name))
@@ -198,8 +198,8 @@ def port(
         sources = {id(s) for s, _ in takes.get(id(d_slot_), [])}
         if len(sources) > 1:
             keys = [k for _, k in takes[id(d_slot_)]]
-            first = _value(takes[id(d_slot_)][0][0])
-            if not all(np.array_equal(first, _value(s)) for s, _ in takes[id(d_slot_)][1:]):
+            first = slot_value(takes[id(d_slot_)][0][0], {})
+            if not all(np.array_equal(first, slot_value(s, {})) for s, _ in takes[id(d_slot_)][1:]):
                 problems.append(
                     f"{' = '.join(d_slot_.keys)} are one storage in the destination but {', '.join(keys)} hold different values in the source"
                 )
@@ -219,7 +219,7 @@ def port(
         want = numpy_dtype(d_slot_.layer.dtype(d_slot_.leaf))
 
         def value(s: Slot = src_slot, w: np.dtype = want) -> np.ndarray:
-            return _value(s, cache).astype(w, copy=False)
+            return slot_value(s, cache).astype(w, copy=False)
 
         tensor = _dlpack(src_slot, d_slot_)
         if tensor is not None:
@@ -417,18 +417,6 @@ def _fits(s: Layer, d: Layer) -> bool:
 def _describe(layer: Layer, backend: str) -> str:
     shapes = ", ".join(f"{leaf} {shape}" for leaf, shape in layer.shapes().items())
     return f"{layer.path or '(root)'} ({backend} {layer.type_name}: {shapes})"
-
-
-def _value(slot: Slot, cache: dict[int, dict[str, np.ndarray]] | None = None) -> np.ndarray:
-    layer = slot.layer
-    if layer.codec is None:
-        return layer.params[slot.leaf].numpy()
-    if cache is None:
-        return layer.read()[slot.leaf]
-    values = cache.get(id(layer))
-    if values is None:
-        values = cache[id(layer)] = layer.read()
-    return values[slot.leaf]
 
 
 def _differences(s: Layer, d: Layer, s_view: View, d_view: View) -> list[str]:

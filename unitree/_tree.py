@@ -1,4 +1,5 @@
-"""The framework-neutral tree: :class:`ParamTree`, :class:`Node` and :class:`Param`."""
+"""The framework-neutral tree: :class:`ParamTree` (the root, and its cache of the structure),
+:class:`Node` (a live view of the module at one path) and :func:`wrap`."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ from ._errors import (
     UnsupportedModelError,
     ValueTypeError,
 )
-from ._param import Param, leaf_of, numeric
+from ._param import Param, leaf_of
 from ._paths import Path, Segment, join, keystr, parts
 from ._picture import Summary
 from ._read import Structure, View, gc_pause, read
-from ._write import LoadResult, load
+from ._write import LoadResult, as_arrays, load, share_all
 
 
 class Node:
@@ -236,22 +237,7 @@ class Node:
                 f"Expected a state dict, a mapping of paths to arrays, got {type(state_dict).__name__}. "
                 "Nothing was written."
             )
-        arrays: dict[str, np.ndarray] = {}
-        bad: list[str] = []
-        adapter = self._tree._adapter
-        for key, value in state_dict.items():
-            if not isinstance(key, str):
-                bad.append(f"{key!r}: a key must be a path (str), not {type(key).__name__}")
-                continue
-            try:
-                a = adapter.asarray(value)
-            except Exception as e:
-                bad.append(f"{key}: not a numeric array ({type(value).__name__}: {e})")
-                continue
-            if not numeric(a):
-                bad.append(f"{key}: not a numeric array ({type(value).__name__} {value!r:.40})")
-                continue
-            arrays[key] = a
+        arrays, bad = as_arrays(self._tree._adapter, state_dict)
         return load(
             self._view(),
             {k: (a.shape, a.dtype) for k, a in arrays.items()},
@@ -312,20 +298,14 @@ class Node:
             raise ShapeError(
                 f"Cannot tie {dst!r} to {src!r}; nothing changed:\n  " + "\n  ".join(problems)
             )
-        tree, adapter = self._tree, self._tree._adapter
-        done: list[tuple[Any, Any, str]] = []  # (the leaf that was there, owner, name)
+        tree = self._tree
         try:
-            for _, p, (q, owner, name) in pairs:
-                if p is not q:  # kept first: a share that fails may have half happened
-                    done.append((adapter.leaf(owner, name), owner, name))
-                    adapter.share(leaf_of(p), owner, name)
-        except BaseException:  # put back every leaf tied so far: all or nothing
-            for old, owner, name in reversed(done):
-                if adapter.leaf(owner, name) is not old:
-                    adapter.share(old, owner, name)
-            raise
+            share_all(
+                tree._adapter,
+                tree._native,
+                [(p, owner, name) for _, p, (q, owner, name) in pairs if p is not q],
+            )
         finally:
-            adapter.shared(tree._native)
             tree._fp = None  # the tie pattern changed: rebuild on next use
 
     def _occurrences(self) -> dict[str, tuple[Param, Any, str]]:
@@ -523,6 +503,12 @@ def as_node(obj: Any) -> Node:
     """``obj`` if it is a tree or a node of one, else ``wrap(obj)``: what every public function
     that takes a tree does with a native model."""
     return obj if isinstance(obj, Node) else wrap(obj)
+
+
+def view_of(obj: Any) -> View:
+    """The view of ``obj`` (a tree, a node, or a native model) of its model's current
+    structure: how the core's other modules (ports, checkpoints) read a tree."""
+    return as_node(obj)._view()
 
 
 def summary(tree: Any) -> Summary:

@@ -13,10 +13,11 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+from ._adapter import Adapter
 from ._canon import Layer, slots
 from ._dtypes import numpy_dtype
 from ._errors import StateDictError
-from ._param import Param, adapter_of, check_finite, leaf_of, write_canonical
+from ._param import Param, adapter_of, check_finite, leaf_of, numeric, write_canonical
 from ._read import View
 from .layouts import OPTIONAL
 
@@ -113,6 +114,47 @@ class Foreign(NamedTuple):
 
     tensor: Any
     numpy: Callable[[], np.ndarray]
+
+
+def as_arrays(
+    adapter: Adapter, state_dict: Mapping[Any, Any]
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The numeric arrays of a user's state dict (numpy, scalars or the framework's tensors,
+    through ``adapter.asarray``), and what is wrong with the entries that are not ones."""
+    arrays: dict[str, np.ndarray] = {}
+    bad: list[str] = []
+    for key, value in state_dict.items():
+        if not isinstance(key, str):
+            bad.append(f"{key!r}: a key must be a path (str), not {type(key).__name__}")
+            continue
+        try:
+            a = adapter.asarray(value)
+        except Exception as e:
+            bad.append(f"{key}: not a numeric array ({type(value).__name__}: {e})")
+            continue
+        if not numeric(a):
+            bad.append(f"{key}: not a numeric array ({type(value).__name__} {value!r:.40})")
+            continue
+        arrays[key] = a
+    return arrays, bad
+
+
+def share_all(adapter: Adapter, root: Any, shares: Iterable[tuple[Param, Any, str]]) -> None:
+    """Make each ``owner.name`` the very leaf of its Param (``tree.tie``), through
+    ``adapter.share``; if one fails, share back every leaf that was there before: all or
+    nothing. ``adapter.shared(root)`` is told once, whatever happened."""
+    done: list[tuple[Any, Any, str]] = []  # (the leaf that was there, owner, name)
+    try:
+        for p, owner, name in shares:
+            done.append((adapter.leaf(owner, name), owner, name))  # first: a share may half happen
+            adapter.share(leaf_of(p), owner, name)
+    except BaseException:
+        for old, owner, name in reversed(done):
+            if adapter.leaf(owner, name) is not old:
+                adapter.share(old, owner, name)
+        raise
+    finally:
+        adapter.shared(root)
 
 
 def write_all(

@@ -15,7 +15,10 @@ canonical tables"): a 4 -> 8 dense layer has ``weight`` of shape (8, 4). The tab
   per-gate cells, attention's separate projections): it computes them from
   the layer's whole subtree, both ways.
 
-A layer kind or leaf in neither keeps its native name and layout. Every
+The core's decisions for one layer are pure functions here too: ``plan`` (its leaves in
+canonical order, named and ruled) and ``flatten`` (the flatten rule, layer by layer).
+
+A layer kind or leaf in none of the tables keeps its native name and layout. Every
 rule is proven against each framework's own outputs in tests/<framework>/
 test_port.py and against numpy references of the formulas in tests/core.
 """

@@ -24,7 +24,7 @@ def test_save_is_canonical_and_stores_ties_once(make, tied, tmp_path):
     )
     np.testing.assert_array_equal(stored["0.weight"], tied.children["0"].leaves["kernel"][0].T)
     assert os.listdir(tmp_path) == ["m.safetensors"]  # no temporary file left behind
-    with ut._checkpoint.Checkpoint(path) as ckpt:
+    with ut._files.Checkpoint(path) as ckpt:
         assert ckpt.metadata["backend"] == "flax" and ckpt.metadata["format_version"] == "1"
         assert json.loads(ckpt.metadata["ties"]) == [["2.weight", "4.weight"], ["2.bias", "4.bias"]]
 
@@ -259,7 +259,7 @@ def test_show_keeps_the_model_order_with_a_tied_leaf(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert "│  ├─ weight (3, 3) float32 = a.weight" not in out  # c is drawn last: no "│" before it
     assert [line[3:] for line in out[1:-1] if line[:3] in ("├─ ", "└─ ")] == ["a", "b", "c"]
-    with ut._checkpoint.Checkpoint(path) as ckpt:
+    with ut._files.Checkpoint(path) as ckpt:
         assert json.loads(ckpt.metadata["paths"]) == [
             "a.weight",
             "a.bias",
@@ -402,7 +402,7 @@ def test_reading_works_where_the_os_has_no_pread(tmp_path, make, tied, model, mo
     ut.save(make(tied), path)
     monkeypatch.delattr(os, "preadv", raising=False)
     monkeypatch.delattr(os, "pread", raising=False)
-    with ut._checkpoint.Checkpoint(path) as ckpt:
+    with ut._files.Checkpoint(path) as ckpt:
         read = {k: ckpt[k] for k in ckpt.header}
     for key, value in load_file(path).items():
         assert read[key].tobytes() == value.tobytes(), key

@@ -27,8 +27,8 @@ from safetensors.numpy import load_file
 from unitree_fake import FakeAdapter, Mod, mlp, values
 
 import unitree as ut
-from unitree._checkpoint import Checkpoint
 from unitree._cli import main
+from unitree._files import Checkpoint
 
 NAME = "hostile.safetensors"
 ROOT = Path(__file__).resolve().parents[2]

@@ -637,7 +637,7 @@ def test_checkpoint_round_trip_with_ties_and_buffers(api, tmp_path):
     tree = ut.wrap(src)
     tree.backward(lambda y: y.sum(), X)  # running statistics move off their initial values
     ut.save(tree, tmp_path / "m.safetensors")
-    with ut._checkpoint.Checkpoint(tmp_path / "m.safetensors") as ckpt:
+    with ut._files.Checkpoint(tmp_path / "m.safetensors") as ckpt:
         assert list(ckpt.paths()) == [k for k in tree.state_dict()]
         assert ckpt.ties() == [("2.weight", "3.weight"), ("2.bias", "3.bias")]
         assert ckpt.metadata["backend"] == "gluon"

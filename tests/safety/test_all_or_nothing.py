@@ -148,7 +148,7 @@ def test_load_fails_when_the_file_fails_at_every_tensor(
     b: ModuleType, device: str, tmp_path: Path
 ) -> None:
     """The file, not the framework, fails halfway: a read error at the n-th tensor."""
-    from unitree import _checkpoint
+    from unitree import _files
 
     path = tmp_path / "m.safetensors"
     ut.save(b.wrap(b.port_model(device, seed=OTHER)), path)
@@ -156,7 +156,7 @@ def test_load_fails_when_the_file_fails_at_every_tensor(
         b,
         lambda: b.wrap(b.port_model(device)),
         lambda t: ut.load(t, path),
-        target=lambda _: _checkpoint.Checkpoint,
+        target=lambda _: _files.Checkpoint,
         names=("__getitem__",),
     )
 
