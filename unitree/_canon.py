@@ -132,12 +132,13 @@ class Slot:
         self.leaf = leaf
 
 
-def slots(view: View) -> list[Slot]:
-    """Each canonical tensor once, in traversal order, with all its keys (ties)."""
+def slots(view: View, listed: list[Layer] | None = None) -> list[Slot]:
+    """Each canonical tensor once, in traversal order, with all its keys (ties); ``listed`` is
+    ``layers(view)`` where the caller has it already (the same Layer objects, not a second set)."""
     out: list[Slot] = []
     by_param: dict[int, Slot] = {}
     by_codec: dict[int, dict[str, Slot]] = {}
-    for layer in layers(view):
+    for layer in layers(view) if listed is None else listed:
         if layer.codec is None:
             for leaf, p in layer.params.items():
                 key = join(layer.path, leaf)

@@ -62,7 +62,8 @@ def save(tree: Any, path: PathLike, *, metadata: dict[str, str] | None = None) -
     """
     path = file_path(path)
     view = view_of(tree)
-    entries = [s for s in slots(view) if s.layer.persistent(s.leaf)]
+    listed = layers(view)
+    entries = [s for s in slots(view, listed) if s.layer.persistent(s.leaf)]
     for key in (key for slot in entries for key in slot.keys):
         why = bad_name(key)  # what Checkpoint refuses to read, save refuses to write
         if why:
@@ -99,7 +100,7 @@ def save(tree: Any, path: PathLike, *, metadata: dict[str, str] | None = None) -
         "paths": json.dumps(
             [
                 join(layer.path, leaf)
-                for layer in layers(view)
+                for layer in listed
                 for leaf in layer.shapes()
                 if layer.persistent(leaf)
             ]

@@ -141,9 +141,9 @@ def port(
         report.skipped, problems = problems, []
 
     # what each destination tensor takes, checked
-    s_slots = slots(s_view)
+    s_slots = slots(s_view, s_layers)
     s_slot = {key: slot for slot in s_slots for key in slot.keys}
-    d_slots = slots(d_view)
+    d_slots = slots(d_view, d_layers)
     d_slot = {key: slot for slot in d_slots for key in slot.keys}
     takes: dict[int, list[tuple[Slot, str]]] = {}  # id(dst slot) -> [(src slot, src key)]
     casting = "unsafe" if cast else "safe"
