@@ -57,9 +57,9 @@ class Structure(NamedTuple):
         live; None if one of them is no leaf this read saw (the model changed since)."""
         adapter = self.adapter
         leaves = adapter.leaves(native)
-        table = rules(adapter.name, adapter.kind(native), [leaf.name for leaf in leaves])
+        names = [leaf.name for leaf in leaves]
         out = []
-        for i, name, _ in plan([leaf.name for leaf in leaves], table):
+        for i, name, _ in plan(names, rules(adapter.name, adapter.kind(native), names)):
             p = self.by_ident.get(adapter.identity(leaves[i].obj))
             if p is None:
                 return None
