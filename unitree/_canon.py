@@ -26,11 +26,12 @@ from .layouts import Codec, codec_for, has_codecs
 class Layer:
     """The leaves of one module occurrence, canonical: a plain layer or a codec's layer."""
 
-    __slots__ = ("adapter", "codec", "module", "params", "path")
+    __slots__ = ("adapter", "at", "codec", "module", "params", "path")
 
-    def __init__(self, adapter: Adapter, path: str, module: Any, codec: Codec | None) -> None:
+    def __init__(self, adapter: Adapter, at: Path, module: Any, codec: Codec | None) -> None:
         self.adapter = adapter
-        self.path = path  # relative to the node the layers were listed from
+        self.at = at  # typed, relative to the node the layers were listed from
+        self.path = keystr(at)  # as users see it
         self.module = module
         self.codec = codec
         # plain: canonical leaf name -> Param; codec: path relative to the layer -> Param
@@ -114,7 +115,7 @@ def layers(view: View) -> list[Layer]:
                 owner, leaf = path[:n], keystr(path[n:])
                 break
         if current is None or current_owner != owner:
-            current = Layer(adapter, keystr(owner), modules[owner], codecs.get(owner))
+            current = Layer(adapter, owner, modules[owner], codecs.get(owner))
             current_owner = owner
             out.append(current)
         current.params[leaf] = p

@@ -17,7 +17,7 @@ from ._param import adapter_of, leaf_of, transform_of
 from ._paths import join
 from ._read import View
 from ._tree import view_of
-from ._write import Foreign, write_all
+from ._write import Foreign, Journal, write_all
 from .layouts import OPTIONAL, SAME_KIND
 
 
@@ -93,6 +93,25 @@ class PortReport:
     __repr__ = __str__
 
 
+class Check(NamedTuple):
+    """Example inputs that prove a port (``ut.port(..., check=Check(...))``; a bare array or a
+    tuple of arrays is ``Check(inputs)``).
+
+    ``inputs``: the source model's positional inputs (an array, or a tuple of arrays).
+    ``dst_inputs``: the destination's, or a function making them from the source's (default:
+    the same arrays: pass ``lambda x: x.transpose(0, 2, 3, 1)`` for a channels-first source
+    and a channels-last destination). ``dst_outputs``: a function mapping the destination's
+    outputs into the source's layout (default: as they are). ``rtol``, ``atol``: the
+    tolerance (default: from the dtypes, see :func:`unitree.compare`).
+    """
+
+    inputs: Any
+    dst_inputs: Any = None
+    dst_outputs: Callable[[Any], Any] | None = None
+    rtol: float | None = None
+    atol: float | None = None
+
+
 def port(
     src: Any,
     dst: Any,
@@ -101,42 +120,94 @@ def port(
     rename: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
     cast: bool = False,
     error_if_nonfinite: bool = False,
+    check: Any = None,
+    layouts: Mapping[str, str] | None = None,
 ) -> PortReport:
-    """Copy every parameter and buffer of ``src`` into ``dst``, whatever their frameworks.
+    """Copy every parameter and persistent buffer of ``src`` into ``dst``, whatever their
+    frameworks, so that ``dst`` computes what ``src`` computes, or refuse and write nothing.
 
-    Layers are matched by canonical path first; the layers left over are
-    matched by structure: in traversal order, each with the same kind and the
-    same canonical leaves and shapes (a Keras functional model against a
-    torch Sequential, Gluon's ``Dense(activation=...)`` against ``Linear`` +
-    ``ReLU``). ``rename`` maps regular expressions over source layer paths to
-    replacements (``{r"^features\\.(\\d+)$": r"conv\\1"}``), applied before the
-    path match. Everything is validated before anything is written: shapes,
-    dtypes (converted only when lossless, unless ``cast=True``), ties (a tie in
-    the source must be one storage in the destination), and layer settings
-    that change results without being parameters (norm epsilons, batch-norm
-    momentum, conv padding, stride, dilation, groups, attention heads, recurrent
-    activations). ``strict=True`` raises
-    :class:`unitree.PortError` for any difference, naming every one, and
-    writes nothing; ``strict=False`` copies what matches and reports the rest.
-    ``error_if_nonfinite=True`` refuses a NaN or an infinity in any source
-    value (:class:`unitree.NonFiniteError`), and nothing is written. ``src`` and ``dst``
-    are trees, nodes, or native models (wrapped first).
+    **Matching.** Layers are matched by path first, a position in a sequential container
+    read as the rank among its parameterized children (torch's ``Sequential(Linear, ReLU,
+    Linear)`` is Keras's ``Sequential([Dense(activation="relu"), Dense])``); the layers left
+    over by structure: the alignment of both whole sequences, in traversal order, of layers
+    with the same kind and the same canonical leaves and shapes, names deciding among
+    siblings of one kind and shape (torch's k, v, q projections against Flax's q, k, v).
+    Where nothing decides (two candidates whose names differ), the port refuses and names
+    them. A layer type the tables do not know (``ut.register_layer``) fits only the same
+    type. ``rename`` maps regular expressions over source layer paths to replacements
+    (``{r"^features\\.(\\d+)$": r"conv\\1"}``), applied before the path match.
+
+    **Validation**, before anything is written: shapes; dtypes (converted only when
+    lossless, unless ``cast=True``); ties (a tie in the source must be one storage in the
+    destination; a source layer whose every tensor is tied to a ported one, a language
+    model's head tied to its embedding, needs no destination); layer settings that change
+    results without being parameters, compared by meaning (padding resolved for the layer,
+    stride, dilation, groups, epsilons, heads, activations...), a setting one side cannot
+    report counting as a difference; and the layout of activations between layers (the
+    flatten of a channels-last conv output into a dense layer, and its mirror), read from
+    the model's own parameterless layers, unknown where a step is opaque (a lambda, a
+    custom call). Non-persistent buffers (a causal mask, rotary ``inv_freq``) are not
+    carried, as a checkpoint leaves them out.
+
+    ``strict=True`` raises :class:`unitree.PortError` for any difference or anything it
+    cannot decide, naming every one, and writes nothing; ``strict=False`` copies what
+    matches and reports the rest.
+
+    **The check.** ``check``: example inputs for the source (an array, a tuple of arrays,
+    or a :class:`Check` with the destination's inputs and tolerances). After writing, both
+    models run natively on them and their outputs are compared (:func:`unitree.compare`);
+    a mismatch puts back every value written and raises :class:`unitree.PortError` naming
+    the first matched layer whose output differs and the largest difference. With a check,
+    what would otherwise be refused as undecidable is tried instead and proven by the
+    outputs: layers paired in their order where names do not decide, settings one side
+    cannot report, and unknown layouts (each candidate in turn; the report says which one
+    reproduced the outputs). ``layouts`` decides unknown layouts explicitly:
+    ``{layer path: "channels_last" or "channels_first"}`` for the way the input of that
+    (source or destination) dense layer was flattened.
+
+    ``error_if_nonfinite=True`` refuses a NaN or an infinity in any source value
+    (:class:`unitree.NonFiniteError`), and nothing is written. ``src`` and ``dst`` are
+    trees, nodes, or native models (wrapped first).
 
     Returns:
         A :class:`PortReport`: the pairs and the rule that matched each, ties kept and
-        split, settings that differ, what ``strict=False`` skipped, notes.
+        split, settings that differ, what ``strict=False`` skipped, notes, and the check's
+        :class:`unitree.Comparison` (``report.check``).
 
     Raises:
-        PortError: under ``strict``, any difference, every one named; with or without it, a
-            ``rename=`` pattern that matches no source layer, maps one onto no destination
-            layer or onto one that does not fit, or maps two onto one. Nothing is written.
+        PortError: under ``strict``, any difference or undecidable pairing, setting or
+            layout, every one named; with or without it, a ``rename=`` pattern that matches
+            no source layer, maps one onto no destination layer or onto one that does not
+            fit, or maps two onto one; a check whose outputs differ. Nothing is written (a
+            failed check puts back what it wrote).
         NonFiniteError: with ``error_if_nonfinite=True``, a NaN or an infinity.
     """
     s_view, d_view = view_of(src), view_of(dst)
     report = PortReport(s_view.adapter.name, d_view.adapter.name)
-    s_layers, d_layers = layers(s_view), layers(d_view)
+    if check is not None and not isinstance(check, Check):
+        check = Check(check)
+    checked = check is not None
+    s_layers = _carried(layers(s_view), s_view.adapter.name, report)
+    d_layers = _carried(layers(d_view), d_view.adapter.name, report)
     renamed = _renamer(rename, s_layers, d_layers, (s_view.adapter.name, d_view.adapter.name))
-    pairs, problems = _match(s_layers, d_layers, renamed, s_view, d_view)
+    pairs, problems, left_s, left_d = _match(s_layers, d_layers, renamed, s_view, d_view, checked)
+    left_s = _tied_through(left_s, s_layers, pairs, report)
+    left_d = _tied_through(left_d, d_layers, pairs, report)
+    near = _nearest(left_s, left_d)
+    for s in left_s:
+        d = near.get(id(s))
+        problems.append(
+            f"source layer {_describe(s, s_view.adapter.name)}: no destination layer matches it"
+            + (
+                f"; the nearest, {_describe(d, d_view.adapter.name)}, does not fit: {_why_not(s, d)}"
+                if d
+                else ""
+            )
+        )
+    problems += [
+        f"destination layer {_describe(d, d_view.adapter.name)}: no source layer matches it"
+        for d in left_d
+    ]
     if not strict:
         report.skipped, problems = problems, []
 
@@ -146,6 +217,7 @@ def port(
     d_slots = slots(d_view, d_layers)
     d_slot = {key: slot for slot in d_slots for key in slot.keys}
     takes: dict[int, list[tuple[Slot, str]]] = {}  # id(dst slot) -> [(src slot, src key)]
+    unknown: list[_Unknown] = []  # destination leaves whose layout is to be decided
     casting = "unsafe" if cast else "safe"
     for s, d, rule in pairs:
         s_shapes, d_shapes = s.shapes(), d.shapes()
@@ -164,6 +236,14 @@ def port(
             mixed = _mixed(s, d, leaf, s_view, d_view)
             if mixed:
                 (problems if strict else notes).append(f"{join(s.path, leaf)}: {mixed}")
+            layout = _layout(s, d, leaf, s_view, d_view, layouts or {})
+            if isinstance(layout, str):
+                if strict and not checked:
+                    problems.append(layout)
+                elif not checked:
+                    notes.append(layout)
+            elif layout is not None:
+                unknown.append(layout)
             src_slot = s_slot[join(s.path, leaf)]
             takes.setdefault(id(d_slot[join(d.path, leaf)]), []).append(
                 (src_slot, join(s.path, leaf))
@@ -173,9 +253,17 @@ def port(
             for leaf in s_shapes
             if leaf not in d_shapes
         ]
-        differences = _settings(s, d, s_view, d_view, report)
+        differences, unreported = _settings(s, d, s_view, d_view, report)
         if strict:
             problems += differences
+        if unreported:
+            if strict and not checked:
+                problems += unreported
+            else:
+                notes += unreported
+        if rule == "order":
+            notes.append("paired by order: the names do not decide (proven by the check)")
+            rule = "structure"
         note = "; ".join(dict.fromkeys(notes))  # both sides' codecs may say the same
         report.pairs.append(Pair(s.path, d.path, d.kind or s.kind, rule, note))
 
@@ -210,18 +298,70 @@ def port(
             + "\n  ".join(problems)
         )
 
-    plan: dict[int, tuple[Layer, dict[str, Callable[[], Any]]]] = {}
     cache: dict[int, dict[str, np.ndarray]] = {}
+    if check is not None:
+        from ._check import compare_models, describe_mismatch  # TODO: top-level
+    choices = _choices(unknown) if check is not None else [{}]
+    journal = Journal()
+    try:
+        for n, choice in enumerate(choices):
+            writes = _writes(d_slots, takes, cache, choice, report)
+            write_all(writes, error_if_nonfinite, journal)
+            if check is None:
+                break
+            comparison = compare_models(
+                s_view, d_view, [(p.src, p.dst) for p in report.pairs], *check
+            )
+            report.check = comparison
+            if comparison.ok:
+                report.notes += [
+                    f"{u.key}: {u.names[u.pick(choice)]} layout, the one whose outputs match "
+                    f"({u.why})"
+                    for u in unknown
+                ]
+                break
+            if n + 1 == len(choices):
+                raise PortError(
+                    f"The port of the {s_view.adapter.name} model into the "
+                    f"{d_view.adapter.name} model computes something else; every value written "
+                    f"was put back:\n  {describe_mismatch(comparison)}"
+                    + (
+                        f"\n  (tried each layout of {', '.join(u.key for u in unknown)})"
+                        if unknown
+                        else ""
+                    )
+                )
+            report.tensors = report.bytes = report.dlpack = 0
+    except BaseException:
+        journal.undo()
+        raise
+    finally:
+        journal.close()
+    return report
+
+
+def _writes(
+    d_slots: list[Slot],
+    takes: dict[int, list[tuple[Slot, str]]],
+    cache: dict[int, dict[str, np.ndarray]],
+    choice: dict[int, Any],
+    report: PortReport,
+) -> Iterable[tuple[Any, Callable[[], Any]]]:
+    """(Param, thunk) for every destination tensor that takes a source value; ``choice``:
+    {id(destination slot): a function converting its canonical value} for unknown layouts."""
+    plan: dict[int, tuple[Layer, dict[str, Callable[[], Any]]]] = {}
     for d_slot_ in d_slots:
         if id(d_slot_) not in takes:
             continue
         src_slot = takes[id(d_slot_)][0][0]
         want = numpy_dtype(d_slot_.layer.dtype(d_slot_.leaf))
+        convert = choice.get(id(d_slot_))
 
-        def value(s: Slot = src_slot, w: np.dtype = want) -> np.ndarray:
-            return slot_value(s, cache).astype(w, copy=False)
+        def value(s: Slot = src_slot, w: np.dtype = want, f: Any = convert) -> np.ndarray:
+            v = slot_value(s, cache)
+            return (v if f is None else f(v)).astype(w, copy=False)
 
-        tensor = _dlpack(src_slot, d_slot_)
+        tensor = None if convert else _dlpack(src_slot, d_slot_)
         if tensor is not None:
             report.dlpack += 1
         plan.setdefault(id(d_slot_.layer), (d_slot_.layer, {}))[1][d_slot_.leaf] = (
@@ -230,10 +370,58 @@ def port(
         shape = d_slot_.layer.shapes()[d_slot_.leaf] or ()
         report.tensors += 1
         report.bytes += math.prod(shape) * want.itemsize
-    write_all(
-        (w for layer, values in plan.values() for w in layer.writes(values)), error_if_nonfinite
-    )
-    return report
+    return (w for layer, values in plan.values() for w in layer.writes(values))
+
+
+def _carried(listed: list[Layer], backend: str, report: PortReport) -> list[Layer]:
+    """The layers a port carries: parameters and persistent buffers only, as a checkpoint
+    holds. A non-persistent buffer (a causal mask, rotary ``inv_freq``, ``position_ids``)
+    is derived by its model, and the other framework may compute it instead: a note."""
+    out, left = [], []
+    for layer in listed:
+        if layer.codec is None:
+            for leaf in [leaf for leaf in layer.params if not layer.persistent(leaf)]:
+                left.append(join(layer.path, leaf))
+                del layer.params[leaf]
+        if layer.params:
+            out.append(layer)
+    if left:
+        report.notes.append(
+            f"not carried: the non-persistent buffers of the {backend} model, which it derives "
+            f"and a checkpoint leaves out ({', '.join(left)})"
+        )
+    return out
+
+
+def _tied_through(
+    left: list[Layer],
+    listed: list[Layer],
+    pairs: list[tuple[Layer, Layer, str]],
+    report: PortReport,
+) -> list[Layer]:
+    """The unmatched layers ``left`` (of one side, all of whose layers are ``listed``) but
+    those whose every tensor is tied to a tensor of a matched layer of that side (a language
+    model's head tied to its embedding, against a model that calls ``embed.attend``): the
+    tie carries them, and a note says through which."""
+    matched = {id(layer) for pair in pairs for layer in pair[:2]}
+    owner: dict[int, str] = {}
+    for layer in listed:
+        if id(layer) in matched and layer.codec is None:
+            for leaf, p in layer.params.items():
+                owner.setdefault(id(p), join(layer.path, leaf))
+    out = []
+    for layer in left:
+        through = [owner.get(id(p)) for p in layer.params.values()]
+        if layer.codec is not None or not all(through):
+            out.append(layer)
+            continue
+        ties = ", ".join(
+            f"{join(layer.path, leaf)} = {o}" for leaf, o in zip(layer.params, through)
+        )
+        report.notes.append(
+            f"{layer.path}: every tensor is tied to a ported one ({ties}): the tie carries it"
+        )
+    return out
 
 
 def _mixed(s: Layer, d: Layer, leaf: str, s_view: View, d_view: View) -> str | None:
@@ -251,46 +439,171 @@ def _mixed(s: Layer, d: Layer, leaf: str, s_view: View, d_view: View) -> str | N
 
 
 def _match(
-    S: list[Layer], D: list[Layer], renamed: Callable[[str], str], s_view: View, d_view: View
-) -> tuple[list[tuple[Layer, Layer, str]], list[str]]:
-    """(source layer, destination layer, rule) pairs in destination order, and what did not
-    match: by path (after renaming) first, then the rest by structure, in order."""
-    problems: list[str] = []
-    by_path: dict[str, list[Layer]] = {}
+    S: list[Layer],
+    D: list[Layer],
+    renamed: Callable[[str], str],
+    s_view: View,
+    d_view: View,
+    checked: bool,
+) -> tuple[list[tuple[Layer, Layer, str]], list[str], list[Layer], list[Layer]]:
+    """(source layer, destination layer, rule) pairs in destination order, the undecidable
+    candidates (as problems), and the source and destination layers left unmatched.
+
+    By path first: a renamed source path equal to a destination path, or the same path with
+    each position in a sequential container read as the rank among the container's
+    parameterized children (torch counts its ReLU modules, Keras and Gluon fold activations
+    into Dense: across frameworks the k-th parameterized layer matches the k-th). Then the
+    rest by structure (:func:`_align`). ``checked``: the port's outputs will be checked, so
+    candidates that only their traversal order decides are paired in that order.
+    """
+    s_keys, d_keys = _ranked(S), _ranked(D)
+    by_key: dict[Any, list[Layer]] = {}
     for s in S:
-        by_path.setdefault(renamed(s.path), []).append(s)
+        new = renamed(s.path)
+        by_key.setdefault(("rename", new) if new != s.path else s_keys[id(s)], []).append(s)
     matched: dict[int, tuple[Layer, str]] = {}  # id(dst layer) -> (src layer, rule)
     taken: set[int] = set()
     for d in D:
-        for s in by_path.get(d.path, []):
-            if id(s) not in taken and _fits(s, d):
-                matched[id(d)] = (s, "path" if renamed(s.path) == s.path else "rename")
+        for key, rule in ((("rename", d.path), "rename"), (d_keys[id(d)], "path")):
+            s = next((s for s in by_key.get(key, []) if id(s) not in taken), None)
+            if s is not None and _fits(s, d, checked):
+                matched[id(d)] = (s, rule)
                 taken.add(id(s))
                 break
     rest_s = [s for s in S if id(s) not in taken]
     rest_d = [d for d in D if id(d) not in matched]
-    for s, d in zip(rest_s, rest_d):
-        if not _fits(s, d):
-            why = _differences(s, d, s_view, d_view)
-            problems.append(
-                f"by structure, {_describe(s, s_view.adapter.name)} does not fit {_describe(d, d_view.adapter.name)}"
-                + (f"; their settings differ: {'; '.join(why)}" if why else "")
-            )
-            break
-        matched[id(d)] = (s, "structure")
+    aligned, undecided = _align(rest_s, rest_d, checked)
+    for s, d, rule in aligned:
+        matched[id(d)] = (s, rule)
         taken.add(id(s))
-    for s in S:
-        if id(s) not in taken:
-            problems.append(
-                f"source layer {_describe(s, s_view.adapter.name)}: no destination layer matches it"
-            )
-    for d in D:
-        if id(d) not in matched:
-            problems.append(
-                f"destination layer {_describe(d, d_view.adapter.name)}: no source layer matches it"
-            )
-    pairs = [(matched[id(d)][0], d, matched[id(d)][1]) for d in D if id(d) in matched]
-    return pairs, problems
+    problems = []
+    for group_s, group_d in undecided:
+        taken.update(id(s) for s in group_s)
+        matched.update((id(d), (d, "")) for d in group_d)  # refused below, not unmatched
+        problems.append(
+            f"cannot decide which of {', '.join(_describe(s, s_view.adapter.name) for s in group_s)} "
+            f"pairs with which of {', '.join(_describe(d, d_view.adapter.name) for d in group_d)}: "
+            "the same kind and shapes, and their names do not say (pass rename= to pair them, "
+            "or check= inputs to pair them in order and prove it by the outputs)"
+        )
+    pairs = [(s, d, rule) for d in D for s, rule in [matched.get(id(d), (d, ""))] if rule]
+    left_s = [s for s in S if id(s) not in taken]
+    left_d = [d for d in D if id(d) not in matched]
+    return pairs, problems, left_s, left_d
+
+
+def _is_position(segment: Any) -> bool:
+    return type(segment) is int or (isinstance(segment, str) and segment.isdigit())
+
+
+def _ranked(layers_: list[Layer]) -> dict[int, tuple[Any, ...]]:
+    """{id(layer): its path with each position replaced by its rank among the positional
+    children of its container that hold parameters}: the k-th parameterized layer of a
+    sequential container is ("#", k), whatever parameterless layers came before it."""
+    holders: dict[tuple[Any, ...], set[int]] = {}  # container path -> positions with leaves
+    for layer in layers_:
+        at = layer.at
+        for n, segment in enumerate(at):
+            if _is_position(segment):
+                holders.setdefault(at[:n], set()).add(int(segment))
+    rank = {
+        container: {p: k for k, p in enumerate(sorted(positions))}
+        for container, positions in holders.items()
+    }
+    out = {}
+    for layer in layers_:
+        at = layer.at
+        out[id(layer)] = tuple(
+            ("#", rank[at[:n]][int(segment)]) if _is_position(segment) else segment
+            for n, segment in enumerate(at)
+        )
+    return out
+
+
+def _name(layer: Layer) -> str | None:
+    """The layer's own name, or None for a position (or the root)."""
+    last = layer.at[-1] if layer.at else None
+    return None if last is None or _is_position(last) else str(last)
+
+
+def _align(
+    S: list[Layer], D: list[Layer], checked: bool
+) -> tuple[list[tuple[Layer, Layer, str]], list[tuple[list[Layer], list[Layer]]]]:
+    """Pair the layers left over by path, keeping the traversal order of both sides: the
+    alignment of the whole sequences with the most pairs that fit (then the most with the same
+    name), not a walk that stops at the first misfit. Returns the pairs and the groups of
+    candidates nothing decides between.
+
+    Among siblings of the same kind and shapes (the q, k and v projections of an attention
+    module), names decide: the same name pairs, whatever the registration order (torch's
+    BART registers k, v, q; Flax's q, k, v). Where both sides name them and the names differ,
+    the order is all that is left, which no framework promises: such a group is undecided,
+    unless ``checked``. Positions (a sequential container, a Keras functional model) are the
+    forward order, so they decide. A layer left over beside a same-kind, same-shape sibling
+    that did pair makes the pair undecided too (which of the two?).
+    """
+    n, m = len(S), len(D)
+    if not n or not m:
+        return [], []
+    fit = [[_fits(s, d, checked) for d in D] for s in S]
+    same = [[_name(s) is not None and _name(s) == _name(d) for d in D] for s in S]
+    best = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n - 1, -1, -1):
+        row, below = best[i], best[i + 1]
+        for j in range(m - 1, -1, -1):
+            score = max(below[j], row[j + 1])
+            if fit[i][j]:
+                score = max(score, below[j + 1] + 1000 + same[i][j])
+            row[j] = score
+    pairs: list[tuple[int, int]] = []
+    i = j = 0
+    while i < n and j < m:
+        if fit[i][j] and best[i][j] == best[i + 1][j + 1] + 1000 + same[i][j]:
+            pairs.append((i, j))
+            i, j = i + 1, j + 1
+        elif best[i][j] == best[i + 1][j]:
+            i += 1
+        else:
+            j += 1
+
+    def block(layer: Layer) -> tuple[Any, ...]:  # siblings of one kind and shape
+        kind = SAME_KIND.get(layer.kind or "", layer.kind)
+        return (layer.at[:-1], kind, layer.type_name if kind is None else "", _signature(layer))
+
+    groups: dict[tuple[Any, Any], list[tuple[int, int]]] = {}
+    for i, j in pairs:
+        groups.setdefault((block(S[i]), block(D[j])), []).append((i, j))
+    paired_s = {i for i, _ in pairs}
+    paired_d = {j for _, j in pairs}
+    out: list[tuple[Layer, Layer, str]] = []
+    undecided: list[tuple[list[Layer], list[Layer]]] = []
+    for (s_block, d_block), group in groups.items():
+        gs, gd = [S[i] for i, _ in group], [D[j] for _, j in group]
+        left = [S[i] for i in range(n) if i not in paired_s and block(S[i]) == s_block]
+        left += [D[j] for j in range(m) if j not in paired_d and block(D[j]) == d_block]
+        if left and len(group) + len(left) > 1 and not checked:
+            undecided.append((gs + [x for x in left if x in S], gd + [x for x in left if x in D]))
+            continue
+        names_s, names_d = [_name(s) for s in gs], [_name(d) for d in gd]
+        if None in names_s or None in names_d or len(group) == 1:
+            out += [(s, d, "structure") for s, d in zip(gs, gd)]  # the forward order decides
+            continue
+        by_name = {name: d for name, d in zip(names_d, gd)}
+        rest_s = [s for s, name in zip(gs, names_s) if name not in by_name]
+        named = {name for name in names_s}
+        rest_d = [d for d, name in zip(gd, names_d) if name not in named]
+        out += [(s, by_name[n], "structure") for s, n in zip(gs, names_s) if n in by_name]
+        if len(rest_s) > 1 and not checked:
+            undecided.append((rest_s, rest_d))
+        else:
+            out += [
+                (s, d, "order" if len(rest_s) > 1 else "structure") for s, d in zip(rest_s, rest_d)
+            ]
+    return out, undecided
+
+
+def _signature(layer: Layer) -> tuple[Any, ...]:
+    return tuple(layer.shapes().items())
 
 
 def _dlpack(src: Slot, dst: Slot) -> Any:
@@ -402,16 +715,59 @@ def _closest(path: str, paths: list[str], side: str = "destination") -> str:
     return f" ({'closest' if close else 'the'} {side} layer paths: {', '.join(map(repr, shown))})"
 
 
-def _fits(s: Layer, d: Layer) -> bool:
-    """Same kind (when both frameworks know it) and the same canonical leaves and shapes."""
+def _fits(s: Layer, d: Layer, checked: bool = False) -> bool:
+    """Same kind and the same canonical leaves and shapes. A layer type the tables do not
+    know (no kind) keeps its native layout, so it fits only the same type of the same
+    framework, or any layer of no kind when ``checked`` (the outputs will prove the port);
+    it never fits a known kind (Hugging Face's Conv1D holds (in, out) where a Linear holds
+    (out, in), with no rule registered to say so)."""
     a_kind, b_kind = (SAME_KIND.get(k, k) for k in (s.kind, d.kind))
-    if a_kind and b_kind and a_kind != b_kind:
+    if a_kind != b_kind:
+        return False
+    if (
+        a_kind is None
+        and not checked
+        and (s.adapter.name != d.adapter.name or s.type_name != d.type_name)
+    ):
         return False
     a, b = s.shapes(), d.shapes()
     common = set(a) & set(b)
     if not common or (set(a) ^ set(b)) - OPTIONAL:
         return False
     return all(a[leaf] == b[leaf] for leaf in common)
+
+
+def _nearest(S: list[Layer], D: list[Layer]) -> dict[int, Layer]:
+    """{id(source layer): the unmatched destination layer it was nearest to fitting}: the one
+    at the same path (positions as ranks), or the only one left."""
+    if len(S) == 1 and len(D) == 1:
+        return {id(S[0]): D[0]}
+    s_keys, d_keys = _ranked(S), _ranked(D)
+    by_key = {d_keys[id(d)]: d for d in D}
+    return {id(s): by_key[s_keys[id(s)]] for s in S if s_keys[id(s)] in by_key}
+
+
+def _why_not(s: Layer, d: Layer) -> str:
+    a_kind, b_kind = (SAME_KIND.get(k, k) for k in (s.kind, d.kind))
+    if a_kind != b_kind or a_kind is None:
+        kinds = [
+            f"a {kind} layer"
+            if kind
+            else f"a {layer.type_name}, a type unitree's tables do not know"
+            for kind, layer in ((a_kind, s), (b_kind, d))
+        ]
+        if a_kind is None and b_kind is None:
+            return (
+                f"{kinds[0]}, and {kinds[1]} (such a layer ports only onto its own type: "
+                "ut.register_layer its kind and rules, or pass check= to prove the port)"
+            )
+        return f"{kinds[0]} against {kinds[1]}" + (
+            " (ut.register_layer gives a type a kind)" if None in (a_kind, b_kind) else ""
+        )
+    a, b = s.shapes(), d.shapes()
+    if set(a) ^ set(b):
+        return f"the leaves differ ({', '.join(a)} against {', '.join(b)})"
+    return "the shapes differ"
 
 
 def _describe(layer: Layer, backend: str) -> str:
@@ -438,9 +794,11 @@ def _differences(s: Layer, d: Layer, s_view: View, d_view: View) -> list[str]:
     return out
 
 
-def _settings(s: Layer, d: Layer, s_view: View, d_view: View, report: PortReport) -> list[str]:
-    """The pair's settings compared (differences go to the report), and the notes about the
-    ones only one framework has."""
+def _settings(
+    s: Layer, d: Layer, s_view: View, d_view: View, report: PortReport
+) -> tuple[list[str], list[str]]:
+    """The pair's settings that differ (they also go to the report) and those one side
+    cannot report; notes about the ones only one framework has."""
     out = _differences(s, d, s_view, d_view)
     a = s_view.adapter.settings(s.module)
     b = d_view.adapter.settings(d.module)
@@ -452,7 +810,30 @@ def _settings(s: Layer, d: Layer, s_view: View, d_view: View, report: PortReport
                     f"{_ONE_SIDED[name][1]}"
                 )
     report.settings += out
-    return out
+    return out, []
+
+
+class _Unknown(NamedTuple):
+    """A destination leaf whose layout is to be decided by the check."""
+
+    key: str
+    why: str
+    names: list[str]
+    converts: list[Any]
+    slot: int
+
+    def pick(self, choice: dict[int, Any]) -> int:
+        return self.converts.index(choice.get(self.slot))
+
+
+def _layout(
+    s: Layer, d: Layer, leaf: str, s_view: View, d_view: View, layouts: Mapping[str, str]
+) -> Any:
+    return None
+
+
+def _choices(unknown: list[_Unknown]) -> list[dict[int, Any]]:
+    return [{}]
 
 
 # Settings only one framework has: the value the others behave as, and what differs otherwise.

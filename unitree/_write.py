@@ -158,29 +158,41 @@ def share_all(adapter: Adapter, root: Any, shares: Iterable[tuple[Param, Any, st
 
 
 def write_all(
-    writes: Iterable[tuple[Param, Callable[[], Any]]], error_if_nonfinite: bool = False
+    writes: Iterable[tuple[Param, Callable[[], Any]]],
+    error_if_nonfinite: bool = False,
+    journal: Journal | None = None,
 ) -> None:
     """Write (Param, value thunk) pairs; if any write fails, put back every value written so far.
     A thunk gives a canonical numpy value, or a :class:`Foreign` tensor. Values are checked
     for NaN and infinity as they come (a checkpoint is read one tensor at a time), so a
-    refused one also puts back what was written before it."""
+    refused one also puts back what was written before it. A caller that may still undo the
+    whole write after it succeeded (a port's check) passes its own ``journal``: it is then
+    the caller's to undo and close, and a Param it kept already is not kept again."""
+    if journal is not None:
+        for p, value in writes:
+            journal.keep(p)
+            _write_one(p, value(), error_if_nonfinite)
+        return
     journal = Journal()
     try:
         for p, value in writes:
             journal.keep(p)
-            v = value()
-            if type(v) is Foreign:
-                if not error_if_nonfinite and adapter_of(p).write_dlpack(leaf_of(p), v.tensor):
-                    continue
-                v = v.numpy()
-            if error_if_nonfinite:
-                check_finite(v, p.path)
-            write_canonical(p, v)
+            _write_one(p, value(), error_if_nonfinite)
     except BaseException:
         journal.undo()
         raise
     finally:
         journal.close()
+
+
+def _write_one(p: Param, v: Any, error_if_nonfinite: bool) -> None:
+    if type(v) is Foreign:
+        if not error_if_nonfinite and adapter_of(p).write_dlpack(leaf_of(p), v.tensor):
+            return
+        v = v.numpy()
+    if error_if_nonfinite:
+        check_finite(v, p.path)
+    write_canonical(p, v)
 
 
 class Journal:
@@ -197,8 +209,12 @@ class Journal:
         self.kept: list[tuple[Param, Any, tuple[int, tuple[int, ...], np.dtype] | None]] = []
         self.size = 0
         self.file: Any = None
+        self.seen: set[Param] = set()
 
     def keep(self, p: Param) -> None:
+        if p in self.seen:  # the first value is the one to put back
+            return
+        self.seen.add(p)
         leaf, adapter = leaf_of(p), adapter_of(p)
         backup = adapter.backup(leaf)
         if backup is not None:
