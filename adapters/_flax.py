@@ -23,6 +23,7 @@ from flax.linen.linear import canonicalize_padding
 
 from unitree._adapter import Adapter, KindTable
 from unitree._errors import ValueTypeError
+from unitree.layouts import KEEP, UNKNOWN, Step
 
 BY_CELL = "by cell"  # a recurrent wrapper (RNN) is the kind of its cell
 
@@ -113,54 +114,83 @@ class FlaxAdapter(Adapter):
 
     # -- capability: layer settings -----------------------------------------------------
     def settings(self, module: Any) -> dict[str, Any]:
-        """Read from a linen module's fields or an NNX module's attributes (the same names); a
-        linen submodule made by a compact method has no definition to read: {}."""
+        """The settings of ``unitree._settings.VOCABULARY``, read from a linen module's fields
+        or an NNX module's attributes (the same names). {} where there is nothing to read: a
+        linen submodule made by a ``@nn.compact`` method exists only while its parent runs
+        (its arguments are computed in the call), so no definition holds them and nothing can
+        be read without running the model on an input (the core then calls them unknown); a
+        layer of no flax class of the kind table (a registered third-party type)."""
         kind = self.kind(module)
         m = self.definition(module)
-        if kind is None or m is None:
+        if kind is None or m is None or not _own(m, self.kinds):
             return {}
         if kind == "conv":
-            n = len(_axes(m.kernel_size))
+            size = _axes(m.kernel_size)
+            n = len(size)
             dilation = _axes(m.kernel_dilation, n)
+            padding, mode = _padding(m.padding, n, size, dilation)
             return {
-                "padding": _padding(m.padding, n, _axes(m.kernel_size), dilation),
+                "padding": padding,
+                "padding_mode": mode,
                 "stride": _axes(m.strides, n),
                 "dilation": dilation,
                 "groups": int(m.feature_group_count),
+                "input_dilation": _axes(m.input_dilation, n),
+                "kernel_mask": m.mask is not None,
             }
         if kind == "conv_transpose":
             size = _axes(m.kernel_size)
             n = len(size)
+            out = _transpose_padding(
+                m.padding, size, _axes(m.strides, n), _axes(m.kernel_dilation, n)
+            )
             return {
-                **_transpose_padding(
-                    m.padding, size, _axes(m.strides, n), _axes(m.kernel_dilation, n)
-                ),
+                **out,
+                "padding_mode": "circular" if out["padding"] == "circular" else "zeros",
                 "stride": _axes(m.strides, n),
                 "dilation": _axes(m.kernel_dilation, n),
+                "groups": 1,
+                "input_dilation": (1,) * n,
+                "kernel_mask": m.mask is not None,
             }
-        if kind == "layer_norm":
-            return {"eps": float(m.epsilon)}
+        if kind == "embedding":
+            return {"max_norm": None, "mask_zero": False}
         if kind == "attention":
-            return {"num_heads": int(m.num_heads)}
+            return {
+                "num_heads": int(m.num_heads),
+                "add_zero_attn": False,
+                "attention_axes": None,  # the axis before the features: the sequence
+                "attention_fn": _attention_fn(m.attention_fn),
+                "gated": False,
+            }
         if kind in ("lstm", "gru"):
             cell = getattr(m, "cell", m)
             out = {
                 "activation": fn_name(cell.activation_fn),
                 "recurrent_activation": fn_name(cell.gate_fn),
+                "reverse": _reverse(m),
+                "stateful": False,
             }  # a GRU cell resets as PyTorch's: r * (W_hn h + b_hn)
             return {**out, "reset_after": True} if kind == "gru" else out
+        if kind not in ("layer_norm", "batch_norm", "group_norm"):
+            return {}  # dense: nothing beyond its leaves
+        # the norms: no leaf where use_scale / use_bias is False, and a leaf is always applied
+        out = {"eps": float(m.epsilon), "scale": bool(m.use_scale), "center": bool(m.use_bias)}
+        if kind == "layer_norm":
+            axes = m.reduction_axes
+            axes = tuple(axes) if isinstance(axes, (list, tuple)) else (axes,)
+            if all(a < 0 for a in axes):  # counted from the front: the input's rank decides
+                out["axes"] = tuple(sorted(int(a) for a in axes))
+            return {**out, "rms_scaling": False}
         if kind == "batch_norm":  # flax's momentum weighs the old value, PyTorch's the new batch
-            return {"eps": float(m.epsilon), "momentum": round(1.0 - float(m.momentum), 12)}
-        if kind == "group_norm":
-            out: dict[str, Any] = {"eps": float(m.epsilon)}
-            groups = m.num_groups
-            if groups is None and m.group_size:  # linen: the channels from the scale or bias
-                channels = next((self.shape(leaf.obj)[0] for leaf in self.leaves(module)), None)
-                groups = None if channels is None else channels // m.group_size
-            if groups is not None:
-                out["groups"] = int(groups)
-            return out
-        return {}
+            return {**out, "momentum": round(1.0 - float(m.momentum), 12)}
+        groups = m.num_groups  # group_norm
+        if groups is None and m.group_size:  # linen: the channels from the scale or bias
+            channels = next((self.shape(leaf.obj)[0] for leaf in self.leaves(module)), None)
+            groups = None if channels is None else channels // m.group_size
+        if groups is not None:
+            out["groups"] = int(groups)
+        return out
 
 
 # -- kinds -----------------------------------------------------------------------------------
@@ -185,6 +215,33 @@ def fn_name(fn: Any) -> str:
     while isinstance(fn, functools.partial):
         fn = fn.func
     return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+# jax's and flax's own elementwise functions and poolings, as a Sequential's entries: the layout
+# of the activations stays (flax pools channels-last: (batch, *spatial, features)).
+_ACTIVATIONS = """relu relu6 gelu silu swish sigmoid tanh elu celu selu leaky_relu softplus
+    soft_sign hard_tanh hard_sigmoid hard_silu hard_swish log_sigmoid mish softmax log_softmax"""
+_KEEPS = {
+    id(f)
+    for n in _ACTIVATIONS.split()
+    for f in (getattr(jax.nn, n, None), getattr(nnx, n, None))
+    if f is not None
+} | {id(jnp.tanh)}
+_POOLS = {id(f) for f in (nnx.avg_pool, nnx.max_pool, getattr(nnx, "min_pool", None)) if f}
+
+
+def function_step(fn: Any) -> Step:
+    """What a function entry of an ``nn.Sequential`` or ``nnx.Sequential`` does to the layout
+    (``Adapter.step``): jax's and flax's own activations and poolings keep it (a
+    ``functools.partial`` of one too); any other function (a lambda that reshapes) is opaque."""
+    base = fn
+    while isinstance(base, functools.partial):
+        base = base.func
+    if id(base) in _KEEPS:
+        return Step(KEEP)
+    if id(base) in _POOLS:
+        return Step(KEEP, data_format="channels_last")
+    return Step(UNKNOWN, why=f"the function {fn_name(fn)}")
 
 
 # -- arrays -----------------------------------------------------------------------------------
@@ -238,16 +295,22 @@ def _axes(value: Any, n: int = 1) -> tuple[int, ...]:
 
 def _padding(
     padding: Any, n: int, size: tuple[int, ...], dilation: tuple[int, ...]
-) -> str | tuple[tuple[int, int], ...]:
-    """A conv's padding: "same", or (before, after) per spatial axis ('VALID': zeros)."""
+) -> tuple[Any, str]:
+    """A conv's padding and what it holds: "same" (or lax's "same_lower"), or (before, after)
+    per spatial axis ('VALID': zeros); 'CIRCULAR' and 'REFLECT' pad the dilated kernel's
+    reach r, r // 2 before and the rest after, at any stride (flax's ``_Conv.__call__``),
+    with the input wrapped or mirrored without its edge (PyTorch's "circular", "reflect")."""
     lax = canonicalize_padding(padding, n)
-    if isinstance(lax, str):
-        if lax == "VALID":
-            return ((0, 0),) * n
-        if lax == "CAUSAL":  # 1-D: the dilated kernel's reach, all before
-            return ((dilation[0] * (size[0] - 1), 0),)
-        return lax.lower()  # "same", "circular", "reflect"
-    return tuple((int(lo), int(hi)) for lo, hi in lax)
+    if not isinstance(lax, str):
+        return tuple((int(lo), int(hi)) for lo, hi in lax), "zeros"
+    reach = [d * (k - 1) for k, d in zip(size, dilation)]
+    if lax == "VALID":
+        return ((0, 0),) * n, "zeros"
+    if lax == "CAUSAL":  # 1-D: the dilated kernel's reach, all before
+        return ((reach[0], 0),), "zeros"
+    if lax in ("CIRCULAR", "REFLECT"):
+        return tuple((r // 2, r - r // 2) for r in reach), lax.lower()
+    return lax.lower(), "zeros"  # "same", "same_lower"
 
 
 def _transpose_padding(
@@ -276,3 +339,50 @@ def _transpose_padding(
         pads.append((reach - lo, reach - lo))
         out_pad.append(hi - lo)
     return {"padding": tuple(pads), "output_padding": tuple(out_pad)}
+
+
+def _own(m: Any, kinds: KindTable) -> bool:
+    """Whether ``m`` is of a flax class of the kind table (or a subclass of one): the classes
+    whose fields settings() reads."""
+    return any(
+        base.__module__.startswith("flax.") and base in kinds.kinds for base in type(m).__mro__
+    )
+
+
+def _attention_fn(fn: Any) -> str:
+    """The attention function's name: "dot_product_attention" for flax's own (linen's or
+    NNX's), else its full name with what a partial binds (it computes something else)."""
+    from flax import linen
+
+    own = (linen.dot_product_attention, getattr(nnx, "dot_product_attention", None))
+    if any(fn is f for f in own if f is not None):
+        return "dot_product_attention"
+    bound = ""
+    if isinstance(fn, functools.partial):
+        bound = f"(*{fn.args!r}, **{fn.keywords!r})"
+        fn = fn.func
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{getattr(fn, '__module__', '')}.{name}{bound}"
+
+
+def _reverse(m: Any) -> Any:
+    """A recurrent layer's direction: False, True (from the end, outputs in that order), or
+    "keep_order" (from the end, outputs put back in the input's order); a cell alone: False."""
+    if not getattr(m, "reverse", False):
+        return False
+    return "keep_order" if getattr(m, "keep_order", False) else True
+
+
+# -- running the model (Adapter.run) ---------------------------------------------------------
+def jax_numpy(value: Any) -> np.ndarray | None:
+    """A concrete jax array's values, for ``as_numpy``; None for anything else. A tracer (an
+    output inside a jax transform, ``nnx.jit``/``nnx.scan`` in the model) has no values:
+    :func:`traced` says whether an output holds one."""
+    if isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer):
+        return np.asarray(value)
+    return None
+
+
+def traced(value: Any) -> bool:
+    """Whether an output (arrays, or tuples / lists / dicts of them) holds a jax tracer."""
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(value))

@@ -35,7 +35,7 @@ refuses it. A conv with a channels-last ``layout`` (``NHWC``: weight
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable
 
 import mxnet as mx
@@ -44,8 +44,8 @@ from mxnet import autograd, gluon
 from mxnet.gluon import nn
 from mxnet.gluon.parameter import Constant, Parameter
 
-from unitree._adapter import Adapter, KindTable, Leaf, fingerprint, new_leaf
-from unitree._errors import PathError, UninitializedError, ValueTypeError
+from unitree._adapter import Adapter, KindTable, Leaf, as_numpy, fingerprint, new_leaf
+from unitree._errors import PathError, UninitializedError, UnsupportedError, ValueTypeError
 from unitree.layouts import CONVS
 
 _KINDS: dict[type, str] = {
@@ -191,29 +191,59 @@ class GluonAdapter(Adapter):
         return kind
 
     def settings(self, module: gluon.Block) -> dict[str, Any]:
+        """The settings of ``unitree._settings.VOCABULARY``, and Dense's ``flatten`` (which no
+        other framework has). Fixed in Gluon, and reported as such: convs pad with zeros,
+        embeddings neither renormalize nor mask, recurrent layers run forward. A norm applies
+        its stored beta whatever ``center`` says (``center=False`` only stops training it), and
+        its gamma too, except BatchNorm with ``scale=False`` (its operator's ``fix_gamma``:
+        gamma kept, 1 used). {} for a block of no Gluon class of the kind table."""
         kind = self.kind(module)
+        if not isinstance(module, _OWN):
+            return {}
         if kind in CONVS:
             kw = module._kwargs  # what Gluon hands its Convolution / Deconvolution operator
+            n = len(kw["kernel"])
             out = {
                 "padding": tuple((int(p), int(p)) for p in kw["pad"]),
+                "padding_mode": "zeros",
                 "stride": tuple(int(s) for s in kw["stride"]),
                 "dilation": tuple(int(d) for d in kw["dilate"]),
                 "groups": int(kw["num_group"]),
+                "input_dilation": (1,) * n,
+                "kernel_mask": False,
             }
             if kind == "conv_transpose":
                 out["output_padding"] = tuple(int(a) for a in kw["adj"])
             return out
-        if kind in ("layer_norm", "group_norm"):
-            return {"eps": float(module._epsilon)}
+        if kind == "layer_norm":
+            out = {"eps": float(module._epsilon), "scale": True, "center": True}
+            out["rms_scaling"] = False
+            axis = int(module._axis)  # one axis; counted from the front, the rank decides
+            return out | ({"axes": (axis,)} if axis < 0 else {})
+        if kind == "group_norm":
+            out = {"eps": float(module._epsilon), "scale": True, "center": True}
+            return out | {"groups": int(module._num_groups)}
         if kind == "batch_norm":
             kw = module._kwargs
             # Gluon's momentum is the weight of the old value, torch's that of the new batch;
             # rounded so that 0.9 reads 0.1, not 0.09999999999999998
-            return {"eps": float(kw["eps"]), "momentum": round(1.0 - float(kw["momentum"]), 12)}
+            return {
+                "eps": float(kw["eps"]),
+                "scale": not kw["fix_gamma"],
+                "center": True,
+                "momentum": round(1.0 - float(kw["momentum"]), 12),
+            }
         if kind == "dense":
             return {"flatten": bool(module._flatten)}
+        if kind == "embedding":
+            return {"max_norm": None, "mask_zero": False}
         if kind in ("lstm", "gru"):  # the fused RNN operator's, fixed; a GRU resets as torch's
-            out = {"activation": "tanh", "recurrent_activation": "sigmoid"}
+            out = {
+                "activation": "tanh",
+                "recurrent_activation": "sigmoid",
+                "reverse": False,
+                "stateful": False,
+            }
             return {**out, "reset_after": True} if kind == "gru" else out
         return {}
 
@@ -382,5 +412,76 @@ class GluonAdapter(Adapter):
             if isinstance(b, gluon.HybridBlock):
                 b._clear_cached_op()
 
+    # -- capability: running the model ----------------------------------------------------
+    def run(
+        self,
+        root: gluon.Block,
+        inputs: Sequence[Any],
+        capture: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> tuple[Any, dict[int, list[Any]]]:
+        """``root(*inputs)`` under ``autograd.pause(train_mode=False)`` (inference: dropout off,
+        batch norm on its running statistics, whatever the caller's autograd scope).
+
+        Captured through forward hooks (``register_forward_hook``, each detached afterwards).
+        A dense or convolution block with an activation folded in (``Dense(8, activation=
+        "relu")``, which calls its ``act`` child last) is caught before it, as another
+        framework's layer gives it: the input of its ``act``, by a forward pre-hook there. A
+        hybridized block replays its cached graph, where its children's hooks never run: for a
+        run that captures, every hybridized block runs imperatively (``_active`` off) and is
+        put back afterwards, its cached graph kept.
+
+        Raises:
+            UnsupportedError: ``kwargs`` given: a Gluon block takes positional arguments only.
+        """
+        if kwargs:
+            raise UnsupportedError(
+                f"A Gluon block is called with positional arguments only; got {sorted(kwargs)}."
+            )
+        params = list(dict.fromkeys(p for b in _blocks(root) for p in b._reg_params.values()))
+        args = [self._input(x, params) for x in inputs]
+        captured: dict[int, list[Any]] = {}
+
+        def hook(block: gluon.Block, _args: Any, output: Any) -> None:
+            captured.setdefault(id(block), []).append(as_numpy(output, _mx_numpy))
+
+        def before(owner: gluon.Block) -> Callable[[gluon.Block, Any], None]:
+            def hook(_act: gluon.Block, args: Any) -> None:  # the owner's output, not yet activated
+                captured.setdefault(id(owner), []).append(as_numpy(args[0], _mx_numpy))
+
+            return hook
+
+        wanted = {id(b): b for b in capture if isinstance(b, gluon.Block)}
+        active = [b for b in _blocks(root) if wanted and getattr(b, "_active", False)]
+        handles = []
+        try:
+            for b in active:
+                b._active = False
+            for b in wanted.values():
+                act = getattr(b, "act", None) if self.kind(b) in _FOLDS_ACTIVATION else None
+                if isinstance(act, gluon.Block):
+                    handles.append(act.register_forward_pre_hook(before(b)))
+                else:
+                    handles.append(b.register_forward_hook(hook))
+            with autograd.pause(train_mode=False):
+                out = root(*args)
+            return as_numpy(out, _mx_numpy), captured
+        finally:
+            for handle in handles:
+                handle.detach()
+            for b in active:
+                b._active = True
+
+
+# Blocks whose forward ends with ``if self.act is not None: act = self.act(act)``.
+_FOLDS_ACTIVATION = frozenset({"dense", "conv", "conv_transpose"})
+
+
+def _mx_numpy(value: Any) -> np.ndarray | None:
+    return _to_numpy(value) if isinstance(value, mx.nd.NDArray) else None
+
+
+# Gluon's own block classes of the kind table: the ones whose settings settings() reads
+_OWN = tuple(_KINDS)
 
 adapter = GluonAdapter()

@@ -61,12 +61,13 @@ import keras
 import numpy as np
 from keras.src.models.functional import Functional  # no public name; stable across Keras 3
 
-from unitree._adapter import Adapter, KindTable, Leaf, fingerprint, new_leaf
+from unitree._adapter import Adapter, KindTable, Leaf, as_numpy, fingerprint, new_leaf
 from unitree._errors import PathError, UninitializedError, UnsupportedError
 from unitree._paths import Segment, position
-from unitree.layouts import CONVS
+from unitree.layouts import CONVS, UNKNOWN, Step
 
 from ._keras_backend import Backend, backend
+from ._keras_layout import step as keras_step
 from ._keras_tree import (
     Container,
     Unbuilt,
@@ -299,26 +300,39 @@ class KerasAdapter(Adapter):
         flatten of a conv output. A transposed conv's ``"same"`` padding is given as PyTorch's
         ``padding`` and ``output_padding`` where PyTorch can express it. Recurrent layers report
         their activations by name, and a GRU ``reset_after`` (PyTorch's GRU is ``True``);
-        attention its ``num_heads``, which the parameter shapes do not show.
+        attention its ``num_heads``, which the parameter shapes do not show. The whole
+        vocabulary is ``unitree._settings.VOCABULARY``'s; {} for a layer of no kind of Keras's
+        own (a registered third-party type).
         """
         kind = self.kinds[type(module)]  # a GRU that resets before the matmul reports it too
+        if not isinstance(module, _OWN):
+            return {}  # a registered third-party type: its settings are unknown
         if kind in CONVS:
             return _conv_settings(module, kind)
-        if kind in ("layer_norm", "group_norm"):
-            out = {"eps": float(module.epsilon)}
-            return out | ({"groups": int(module.groups)} if kind == "group_norm" else {})
-        if kind == "batch_norm":  # Keras's momentum weighs the old average, PyTorch's the batch
-            return {"eps": float(module.epsilon), "momentum": 1.0 - float(module.momentum)}
+        if kind == "embedding":  # no max_norm in Keras
+            return {"max_norm": None, "mask_zero": bool(module.mask_zero)}
+        if kind in ("layer_norm", "batch_norm", "group_norm"):
+            return _norm_settings(module, kind)
         if kind in ("lstm", "gru"):
             cell = module.cell
             out = {
                 "activation": cell.activation.__name__,
                 "recurrent_activation": cell.recurrent_activation.__name__,
+                "reverse": bool(module.go_backwards),  # outputs in the reversed order too
+                "stateful": bool(module.stateful),
             }
             return out | ({"reset_after": bool(cell.reset_after)} if kind == "gru" else {})
         if kind == "attention":
-            return {"num_heads": int(module.num_heads)}
+            return _attention_settings(module)
         return {}
+
+    def step(self, module: Any) -> Step:
+        """What ``module`` does to the layout of the activations (``Adapter.step``): read from
+        the layer's class and its own arguments, and from a model's structure (see
+        ``_keras_layout``); a container of attributes (``blocks.0``) is a list, never called."""
+        if type(module) is Container:
+            return Step(UNKNOWN, why=f"the {self.type_name(module)} of layers")
+        return keras_step(module)
 
     def fingerprint(self, root: Any) -> Any:
         # the variables themselves, not leaves(): no renaming of automatic names on every traversal
@@ -454,9 +468,86 @@ class KerasAdapter(Adapter):
                     setattr(layer, fn, None)
             self.backend.retrack(layer)
 
+    # -- capability: running the model ----------------------------------------------------
+    def run(
+        self,
+        root: Any,
+        inputs: Sequence[Any],
+        capture: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> tuple[Any, dict[int, list[Any]]]:
+        """``root(*inputs, training=False, **kwargs)``. A layer is captured by a wrapper of its
+        ``call`` set on the instance for the run (and removed after it): ``Layer.__call__``
+        runs ``self.call``, so every call is seen, in Sequential, functional and subclassed
+        models alike, whoever calls the layer. Not seen: a layer a model reaches without
+        calling it (a subclassed model that reads ``layer.kernel`` itself).
+
+        A dense or convolution layer with an activation folded in (``Dense(8, "relu")``) is
+        caught before its activation, as the layer of another framework (torch's ``Linear``,
+        then a ``ReLU`` module) gives it: its ``activation`` is off for the call, and applied
+        by the wrapper to what it returns."""
+        floating = next(
+            (v.dtype for v in root.trainable_variables if "float" in v.dtype), keras.config.floatx()
+        )
+        args = [self._input(x, floating) for x in inputs]
+        captured: dict[int, list[Any]] = {}
+        convert = self._tensor_numpy
+        patched: list[tuple[Any, Any]] = []
+        try:
+            for layer in {id(m): m for m in capture if isinstance(m, keras.Layer)}.values():
+                patched.append((layer, layer.__dict__.get("call", _NOTHING)))
+                # set past Keras's own __setattr__: a function is nothing it should track
+                folded = self.kind(layer) in _FOLDS_ACTIVATION
+                wrapper = _catching(layer, captured, convert, folded)
+                object.__setattr__(layer, "call", wrapper)
+            out = root(*args, training=False, **(kwargs or {}))
+            return as_numpy(out, convert), captured
+        finally:
+            for layer, old in reversed(patched):
+                if old is _NOTHING:
+                    object.__delattr__(layer, "call")
+                else:
+                    object.__setattr__(layer, "call", old)
+
+    def _tensor_numpy(self, value: Any) -> np.ndarray | None:
+        return self.backend.to_numpy(value) if keras.ops.is_tensor(value) else None
+
+
+_NOTHING = object()  # no ``call`` of the instance's own before the run
+# Layers whose ``call`` ends with ``if self.activation is not None: activation(outputs)``.
+_FOLDS_ACTIVATION = frozenset({"dense", "conv", "conv_transpose", "depthwise_conv"})
+
+
+def _catching(
+    layer: Any,
+    captured: dict[int, list[Any]],
+    convert: Callable[[Any], np.ndarray | None],
+    folded: bool,
+) -> Callable[..., Any]:
+    """``layer.call``, which also appends its output (numpy, a copy) to ``captured[id(layer)]``:
+    where the layer ``folded`` an activation in, the output before it."""
+    call, key = layer.call, id(layer)
+
+    def catching(*args: Any, **kwargs: Any) -> Any:
+        activation = layer.activation if folded else None
+        if activation is None:
+            out = call(*args, **kwargs)
+            captured.setdefault(key, []).append(as_numpy(out, convert))
+            return out
+        object.__setattr__(layer, "activation", None)
+        try:
+            out = call(*args, **kwargs)
+        finally:
+            object.__setattr__(layer, "activation", activation)
+        captured.setdefault(key, []).append(as_numpy(out, convert))
+        return activation(out)
+
+    return catching
+
 
 def _conv_settings(layer: Any, kind: str) -> dict[str, Any]:
-    """Padding as (before, after) per spatial axis or "same", strides, dilation, groups."""
+    """Padding as (before, after) per spatial axis or "same", strides, dilation, groups; Keras
+    pads with zeros only, and has no kernel mask or input dilation."""
     n = len(layer.kernel_size)
     strides, dilation = tuple(layer.strides), tuple(layer.dilation_rate)
     out: dict[str, Any] = {"stride": strides, "dilation": dilation}
@@ -472,8 +563,64 @@ def _conv_settings(layer: Any, kind: str) -> dict[str, Any]:
     if kind == "conv_transpose":
         padding, out["output_padding"] = _transpose_padding(layer, padding)
     out["padding"] = padding
+    out |= {"padding_mode": "zeros", "input_dilation": (1,) * n, "kernel_mask": False}
     out["data_format"] = layer.data_format
     return out
+
+
+def _norm_settings(layer: Any, kind: str) -> dict[str, Any]:
+    """A norm's epsilon, and whether its stored scale (gamma) and shift (beta) are applied: a
+    ``LayerNormalization(rms_scaling=True)`` keeps gamma and no beta, whatever ``scale`` and
+    ``center`` say. Keras's momentum weighs the old average, PyTorch's the batch."""
+    rms = kind == "layer_norm" and bool(layer.rms_scaling)
+    out: dict[str, Any] = {
+        "eps": float(layer.epsilon),
+        "scale": bool(layer.scale) or rms,
+        "center": bool(layer.center) and not rms,
+    }
+    if kind == "batch_norm":
+        return out | {"momentum": 1.0 - float(layer.momentum)}
+    if kind == "group_norm":
+        return out | {"groups": int(layer.groups)}
+    out["rms_scaling"] = rms
+    axes = _negative_axes(layer)
+    return out if axes is None else out | {"axes": axes}
+
+
+def _negative_axes(layer: Any) -> tuple[int, ...] | None:
+    """A LayerNormalization's axes counted from the last (-1,), or None where an axis counted
+    from the front meets an input rank not known yet (the layer not built)."""
+    axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    if all(a < 0 for a in axes):
+        return tuple(sorted(int(a) for a in axes))
+    shapes = getattr(layer, "_build_shapes_dict", None) or {}
+    shape = next(iter(shapes.values()), None)
+    if shape is None:
+        return None
+    rank = len(shape)
+    return tuple(sorted(int(a) - rank if a >= 0 else int(a) for a in axes))
+
+
+def _attention_settings(layer: Any) -> dict[str, Any]:
+    """MultiHeadAttention's heads, whether it gates, and where it attends: ``attention_axes``
+    None when over every axis between batch and features (Keras's default, which it spells
+    out once built: (1,) for a 3-d query)."""
+    axes = layer._attention_axes
+    equation = getattr(layer, "_dot_product_equation", None)
+    if axes is not None and equation:  # built: the default spelled out for the query's rank
+        rank = len(equation.split(",")[0])
+        if tuple(axes) == tuple(range(1, rank - 2)):
+            axes = None
+    own = type(layer)._compute_attention is keras.layers.MultiHeadAttention._compute_attention
+    return {
+        "num_heads": int(layer.num_heads),
+        "add_zero_attn": False,
+        "attention_axes": None if axes is None else tuple(int(a) for a in axes),
+        "attention_fn": "dot_product_attention"
+        if own
+        else f"{type(layer).__module__}.{type(layer).__qualname__}._compute_attention",
+        "gated": bool(getattr(layer, "_use_gate", False)),
+    }
 
 
 def _transpose_padding(layer: Any, padding: Any) -> tuple[Any, tuple[int, ...]]:
@@ -510,5 +657,8 @@ def _holders(layer: Any) -> dict[int, list[str]]:
             out.setdefault(id(value), []).append(name)
     return out
 
+
+# Keras's own layer classes of the kind table: the ones whose settings settings() reads
+_OWN = tuple(_KINDS)
 
 adapter = KerasAdapter()

@@ -41,14 +41,18 @@ import numpy as np
 from flax import linen as nn
 from flax.core import FrozenDict
 from flax.core.meta import AxisMetadata
+from flax.errors import InvalidRngError, ModifyScopeVariableError
 
-from unitree._adapter import Leaf, fingerprint
+from unitree._adapter import Leaf, as_numpy, fingerprint
 from unitree._errors import PathError, UnsupportedError, UnsupportedModelError
 from unitree._paths import Segment, position
+from unitree.layouts import CHAIN, KEEP, Step
 
 from ._flax import (
     FlaxAdapter,
+    function_step,
     inputs_like,
+    jax_numpy,
     layout_kind,
     scalar,
 )
@@ -155,6 +159,21 @@ class LinenAdapter(FlaxAdapter):
         m = module.module  # None for a submodule a compact method made
         return m if isinstance(m, nn.Module) else None
 
+    def step(self, module: _Node) -> Step:
+        """What ``module`` does to the layout (``Adapter.step``): an ``nn.Sequential`` calls its
+        entries in order; a function entry keeps it if it is one of jax's or flax's own
+        activations or poolings; a dropout keeps it; every other call (a compact method's, a
+        list's) is opaque."""
+        m = module.module
+        if isinstance(m, nn.Module):
+            if isinstance(m, nn.Sequential) and type(m).__call__ is nn.Sequential.__call__:
+                return Step(CHAIN)
+            if type(m) is nn.Dropout:
+                return Step(KEEP)
+        elif module.scope is None and callable(m) and not isinstance(m, (list, tuple, Mapping)):
+            return function_step(m)  # a function entry of an nn.Sequential
+        return super().step(module)
+
     # -- one leaf ----------------------------------------------------------------------
     def array(self, leaf: _Var) -> Any:
         return leaf.array()
@@ -231,6 +250,69 @@ class LinenAdapter(FlaxAdapter):
 
     def variables(self, root: _Root) -> Any:
         return root.variables
+
+    # -- capability: running the model ----------------------------------------------------
+    def run(
+        self,
+        root: Any,
+        inputs: Sequence[Any],
+        capture: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> tuple[Any, dict[int, list[Any]]]:
+        """``module.apply(variables, *inputs, **kwargs)`` with no mutable collection (but the
+        ``intermediates`` it captures into): batch statistics are read as stored. A linen
+        module's mode is a field or an argument, not a state to switch: a model that would
+        update its batch statistics or draw dropout randomness here raises, and the
+        argument that selects inference (``kwargs={"train": False}``) is the user's to give.
+
+        Captured with linen's ``capture_intermediates``, filtered to the scopes of the
+        modules asked for (``__call__`` only); linen records every call of a module, and a
+        module reused at two places (one scope) records both.
+
+        Raises:
+            UnsupportedError: ``root`` is a part of a model, not a whole one; or the model
+                needs mutable state or randomness for this call (training mode).
+        """
+        if not isinstance(root, _Root):
+            raise UnsupportedError(
+                "A linen submodule cannot run on its own: its variables live in the whole "
+                "model's. Run (compare) the whole model."
+            )
+        variables = {c: v for c, v in root.variables.items() if c != "intermediates"}
+        args = inputs_like(inputs, jax.tree_util.tree_leaves(variables.get("params")))
+        ids: dict[tuple[str, ...], list[int]] = {}  # scope -> the handles living there
+        for m in capture:
+            if isinstance(m, _Node) and m.scope is not None:
+                ids.setdefault(m.scope, []).append(id(m))
+
+        def wanted(module: nn.Module, method: str) -> bool:
+            return method == "__call__" and tuple(module.scope.path) in ids
+
+        try:
+            out, state = root.definition.apply(
+                variables,
+                *args,
+                capture_intermediates=wanted,
+                mutable=["intermediates"],
+                **(kwargs or {}),
+            )
+        except (ModifyScopeVariableError, InvalidRngError) as e:
+            raise UnsupportedError(
+                f"The linen {root.type_name} runs in training mode here ({type(e).__name__}: "
+                f"{str(e).splitlines()[0]}): a comparison runs it for inference. Pass the "
+                "argument that selects inference mode as a keyword argument of the call "
+                "(for example train=False or deterministic=True)."
+            ) from e
+        captured: dict[int, list[Any]] = {}
+        caught = state.get("intermediates", {})
+        for scope, handles in ids.items():
+            found = _at(caught, scope)
+            calls = found.get("__call__") if found is not None else None
+            if calls:
+                outputs = [as_numpy(x, jax_numpy) for x in calls]
+                for key in handles:
+                    captured[key] = outputs
+        return as_numpy(out, jax_numpy), captured
 
 
 adapter = LinenAdapter()

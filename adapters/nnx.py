@@ -16,26 +16,31 @@ layer is read as one), and layer settings from its attributes.
 from __future__ import annotations
 
 import sys
+import threading
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable
 
 import numpy as np
 from flax import nnx
 
-from unitree._adapter import KindTable, Leaf, fingerprint, new_leaf
+from unitree._adapter import KindTable, Leaf, as_numpy, fingerprint, new_leaf
 from unitree._errors import PathError, UnsupportedError, UnsupportedModelError
 from unitree._paths import Segment, position
+from unitree.layouts import CHAIN, KEEP, Step
 
 from ._flax import (
     BY_CELL,
     FlaxAdapter,
     fn_name,
+    function_step,
     get_value,
     inputs_like,
+    jax_numpy,
     kind_of,
     layout_kind,
     scalar,
+    traced,
 )
 
 _KINDS = KindTable(
@@ -228,6 +233,18 @@ class NnxAdapter(FlaxAdapter):
     def definition(self, module: Any) -> Any:
         return module  # settings are asked of modules of a kind only: flax's own layers
 
+    def step(self, module: Any) -> Step:
+        """What ``module`` does to the layout (``Adapter.step``): an ``nnx.Sequential`` calls
+        its entries in order; a function entry keeps it if it is one of jax's or flax's own
+        activations or poolings; a dropout keeps it; every other call is opaque."""
+        if type(module) is _Fn:
+            return function_step(module.fn)
+        if isinstance(module, nnx.Sequential) and type(module).__call__ is nnx.Sequential.__call__:
+            return Step(CHAIN)
+        if type(module) is nnx.Dropout:
+            return Step(KEEP)
+        return super().step(module)
+
     # -- one leaf ----------------------------------------------------------------------
     def array(self, leaf: nnx.Variable) -> Any:
         return get_value(leaf)
@@ -283,6 +300,86 @@ class NnxAdapter(FlaxAdapter):
             "tree.variables is for flax linen, which keeps variables apart; an nnx.Module "
             "holds its own: nnx.state(tree.native)."
         )
+
+    # -- capability: running the model ----------------------------------------------------
+    def run(
+        self,
+        root: Any,
+        inputs: Sequence[Any],
+        capture: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> tuple[Any, dict[int, list[Any]]]:
+        """``root(*inputs, **kwargs)`` in evaluation mode: ``deterministic`` and
+        ``use_running_average`` True wherever a module has them, as ``Module.eval()`` sets
+        them, and each put back afterwards.
+
+        A module is captured by a wrapper of its class's ``__call__`` for the run, which
+        records the instances asked for only (Python looks ``__call__`` up on the class: an
+        instance attribute would never be called); the class is restored afterwards, and one
+        run patches classes at a time (a lock). A module called only inside a jax transform
+        of the model's own (``nnx.jit``, ``nnx.scan``) has no concrete output: not captured.
+        """
+        modules = [m for _, m in nnx.iter_graph(root) if isinstance(m, nnx.Module)]
+        arrays = (get_value(v) for _, v in nnx.iter_graph(root) if isinstance(v, nnx.Param))
+        args = inputs_like(inputs, arrays)
+        wanted = {id(m): m for m in capture if isinstance(m, nnx.Module)}
+        captured: dict[int, list[Any]] = {}
+        modes = [
+            (m, name, getattr(m, name)) for m in modules for name in _EVAL_FLAGS if hasattr(m, name)
+        ]
+        patched: list[tuple[type, Any]] = []
+        with _PATCHING:
+            try:
+                _catch_calls(wanted, captured, patched)
+                for m, name, _ in modes:
+                    setattr(m, name, True)
+                out = root(*args, **(kwargs or {}))
+                return as_numpy(out, jax_numpy), captured
+            finally:
+                for cls, old in reversed(patched):
+                    if old is _NOTHING:
+                        delattr(cls, "__call__")
+                    else:
+                        cls.__call__ = old
+                for m, name, value in modes:
+                    setattr(m, name, value)
+
+
+# What Module.eval() sets True: dropout's and attention's, batch norm's.
+_EVAL_FLAGS = ("deterministic", "use_running_average")
+_PATCHING = threading.RLock()  # one run patches classes at a time
+_NOTHING = object()  # a class with no ``__call__`` of its own before the run
+
+
+def _catch_calls(
+    wanted: dict[int, Any], captured: dict[int, list[Any]], patched: list[tuple[type, Any]]
+) -> None:
+    """Wrap the ``__call__`` of the class of every module in ``wanted`` so that a call of one of
+    those modules appends its output (numpy) to ``captured``; each class patched goes into
+    ``patched`` with what its own ``__call__`` was, to be put back in reverse order. A module
+    whose ``__call__`` reaches a patched base's (``super().__call__``) is recorded once, by
+    the outermost call."""
+    running: set[int] = set()  # modules inside their own call: recorded by the outermost
+
+    def catching(call: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            key = id(self)
+            if key not in wanted or key in running:
+                return call(self, *args, **kwargs)
+            running.add(key)
+            try:
+                out = call(self, *args, **kwargs)
+            finally:
+                running.discard(key)
+            if not traced(out):
+                captured.setdefault(key, []).append(as_numpy(out, jax_numpy))
+            return out
+
+        return wrapper
+
+    for cls in dict.fromkeys(type(m) for m in wanted.values()):
+        patched.append((cls, cls.__dict__.get("__call__", _NOTHING)))
+        cls.__call__ = catching(cls.__call__)
 
 
 def _forget(grads: dict[int, Any], ids: set[int]) -> None:

@@ -10,6 +10,7 @@ a model of its framework is wrapped.
 """
 
 from ._adapter import Adapter, Leaf
+from ._check import Comparison
 from ._checkpoint import load, save
 from ._errors import (
     CheckpointError,
@@ -27,7 +28,8 @@ from ._errors import (
 )
 from ._param import Param
 from ._picture import Summary
-from ._port import Pair, PortReport, port
+from ._port import Check, Pair, PortReport, compare, port
+from ._registry import register_layer
 from ._tree import Node, ParamTree, summary, wrap
 from ._write import LoadResult
 
@@ -35,7 +37,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Adapter",
+    "Check",
     "CheckpointError",
+    "Comparison",
     "Leaf",
     "LoadResult",
     "Node",
@@ -55,8 +59,10 @@ __all__ = [
     "UnsupportedError",
     "UnsupportedModelError",
     "ValueTypeError",
+    "compare",
     "load",
     "port",
+    "register_layer",
     "save",
     "summary",
     "wrap",

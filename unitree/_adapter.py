@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any, Callable, ClassVar, NamedTuple
@@ -21,12 +22,14 @@ import numpy as np
 
 from ._errors import UnsupportedError, UnsupportedModelError
 from ._paths import Segment
+from .layouts import UNKNOWN, Step, registered
 
 __all__ = [
     "Adapter",
     "KindTable",
     "Leaf",
     "adapter_for",
+    "as_numpy",
     "fingerprint",
     "new_leaf",
 ]
@@ -75,7 +78,10 @@ class Adapter(ABC):
       goes through numpy), :meth:`backup`, :meth:`restore` (the core keeps a copy);
     - *layer settings*: :meth:`settings` (none known: ``ut.port`` compares nothing);
     - *native files*: :meth:`state_dict_file`, :meth:`shared_storage` (unsupported);
-    - *separate variables*: :meth:`variables` (flax linen only; unsupported elsewhere).
+    - *separate variables*: :meth:`variables` (flax linen only; unsupported elsewhere);
+    - *running the model*: :meth:`run` (``ut.compare`` and a port's output check; unsupported);
+    - *the layout between layers*: :meth:`step` (channels-last frameworks: what a
+      parameterless layer or a container's call does to the activations; unknown).
 
     **Class attributes:** ``name``, the backend name users see, which is also the key of the
     canonical tables (``layouts.LAYOUTS``, ``CODECS``, ``GENERATED``, ``CHANNELS_LAST``): a
@@ -275,24 +281,46 @@ class Adapter(ABC):
     # -- capability: layer settings -------------------------------------------------------
     def settings(self, module: Any) -> dict[str, Any]:
         """A layer's settings that change its results without being parameters, in one
-        vocabulary, so that ``ut.port`` can compare them across frameworks:
+        vocabulary, so that ``ut.port`` can compare them across frameworks by meaning
+        (``unitree._settings.compare``).
 
-        - ``eps`` (float): a norm's epsilon;
-        - ``momentum`` (float): batch norm's running-average update, as PyTorch counts it:
-          the weight of the new batch (Keras's, Flax's and Gluon's ``momentum`` is
-          the weight of the old value: 1 - theirs);
-        - ``padding``: ``"same"``, or a tuple of (before, after) per spatial axis
-          (``"valid"`` is zeros); ``stride``, ``dilation``: tuples per spatial axis;
-          ``groups`` (int); ``flatten`` (Gluon's Dense: True flattens N-d inputs);
-          ``data_format`` (``"channels_first"`` for a conv that says so: the core's flatten
-          rule then leaves the next dense layer as it is);
-        - anything else both frameworks name alike (attention's heads, recurrent
-          activations) is compared by equality.
+        ``unitree._settings.VOCABULARY`` lists, per layer kind, every setting an adapter
+        reports and what each value means, in PyTorch's terms: conv ``padding`` ("same",
+        or (before, after) per spatial axis), ``padding_mode``, ``stride``, ``dilation``,
+        ``groups``...; a norm's ``eps``, whether its stored ``scale`` and shift (``center``)
+        are applied, batch norm's ``momentum`` as PyTorch counts it (the weight of the new
+        batch: 1 - Keras's, Flax's, Gluon's); attention's ``num_heads``; recurrent
+        activations. Report every setting of the vocabulary for every layer of a kind the
+        adapter knows, the fixed ones too (PyTorch's recurrent activations): a setting not
+        reported is unknown, and ``ut.port`` refuses it under ``strict`` (the check proves
+        such a port by outputs). Also: ``flatten`` (Gluon's Dense, which no other framework
+        has: a note), ``data_format`` (a Keras conv's, read by the core's flatten rule).
 
-        Only what the framework exposes; {} for a layer with none (the default: an adapter
-        that knows no settings lets ``ut.port`` compare none).
+        {} for a layer whose settings cannot be read (a linen submodule made by a compact
+        method), and the default: an adapter that knows no settings.
         """
         return {}
+
+    # -- capability: the layout between layers ---------------------------------------------
+    def step(self, module: Any) -> Step:
+        """What ``module`` does to the layout of the activations, as a ``layouts.Step``: asked
+        on a channels-last backend (``layouts.CHANNELS_LAST``) of a parameterless layer, a
+        layer with leaves of no kind the tables know, and a container, between a conv and
+        a dense layer that may read its flatten (or a dense layer and a conv that may read
+        its output reshaped). The read follows the answer (``layouts.after_step``) to decide
+        the dense layer's rule (``layouts.decide``); where it is ``UNKNOWN`` the rule is
+        unknown (``View.unknown``) and a port refuses it under ``strict``.
+
+        A layer: ``KEEP`` (the layout stays; with the ``data_format`` it finds the channels
+        by, for a pooling or an upsampling), ``FLATTEN``, ``PERMUTE``, ``RESHAPE``, ``POOL``
+        (global), ``CONCAT``, ``MAP`` (a conv no table knows starts a feature map of its
+        own: Keras's ``SeparableConv2D``; asked even when nothing is followed). A container:
+        ``CHAIN`` (its children called in order, each on the previous one's output and
+        nothing else: Keras's ``Sequential``), ``GRAPH`` (as its ``wires`` say: Keras's
+        functional model). Default: ``UNKNOWN``, which is right for any module whose call the
+        adapter cannot read (a lambda, a custom ``call``).
+        """
+        return _UNKNOWN_STEP
 
     # -- capability: native files ---------------------------------------------------------
     def state_dict_file(self, path: str) -> Mapping[str, Any]:
@@ -316,25 +344,73 @@ class Adapter(ABC):
             f"tree.variables is for flax linen, which keeps variables apart; a {self.name} model holds its own."
         )
 
+    # -- capability: running the model ----------------------------------------------------
+    def run(
+        self,
+        root: Any,
+        inputs: Sequence[Any],
+        capture: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> tuple[Any, dict[int, list[Any]]]:
+        """Run the whole model ``root`` natively, in inference mode, on ``inputs``, and catch the
+        outputs of the modules in ``capture`` (this adapter's module objects, as a View lists
+        them): what ``ut.compare`` and a port's output check compare across frameworks.
+
+        ``inputs`` go in as the model's positional arguments (numpy arrays in the model's
+        floating dtype and on its device, as :meth:`backward` takes them; native tensors as
+        they are), ``kwargs`` as its keyword arguments. Inference mode is the framework's own
+        (torch ``eval()`` under ``no_grad``, Keras ``training=False``, NNX ``eval()``, linen
+        without mutable collections, Gluon outside ``autograd.record``); the model's mode is
+        put back afterwards and nothing the capture installed (hooks, wrappers) stays.
+
+        Returns:
+            (the model's output, captured): the output with every tensor as a numpy array of
+            its own (:func:`as_numpy`: tuples and lists as tuples, mappings as dicts), and
+            {id(module): [its output at each call, in call order, as the model output]} for
+            every module of ``capture`` the run called (a module called at two places has two
+            entries; one never called has none).
+        """
+        raise self.unsupported("running the model (ut.compare, the output check of ut.port)")
+
     def unsupported(self, capability: str) -> UnsupportedError:
         return UnsupportedError(f"{capability} is not supported by the {self.name} adapter.")
 
 
+_UNKNOWN_STEP = Step(UNKNOWN)
+
+
 class KindTable(dict):
     """Layer class -> the kind of the canonical tables ("dense", "conv", ...), or None; a
-    subclass has its nearest named base's kind: ``table[type(module)]``. Remembered per
-    class, so a lookup after the first is a dict's (it is asked once per module on every
-    read)."""
+    subclass has its nearest named base's kind: ``table[type(module)]``. A class registered
+    with ``unitree.register_layer`` (``layouts.REGISTERED``: by class or by qualified name)
+    has its registered :class:`~unitree.layouts.Kind`, which carries its own leaf rules; it
+    is looked up at each base of the MRO before the table's own classes, so the nearest
+    base decides. Remembered per class, so a lookup after the first is a dict's (it is asked
+    once per module on every read); a registration makes every table forget (:meth:`forget`)."""
+
+    _tables: ClassVar[list[weakref.ref[KindTable]]] = []  # every table, for forget()
 
     def __init__(self, kinds: Mapping[type, str]) -> None:
         super().__init__()
         self.kinds = dict(kinds)
+        KindTable._tables.append(weakref.ref(self))
 
     def __missing__(self, cls: type) -> str | None:
-        kind = self[cls] = next(
-            (self.kinds[base] for base in cls.__mro__ if base in self.kinds), None
-        )
+        kind = None
+        for base in cls.__mro__:
+            kind = registered(base) or self.kinds.get(base)
+            if kind is not None:
+                break
+        self[cls] = kind
         return kind
+
+    @classmethod
+    def forget(cls) -> None:
+        """Forget every class every table has looked up: a registration changed the answers."""
+        for ref in list(cls._tables):
+            table = ref()
+            if table is not None:
+                table.clear()
 
 
 def fingerprint(
@@ -359,6 +435,25 @@ def fingerprint(
 
     visit(root)
     return ids
+
+
+def as_numpy(value: Any, tensor: Callable[[Any], np.ndarray | None]) -> Any:
+    """A model's output (or a module's) with each tensor in it a numpy array of its own, for
+    :meth:`Adapter.run`: ``tensor`` converts one tensor, or returns None for what is no
+    tensor. Tuples and lists become tuples, mappings dicts (a Hugging Face ``ModelOutput``
+    is one), in their own order; Python numbers become 0-d arrays; anything else stays as it
+    is (a comparison then finds it not comparable). Every array is a copy: a later in-place
+    operation of the model (torch's ``ReLU(inplace=True)``) cannot change what was caught."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        return {k: as_numpy(v, tensor) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return tuple(as_numpy(v, tensor) for v in value)
+    if isinstance(value, (bool, int, float, complex, np.generic, np.ndarray)):
+        return np.array(value)
+    a = tensor(value)
+    return value if a is None else np.array(a)
 
 
 # The package or module of the types an adapter claims (a type there or below it) -> (adapter

@@ -351,6 +351,30 @@ def write_canonical(p: Param, value: np.ndarray) -> None:
     p._write(value)
 
 
+def read_with_rule(p: Param, rule: Rule | None) -> np.ndarray:
+    """``p``'s value as canonical under ``rule`` instead of its own (one of the candidates of
+    a ``layouts.Unknown``: ``View.unknown(p).candidates[name]``), read-only. Its shape is the
+    same as under ``p``'s own rule (the candidates differ in order, never in shape)."""
+    a = p._adapter.read(p._native_checked())
+    t = None if rule is None else rule.transform
+    return _readonly(t.to_canonical(a) if t else a)
+
+
+def write_with_rule(p: Param, rule: Rule | None, value: np.ndarray) -> None:
+    """Write a validated canonical ``value`` of ``p``'s shape and dtype, whole, as canonical
+    under ``rule`` instead of ``p``'s own (a candidate of a ``layouts.Unknown``): what a port
+    writes once it knows which candidate the model computes with. ``p``'s rule stays."""
+    t = None if rule is None else rule.transform
+    native = _contiguous(t.to_native(value, p._adapter.shape(p._leaf))) if t else value
+    p._adapter.write(p._leaf, native, None)
+
+
+def set_rule(p: Param, rule: Rule | None) -> None:
+    """Give ``p``, made by the read in progress, the rule a later layer decided (a dense layer
+    whose output a reshape turns into a feature map: ``_read``)."""
+    p._rule = rule
+
+
 def placed(p: Param, *args: Any) -> None:
     """Re-place ``p`` after a re-read of the structure: the same Param object, found again,
     with :class:`Param`'s arguments."""

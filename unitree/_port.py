@@ -11,14 +11,17 @@ import numpy as np
 
 from ._adapter import Adapter
 from ._canon import Layer, Slot, layers, slot_value, slots
+from ._check import Comparison, compare_models, describe_mismatch
 from ._dtypes import numpy_dtype
 from ._errors import PortError
 from ._param import adapter_of, leaf_of, transform_of
 from ._paths import join
 from ._read import View
+from ._settings import compare as compare_settings
+from ._settings import one_sided_notes
 from ._tree import view_of
 from ._write import Foreign, Journal, write_all
-from .layouts import OPTIONAL, SAME_KIND
+from .layouts import CONVS, OPTIONAL, SAME_KIND
 
 
 class Pair(NamedTuple):
@@ -53,6 +56,7 @@ class PortReport:
         self.settings: list[str] = []
         self.skipped: list[str] = []
         self.notes: list[str] = []
+        self.check: Comparison | None = None  # the outputs compared, with check=
 
     @property
     def rules(self) -> dict[str, int]:
@@ -236,14 +240,15 @@ def port(
             mixed = _mixed(s, d, leaf, s_view, d_view)
             if mixed:
                 (problems if strict else notes).append(f"{join(s.path, leaf)}: {mixed}")
-            layout = _layout(s, d, leaf, s_view, d_view, layouts or {})
-            if isinstance(layout, str):
-                if strict and not checked:
-                    problems.append(layout)
-                elif not checked:
-                    notes.append(layout)
-            elif layout is not None:
-                unknown.append(layout)
+            found, note = _layout(
+                s, d, leaf, s_view, d_view, layouts or {}, id(d_slot[join(d.path, leaf)])
+            )
+            if note:
+                notes.append(note)
+            if not checked and any(len(u.converts) > 1 for u in found):
+                (problems if strict else notes).append(_undecided(s, d, leaf, found))
+            else:
+                unknown += found
             src_slot = s_slot[join(s.path, leaf)]
             takes.setdefault(id(d_slot[join(d.path, leaf)]), []).append(
                 (src_slot, join(s.path, leaf))
@@ -299,25 +304,23 @@ def port(
         )
 
     cache: dict[int, dict[str, np.ndarray]] = {}
-    if check is not None:
-        from ._check import compare_models, describe_mismatch  # TODO: top-level
-    choices = _choices(unknown) if check is not None else [{}]
+    matched = [(s.path, s.module, d.path, d.module) for s, d, _ in pairs]
+    choices = _choices(unknown)
     journal = Journal()
     try:
-        for n, choice in enumerate(choices):
+        for n, (chosen, choice) in enumerate(choices):
             writes = _writes(d_slots, takes, cache, choice, report)
             write_all(writes, error_if_nonfinite, journal)
             if check is None:
                 break
-            comparison = compare_models(
-                s_view, d_view, [(p.src, p.dst) for p in report.pairs], *check
-            )
+            comparison = compare_models(s_view, d_view, matched, *check)
             report.check = comparison
             if comparison.ok:
                 report.notes += [
-                    f"{u.key}: {u.names[u.pick(choice)]} layout, the one whose outputs match "
-                    f"({u.why})"
+                    f"{u.key} ({u.side}): {chosen[u.side]}, the layout whose outputs match "
+                    f"(unknown from the model: {u.why})"
                     for u in unknown
+                    if len(u.converts) > 1
                 ]
                 break
             if n + 1 == len(choices):
@@ -775,72 +778,183 @@ def _describe(layer: Layer, backend: str) -> str:
     return f"{layer.path or '(root)'} ({backend} {layer.type_name}: {shapes})"
 
 
-def _differences(s: Layer, d: Layer, s_view: View, d_view: View) -> list[str]:
-    """The settings both frameworks expose for the pair that differ."""
-    a = s_view.adapter.settings(s.module)
-    b = d_view.adapter.settings(d.module)
-    out = []
-    for name in a.keys() & b.keys():
-        x, y = a[name], b[name]
-        same = (
-            math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-12)
-            if isinstance(x, float) and isinstance(y, float)
-            else x == y
-        )
-        if not same:
-            out.append(
-                f"{d.path or '(root)'}: {name} is {x!r} in the {s_view.adapter.name} layer {s.path or '(root)'}, {y!r} in the {d_view.adapter.name} one"
-            )
-    return out
-
-
 def _settings(
     s: Layer, d: Layer, s_view: View, d_view: View, report: PortReport
 ) -> tuple[list[str], list[str]]:
-    """The pair's settings that differ (they also go to the report) and those one side
-    cannot report; notes about the ones only one framework has."""
-    out = _differences(s, d, s_view, d_view)
+    """The pair's settings compared by meaning (``unitree._settings``): those that differ (they
+    also go to the report) and those one side cannot report; notes on one-sided ones."""
     a = s_view.adapter.settings(s.module)
     b = d_view.adapter.settings(d.module)
-    for (one, view, layer), other in (((a, s_view, s), b), ((b, d_view, d), a)):
-        for name, value in one.items():  # one-sided settings that change results (Gluon's flatten)
-            if name not in other and name in _ONE_SIDED and value != _ONE_SIDED[name][0]:
-                report.notes.append(
-                    f"{layer.path or '(root)'}: the {view.adapter.name} layer has {name}={value!r}, "
-                    f"{_ONE_SIDED[name][1]}"
-                )
-    report.settings += out
-    return out, []
+    kind = d.kind or s.kind
+    weight = d.shapes().get("weight")
+    kernel = tuple(weight[2:]) if kind in CONVS and weight else None
+    sides = (
+        f"{s_view.adapter.name} layer {s.path or '(root)'} ({s.type_name})",
+        f"{d_view.adapter.name} layer {d.path or '(root)'} ({d.type_name})",
+    )
+    where = f"{d.path or '(root)'}: "
+    differences, unknown = compare_settings(kind, a, b, kernel, sides)
+    report.notes += [where + note for note in one_sided_notes(a, b, sides)]
+    report.settings += [where + x for x in differences]
+    return [where + x for x in differences], [where + x for x in unknown]
 
 
 class _Unknown(NamedTuple):
-    """A destination leaf whose layout is to be decided by the check."""
+    """A destination tensor whose value depends on a layout unitree could not read from either
+    model (``View.unknown``): one conversion of its canonical value per candidate."""
 
-    key: str
+    key: str  # the destination leaf, as messages name it
+    side: str  # "source" or "destination": whose layout is unknown
     why: str
-    names: list[str]
-    converts: list[Any]
-    slot: int
-
-    def pick(self, choice: dict[int, Any]) -> int:
-        return self.converts.index(choice.get(self.slot))
+    converts: dict[str, Callable[[np.ndarray], np.ndarray] | None]  # candidate -> conversion
+    slot: int  # id of the destination slot
 
 
 def _layout(
-    s: Layer, d: Layer, leaf: str, s_view: View, d_view: View, layouts: Mapping[str, str]
-) -> Any:
-    return None
+    s: Layer,
+    d: Layer,
+    leaf: str,
+    s_view: View,
+    d_view: View,
+    layouts: Mapping[str, str],
+    slot: int,
+) -> tuple[list[_Unknown], str]:
+    """The leaf's layouts that no model says (a flatten through an opaque step): one
+    :class:`_Unknown` per side, with the candidates to try (the one ``layouts`` names, if
+    it names the layer); and a note. Between two models of one framework whose layouts are
+    both unknown and assumed alike, the value is copied as it is (nothing is converted on a
+    guess): none, and the note says so."""
+    found = []
+    for side, layer, view in (("source", s, s_view), ("destination", d, d_view)):
+        p = layer.params.get(leaf) if layer.codec is None else None
+        unknown = view.unknown(p) if p is not None else None
+        if unknown is not None:
+            found.append((side, layer, p, unknown))
+    if (
+        len(found) == 2
+        and s_view.adapter.name == d_view.adapter.name
+        and found[0][3].default == found[1][3].default
+        and not {s.path, d.path} & set(layouts)
+    ):
+        return (
+            [],
+            f"{leaf}: copied as it is; its layout is unknown on both sides, and assumed alike",
+        )
+    out = []
+    for side, layer, p, unknown in found:
+        chosen = layouts.get(layer.path)
+        if chosen is not None and chosen not in unknown.candidates:
+            raise PortError(
+                f"Cannot port: layouts= says {layer.path!r} is {chosen!r}; its candidates are "
+                f"{', '.join(map(repr, unknown.candidates))}. Nothing was written."
+            )
+        converts = {
+            name: _reruled(p, unknown.candidates[unknown.default], rule, side == "source")
+            for name, rule in unknown.candidates.items()
+            if chosen is None or name == chosen
+        }
+        out.append(_Unknown(join(layer.path, leaf), side, unknown.reason, converts, slot))
+    return out, ""
 
 
-def _choices(unknown: list[_Unknown]) -> list[dict[int, Any]]:
-    return [{}]
-
-
-# Settings only one framework has: the value the others behave as, and what differs otherwise.
-_ONE_SIDED = {
-    "flatten": (
-        False,
-        "it flattens an N-d input itself: the other framework's layer acts on the last axis, so "
-        "the outputs agree when that model flattens first (a Flatten layer) or the input is 2-d",
+def _undecided(s: Layer, d: Layer, leaf: str, unknown: list[_Unknown]) -> str:
+    u = next(u for u in unknown if len(u.converts) > 1)
+    return (
+        f"{join(s.path, leaf)} -> {join(d.path, leaf)}: the layout of the activations at the "
+        f"{u.side} layer is unknown ({u.why}); pass check= inputs (the port tries each layout and keeps "
+        f"the one whose outputs match) or layouts={{{u.key.rpartition('.')[0]!r}: "
+        f"{' or '.join(map(repr, u.converts))}}}"
     )
-}
+
+
+def _reruled(
+    p: Any, default: Any, rule: Any, source: bool
+) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The conversion of a canonical value read (source) or written (destination) through the
+    ``default`` rule into one through ``rule``; None where they are the same rule."""
+    if rule is default:
+        return None
+    shape = adapter_of(p).shape(leaf_of(p))
+
+    def native(a: np.ndarray, r: Any) -> np.ndarray:
+        return a if r is None or r.transform is None else r.transform.to_native(a, shape)
+
+    def canonical(a: np.ndarray, r: Any) -> np.ndarray:
+        return a if r is None or r.transform is None else r.transform.to_canonical(a)
+
+    if source:  # what the default read gives, back to native, then read through ``rule``
+        return lambda a: canonical(native(a, default), rule)
+    return lambda a: canonical(native(a, rule), default)  # written through ``default``
+
+
+def _choices(
+    unknown: list[_Unknown],
+) -> list[tuple[dict[str, str], dict[int, Callable[[np.ndarray], np.ndarray]]]]:
+    """The layouts to try, in order: each combination of one candidate for every unknown
+    source layout and one for every unknown destination layout, the defaults first: ({side:
+    candidate}, {id(destination slot): the conversion of the value it takes})."""
+    names = {
+        side: list(dict.fromkeys(n for u in unknown if u.side == side for n in u.converts)) or [""]
+        for side in ("source", "destination")
+    }
+    out = []
+    for a in names["source"]:
+        for b in names["destination"]:
+            steps: dict[int, list[Callable[[np.ndarray], np.ndarray]]] = {}
+            for u in sorted(unknown, key=lambda u: u.side != "source"):  # the source's first
+                f = u.converts.get(a if u.side == "source" else b)
+                if f is not None:
+                    steps.setdefault(u.slot, []).append(f)
+            chosen = {"source": a, "destination": b}
+            out.append((chosen, {slot: _chain(fs) for slot, fs in steps.items()}))
+    return out
+
+
+def _chain(steps: list[Callable[[np.ndarray], np.ndarray]]) -> Callable[[np.ndarray], np.ndarray]:
+    def run(a: np.ndarray) -> np.ndarray:
+        for f in steps:
+            a = f(a)
+        return a
+
+    return run
+
+
+def compare(
+    src: Any,
+    dst: Any,
+    inputs: Any,
+    *,
+    dst_inputs: Any = None,
+    dst_outputs: Callable[[Any], Any] | None = None,
+    rename: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+) -> Comparison:
+    """Run two models natively on example inputs and compare their outputs layer by layer:
+    for debugging a port (one's own, or one ``ut.port`` refused). Nothing is written.
+
+    The layers are paired as :func:`port` pairs them (with ``rename``; where names do not
+    decide, in their order). ``inputs``: the source's positional inputs (an array or a tuple
+    of arrays); ``dst_inputs``: the destination's, or a function making them from the
+    source's (default: the same); ``dst_outputs``: a function mapping the destination's
+    outputs into the source's layout. Per layer, outputs of the same shape are compared as
+    they are, a channels-last output against a channels-first one after moving the channels
+    axis, and anything else is "not comparable" (never a pass). ``rtol``/``atol`` default to
+    the dtype's resolution (see ``unitree._check.tolerance``).
+
+    Returns:
+        A :class:`unitree.Comparison`: a row per matched layer, in the source's order (its
+        largest difference, tolerance and status), the outputs' row, ``ok`` and
+        ``first_difference``; ``print`` shows the table.
+
+    Raises:
+        UnsupportedError: a framework whose models unitree cannot run.
+        PortError: a ``rename=`` that does not say what it means.
+    """
+    s_view, d_view = view_of(src), view_of(dst)
+    s_layers, d_layers = layers(s_view), layers(d_view)
+    names = (s_view.adapter.name, d_view.adapter.name)
+    renamed = _renamer(rename, s_layers, d_layers, names)
+    pairs = _match(s_layers, d_layers, renamed, s_view, d_view, True)[0]
+    matched = [(s.path, s.module, d.path, d.module) for s, d, _ in pairs]
+    return compare_models(s_view, d_view, matched, inputs, dst_inputs, dst_outputs, rtol, atol)

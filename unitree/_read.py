@@ -10,6 +10,7 @@ core reads a tree only through a :class:`View`: a Structure seen from one node.
 from __future__ import annotations
 
 import gc
+import itertools
 import re
 import threading
 from collections.abc import Hashable
@@ -17,9 +18,38 @@ from typing import Any, NamedTuple
 
 from ._adapter import Adapter
 from ._errors import UnitreeError, UnsupportedModelError
-from ._param import Param, placed, rule_of, set_aliases
+from ._param import Param, placed, rule_of, set_aliases, set_rule
 from ._paths import Path, keystr
-from .layouts import CHANNELS_LAST, CONVS, Plan, flatten, flattens, has_rules, plan, rules
+from .layouts import (
+    CHAIN,
+    CHANNELS_LAST,
+    CONVS,
+    GRAPH,
+    MAP,
+    NONE,
+    NORMS,
+    Decision,
+    Feed,
+    Flow,
+    Mirror,
+    Plan,
+    Rule,
+    Unknown,
+    Wire,
+    after_step,
+    decide,
+    dense_pend,
+    fed,
+    flattens,
+    has_rules,
+    merge,
+    mirror_unknown,
+    mirrored,
+    needs_units,
+    opaque,
+    plan,
+    rules,
+)
 
 Entry = tuple[Path, Param]
 Occurrence = tuple[Path, str, Param]  # (its module's path, its name there, the Param)
@@ -41,6 +71,8 @@ class Structure(NamedTuple):
     by_ident: dict[Hashable, Param]  # adapter.identity(leaf object) -> its Param
     mixed: frozenset[Param]  # tied, and fed by a channels-last flatten at some uses only
     seen: list[tuple[Any, Any]]  # (module, its leaves), for the fingerprint
+    # leaves whose layout depends on activations the read could not follow (layouts.Unknown)
+    unknown: dict[Param, Unknown]
 
     def fingerprint(self) -> list[int]:
         """What :meth:`Adapter.fingerprint` returns for the model as it was read. Made once:
@@ -129,6 +161,17 @@ class View(NamedTuple):
         """Whether ``p`` is tied and fed by a channels-last flatten at some of its uses only."""
         return p in self.structure.mixed
 
+    def unknown(self, p: Param) -> Unknown | None:
+        """Why ``p``'s layout could not be decided, and its candidate rules, or None (decided).
+
+        A dense layer (or a norm) reading the flatten of a channels-last conv output, or
+        whose output is reshaped into a feature map a conv reads, through a step the read
+        cannot see through (a lambda, a custom call, a Flax module's ``__call__``): its
+        rule is the :class:`~unitree.layouts.Unknown`'s ``default`` candidate, which
+        checkpoints and ``state_dict`` go on using; a port refuses it under ``strict``.
+        """
+        return self.structure.unknown.get(p)
+
 
 def read(adapter: Adapter, root: Any, old: dict[Hashable, Param] | None = None) -> Structure:
     """Read the whole structure of ``root``: one pass over every module and leaf.
@@ -154,31 +197,38 @@ def read(adapter: Adapter, root: Any, old: dict[Hashable, Param] | None = None) 
     mixed: set[Param] = set()
     aliases: dict[Param, list[str]] = {}  # the paths after the first of each tied leaf
     plans: dict[Any, Plan] = {}
-    channels = 0  # of the last conv output, while a flatten of it may feed a dense layer
+    uses: list[list[Any]] = []  # [Param, its rule at this use] of each use after its first
+    # the layout of the activations, on a channels-last backend only (PyTorch's is canonical)
+    follow = _Follow(adapter, renewed) if channels_last else None
 
     # The hot loop of the first traversal: kept flat, it runs once per module and leaf.
     def visit(native: Any, pre: Path, text: str) -> None:  # text: pre as users see it, and a "."
-        nonlocal channels
         leaves = adapter.leaves(native)
         seen.append((native, leaves))
+        kind: Any = None
+        decision: Decision | None = None
         if leaves:
             if with_rules:
                 # the same kind with the same leaf names maps the same way: work it out once
+                # (a registered type's rules are its own, not its kind's: layouts.Kind.key)
                 kind = adapter.kind(native)
-                key = (kind, *[leaf.name for leaf in leaves])
+                key = (getattr(kind, "key", kind), *[leaf.name for leaf in leaves])
                 layer = plans.get(key)
                 if layer is None:
                     layer = plans[key] = plan(key[1:], rules(backend, kind, key[1:]))
-                if channels_last and (channels or kind in CONVS):
-                    shapes = [adapter.shape(leaf.obj) for leaf in leaves]
-                    first = kind in CONVS and adapter.settings(native).get("data_format")
-                    channels, layer = flatten(
-                        channels, kind, layer, shapes, first == "channels_first"
-                    )
+                if follow is not None and kind in _DECIDED:
+                    decision = follow.layer(native, kind, layer, leaves, text)
+                    if decision is not None:
+                        layer = decision.layer
+                elif follow is not None and kind:  # an embedding, a cell: its own features
+                    follow.flow = NONE
             else:  # native names and order: the plan depends on the count alone
                 layer = plans.get(len(leaves))
                 if layer is None:
                     layer = plans[len(leaves)] = [(i, "", None) for i in range(len(leaves))]
+            made: list[tuple[Param, list[Any] | None]] | None = None
+            if decision is not None and (decision.unknown or decision.pend):
+                made = []  # (Param, its use's record) by position in the plan
             for i, name, rule in layer:
                 native_name, obj, is_param, persistent = leaves[i]
                 leaf_name = name or native_name
@@ -196,18 +246,64 @@ def read(adapter: Adapter, root: Any, old: dict[Hashable, Param] | None = None) 
                         renewed[p] = args
                     by_ident[ident] = p
                     (params if is_param else buffers).append((shown, p))
+                    use = None
                 else:
                     aliases.setdefault(p, []).append(shown)
-                    first_rule = renewed[p][4] if p in renewed else rule_of(p)
-                    if flattens(first_rule) != flattens(rule):
-                        mixed.add(p)
+                    use = [p, rule]
+                    uses.append(use)
+                if made is not None:
+                    made.append((p, use))
                 flat.append((pre, leaf_name, p))
-        for seg, child in adapter.children(native):
+            if made is not None and follow is not None and decision is not None:
+                follow.made(decision, leaves, made)
+        children = adapter.children(native)
+        mode = _PLAIN
+        if follow is not None:
+            if not isinstance(children, (list, tuple)):
+                children = list(children)
+            if kind is None and (leaves or not children):
+                follow.step(native, text, bool(leaves))  # parameterless, or of no known kind
+            if not children:
+                return
+            if not leaves:
+                kind = adapter.kind(native)
+            if kind and kind not in _DECIDED:  # attention, a recurrent layer: its own inside
+                follow.flow = NONE
+                mode = _OWN
+            else:
+                how = adapter.step(native)
+                if how.op == GRAPH and len(how.wires) == len(children):
+                    mode, entry, outs = _GRAPH, follow.current(), []
+                elif how.op != CHAIN:
+                    mode = _OPAQUE  # called by code no one can see: the layout is lost between
+        if not mode:  # in order, or no layout to follow: the hot loop, kept plain
+            for seg, child in children:
+                if type(seg) is str and (not seg or "." in seg or not seg.isprintable()):
+                    check_name(backend, text, seg, "module")
+                path = (*pre, seg)
+                modules.append((path, child))
+                visit(child, path, f"{text}{seg}.")
+            return
+        assert follow is not None
+        for k, (seg, child) in enumerate(children):
             if type(seg) is str and (not seg or "." in seg or not seg.isprintable()):
                 check_name(backend, text, seg, "module")
             path = (*pre, seg)
             modules.append((path, child))
+            if mode == _GRAPH:  # each child reads the outputs its wires name
+                follow.flow = follow.wired(how.wires[k], entry, outs, child, f"{text}{seg}.")
+            elif mode == _OPAQUE:
+                follow.opaque(native, text)
             visit(child, path, f"{text}{seg}.")
+            if mode == _GRAPH:
+                outs.append(follow.current())
+        if mode:
+            if mode == _GRAPH:
+                follow.flow = follow.wired(how.outputs, entry, outs, None, text)
+            elif mode == _OPAQUE:
+                follow.opaque(native, text)
+            else:
+                follow.flow = NONE
 
     try:
         with gc_pause:
@@ -216,13 +312,218 @@ def read(adapter: Adapter, root: Any, old: dict[Hashable, Param] | None = None) 
         raise UnitreeError(
             f"The {backend} model is nested too deeply to read, or contains itself: a module tree cannot have cycles."
         ) from None
+    for p, rule in uses:  # a tied leaf read through a flatten's rule at some uses only
+        if flattens(renewed[p][4] if p in renewed else rule_of(p)) != flattens(rule):
+            mixed.add(p)
     for p, args in renewed.items():
         placed(p, *args)
     for p, paths in aliases.items():
         set_aliases(p, paths)
+    unknown = follow.unknown if follow is not None and follow.unknown else {}
     return Structure(
-        adapter, root, flat, modules, params, buffers, by_ident, frozenset(mixed), seen
+        adapter, root, flat, modules, params, buffers, by_ident, frozenset(mixed), seen, unknown
     )
+
+
+# The flow while it is the output of the last dense layer of _Follow's fast path (_Follow.last).
+_FED = Flow("out", feeds=(Feed(0, 0, ""),))
+
+# Kinds whose rules depend on the activations' layout around them (layouts.decide).
+_DECIDED = frozenset({*CONVS, "dense", *NORMS})
+# How a module calls its children, as far as the layout goes: in order (or no layout to
+# follow), by code no one can see, as a graph says, or as a layer of its own kind does.
+_PLAIN, _OPAQUE, _GRAPH, _OWN = range(4)
+
+
+def _where(text: str) -> str:
+    """A module's path, as messages name it, from its ``text`` (the path and a ".")."""
+    return repr(text[:-1]) if text else "the root"
+
+
+def _call(adapter: Adapter, native: Any, text: str) -> str:
+    return f"the call of {adapter.type_name(native)} at {_where(text)}"
+
+
+class _Shapes:
+    """A layer's native leaf shapes by index, each read when first asked: a decision reads
+    few (a dense layer's kernel, and only while a conv's channels are followed)."""
+
+    __slots__ = ("adapter", "got", "leaves")
+
+    def __init__(self, adapter: Adapter, leaves: Any) -> None:
+        self.adapter, self.leaves = adapter, leaves
+        self.got: dict[int, tuple[int, ...] | None] = {}
+
+    def __getitem__(self, i: int) -> tuple[int, ...] | None:
+        got = self.got
+        if i not in got:
+            got[i] = self.adapter.shape(self.leaves[i].obj)
+        return got[i]
+
+    def __len__(self) -> int:
+        return len(self.leaves)
+
+
+# What a later reshape decides of a layer's leaves: (its plan, the positions in it, its Params
+# by position, its leaves), under the token of the dense layer whose output it is, that layer's
+# own first.
+_Pending = tuple[Plan, tuple[int, ...], list[tuple[Param, "list[Any] | None"]], Any]
+
+
+class _Follow:
+    """What a read follows of the activations' layout on a channels-last backend (a
+    ``layouts.Flow``, through ``Adapter.step``), and what it decides: unknown leaves, and the
+    rules of dense layers whose output a later reshape and conv decide."""
+
+    def __init__(self, adapter: Adapter, renewed: dict[Param, tuple[Any, ...]]) -> None:
+        self.adapter = adapter
+        self.renewed = renewed  # Params of an earlier read: their rule goes in their new args
+        self.flow: Flow = NONE
+        self.tokens = itertools.count(1)
+        self.pending: dict[int, list[_Pending]] = {}  # by the token of a dense layer's output
+        self.unknown: dict[Param, Unknown] = {}
+        # id(a dense layer's plan) -> its Decision when no conv's map reaches it (the flow
+        # aside, the same for every layer of that plan: plans are made once per read and kept)
+        self.fed: dict[int, Decision] = {}
+        # the last such dense layer (text, then its pending entry): while ``flow`` is _FED, the
+        # flow is its output, made a real feed (``current``) only when more than another
+        # dense layer reads it: in a chain of dense layers, each feed dies unread
+        self.last_text = ""
+        self.last: _Pending | None = None
+
+    def dense(self, layer: Plan, text: str) -> Decision:
+        """A dense layer no conv's map reaches (the common case, kept fast): its output starts
+        a feed, as ``decide`` says (``layouts.fed``), and nothing else is decided."""
+        d = self.fed.get(id(layer))
+        if d is None:
+            d = self.fed[id(layer)] = Decision(NONE, layer, pend=dense_pend(layer))
+        self.flow, self.last_text = _FED, text
+        return d
+
+    def current(self) -> Flow:
+        """The flow, the last dense layer's output made a real feed if it is one."""
+        if self.flow is _FED:
+            token = next(self.tokens)
+            if self.last is not None:
+                self.pending[token] = [self.last]
+            self.flow = fed(token, _where(self.last_text))
+        return self.flow
+
+    def layer(self, native: Any, kind: Any, layer: Plan, leaves: Any, text: str) -> Decision | None:
+        """A conv, dense layer or norm: its rules, given what reaches it (layouts.decide)."""
+        flow = self.flow
+        if kind == "dense" and not flow.channels and layer[0][2] is not None:
+            return self.dense(layer, text)
+        if flow.state == "none" and kind in NORMS:
+            return None  # nothing a norm's layout could depend on: the common case, fast
+        flow = self.current()
+        adapter = self.adapter
+        first, groups = False, 1
+        if kind in CONVS:
+            settings = adapter.settings(native)
+            first = settings.get("data_format") == "channels_first"
+            groups = int(settings.get("groups") or 1) if kind == "conv" else 1
+        if flow.feeds and needs_units(flow, kind):
+            flow = self.units(flow)
+        shapes = _Shapes(adapter, leaves)
+        token = next(self.tokens)
+        d = decide(flow, kind, layer, shapes, _where(text), token, first, groups)
+        self.flow = d.flow
+        self.resolve(d.mirrors)
+        return d
+
+    def made(self, d: Decision, leaves: Any, made: list[tuple[Param, list[Any] | None]]) -> None:
+        """The Params of a decided layer, by position in its plan: record what is unknown, and
+        what a reshape of its output decides later (expanded only if one does)."""
+        for j, u in d.unknown:
+            self.unknown.setdefault(made[j][0], u)
+        if not d.pend:
+            return
+        if self.flow is _FED:  # a dense layer of the fast path: kept until its feed is read
+            self.last = (d.layer, d.pend, made, leaves)
+            return
+        token = self.flow.feeds[0].token  # the feed the layer left (a norm: the one it matched)
+        self.pending.setdefault(token, []).append((d.layer, d.pend, made, leaves))
+
+    def units(self, flow: Flow) -> Flow:
+        """``flow`` with its feeds' units read (from each dense layer's kernel)."""
+        if all(f.units for f in flow.feeds):
+            return flow
+        feeds = []
+        for f in flow.feeds:
+            entries = self.pending.get(f.token)
+            if not f.units and entries:  # (none: another branch of a graph decided it)
+                layer, _, _, leaves = entries[0]  # the dense layer's own
+                i, _, rule = layer[0]
+                shape = self.adapter.shape(leaves[i].obj)
+                if shape and rule is not None and rule.transform is not None:
+                    f = f._replace(units=rule.transform.shape(shape)[0])
+            feeds.append(f)
+        return flow._replace(feeds=tuple(feeds))
+
+    def resolve(self, mirrors: tuple[Mirror, ...]) -> None:
+        """What a conv (or a pooling) reading a dense layer's output as a map decided."""
+        for m in mirrors:
+            for k, (layer, pend, made, _) in enumerate(self.pending.pop(m.feed.token, ())):
+                for j in pend:
+                    _, name, rule = layer[j]
+                    p, use = made[j]
+                    # the dense layer's kernel (in, out); its bias, a norm's vectors: 1-d
+                    ndim = 2 if k == 0 and j == 0 else 1
+                    self.decided(p, use, rule or Rule(name), ndim, m)
+
+    def decided(self, p: Param, use: list[Any] | None, rule: Rule, ndim: int, m: Mirror) -> None:
+        if m.reason:
+            self.unknown.setdefault(p, mirror_unknown(rule, ndim, m))
+            return
+        new = mirrored(rule, ndim, m.channels)
+        if use is not None:  # a later use of a tied leaf: its own rule there
+            use[1] = new
+        elif p in self.renewed:
+            args = self.renewed[p]
+            self.renewed[p] = (*args[:4], new, *args[5:])
+        else:  # made by this read: no one else holds it yet
+            set_rule(p, new)
+
+    def opaque(self, native: Any, text: str) -> None:
+        """Between the children of ``native``, whose call no one can see through."""
+        flow = self.current()
+        if flow.state != "none" and not flow.why:
+            self.flow = opaque(flow, _call(self.adapter, native, text))
+
+    def step(self, native: Any, text: str, leaves: bool = False) -> None:
+        """A module that is no layer ``decide`` takes: what the adapter says it does. One
+        with leaves is asked even when nothing is followed: it may start a map (``MAP``)."""
+        flow = self.current()
+        lost = flow.state == "none" or bool(flow.why)  # nothing to follow, or nothing to see
+        if lost and not leaves:
+            return
+        adapter = self.adapter
+        how = adapter.step(native)
+        if lost and how.op != MAP:
+            return
+        if needs_units(flow, step=how):
+            flow = self.units(flow)
+        what = how.why or f"the {adapter.type_name(native)} layer"
+        self.flow, mirrors = after_step(flow, how, f"{what} at {_where(text)}")
+        self.resolve(mirrors)
+
+    def wired(
+        self, wires: tuple[Wire, ...], entry: Flow, outs: list[Flow], child: Any, text: str
+    ) -> Flow:
+        """What reaches a graph's child (or the graph's outputs: ``child`` None)."""
+        flows = []
+        for wire in wires:
+            parts = [entry if s < 0 else outs[s] if s < len(outs) else None for s in wire.sources]
+            if None in parts:  # an input the traversal has not reached: no order to follow
+                flows.append(opaque(merge([f for f in parts if f]), "a graph out of order"))
+                continue
+            flow = merge([self.units(f) for f in parts if f is not None], why=wire.through)
+            flows.append(opaque(flow, wire.through) if wire.through else flow)
+        if len(flows) < 2:
+            return flows[0] if flows else NONE
+        step = self.adapter.step(child) if child is not None else None
+        return merge([self.units(f) for f in flows], step, f"the merge at {_where(text)}")
 
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")

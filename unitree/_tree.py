@@ -22,6 +22,7 @@ from ._param import Param, leaf_of
 from ._paths import Path, Segment, join, keystr, parts
 from ._picture import Summary
 from ._read import Structure, View, gc_pause, read
+from ._registry import generation
 from ._write import LoadResult, as_arrays, load, share_all
 
 
@@ -337,6 +338,7 @@ class ParamTree(Node):
         # None: not read yet, or known to be stale; the Structure: read, its fingerprint not
         # made yet (the first traversal does not pay for it); else the fingerprint
         self._fp: Any = None
+        self._kinds = -1  # unitree._registry.generation() at the last read
         self._nodes: dict[Path, Node] = {}
         self._lock = threading.RLock()  # one re-read at a time: it re-places the Params
 
@@ -368,7 +370,11 @@ class ParamTree(Node):
         with self._lock:
             if type(self._fp) is Structure:
                 self._fp = self._fp.fingerprint()
-            if self._fp is None or self._adapter.fingerprint(self._native) != self._fp:
+            if (
+                self._fp is None
+                or self._kinds != generation()  # a layer type registered since: kinds, rules
+                or self._adapter.fingerprint(self._native) != self._fp
+            ):
                 self._build()
             assert self._structure is not None
             return self._structure
@@ -377,6 +383,7 @@ class ParamTree(Node):
         """Read the whole structure: one pass over every module and leaf."""
         with self._lock:
             old = self._structure
+            self._kinds = generation()
             self._structure = read(self._adapter, self._native, old.by_ident if old else None)
             self._nodes = {}
             self._fp = self._structure
@@ -384,9 +391,9 @@ class ParamTree(Node):
     def _read_once(self) -> Structure:
         """The structure, read if it never was; not compared with the model (lookups follow
         the live model and re-read only on a miss)."""
-        if self._structure is None or self._fp is None:
+        if self._structure is None or self._fp is None or self._kinds != generation():
             with self._lock:  # threads that arrive together: one reads, the others wait for it
-                if self._structure is None or self._fp is None:
+                if self._structure is None or self._fp is None or self._kinds != generation():
                     self._build()
         assert self._structure is not None
         return self._structure

@@ -19,7 +19,7 @@ from ._dtypes import numpy_dtype
 from ._errors import StateDictError
 from ._param import Param, adapter_of, check_finite, leaf_of, numeric, write_canonical
 from ._read import View
-from .layouts import OPTIONAL
+from .layouts import OPTIONAL, weight_norm, weight_norm_axes, weight_norm_keys
 
 
 class LoadResult(NamedTuple):
@@ -46,18 +46,31 @@ def load(
 
     ``casting`` is numpy's rule for a dtype change: "safe" (lossless only),
     "same_kind", or "unsafe". ``stored`` maps a key of ``header`` that a file ties to
-    another (stores once) to that other key: two such keys need no comparison.
+    another (stores once) to that other key: two such keys need no comparison. A weight
+    ``header`` lacks is also read as PyTorch's weight norm stores it, its magnitude and
+    direction ("0.weight_g" and "0.weight_v", or "0.parametrizations.weight.original0" and
+    "original1"), as torch's own ``load_state_dict`` takes them for a weight-normed layer:
+    the weight is computed from them (``layouts.weight_norm``).
     """
     stored = stored or {}
     problems = list(problems or [])
     plan: dict[int, tuple[Layer, dict[str, Callable[[], np.ndarray]]]] = {}
     missing: list[str] = []
     used: set[str] = set()
+    made: dict[str, tuple[str, str]] = {}  # keys computed from a weight norm's g and v keys
+    get = _computing(get, made)
     for slot in slots(view):
         layer, leaf = slot.layer, slot.leaf
         if not layer.persistent(leaf):
             continue
         keys = [k for k in slot.keys if k in header]
+        if not keys:  # a weight as torch's weight norm stores it, which its load_state_dict takes
+            factors = _weight_norm_factors(slot.keys[0], header)
+            if factors is not None:
+                made[slot.keys[0]] = factors
+                header = {**header, slot.keys[0]: header[factors[1]]}  # v's shape and dtype
+                keys = [slot.keys[0]]
+                used.update(factors)
         used.update(keys)
         if not keys:
             missing.append(slot.keys[0])
@@ -245,6 +258,36 @@ class Journal:
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
+
+
+def _weight_norm_factors(
+    key: str, header: Mapping[str, tuple[tuple[int, ...], np.dtype]]
+) -> tuple[str, str] | None:
+    """The keys of a magnitude g and a direction v under which ``header`` holds the canonical
+    ``key`` as PyTorch's weight norm stores it (``layouts.weight_norm_keys``: "0.weight_g"
+    and "0.weight_v", or "0.parametrizations.weight.original0" and "...original1"), with
+    shapes a weight norm gives; None where it holds no such pair."""
+    for g, v in weight_norm_keys(key):
+        if (
+            g in header
+            and v in header
+            and weight_norm_axes(tuple(header[g][0]), tuple(header[v][0])) is not None
+        ):
+            return g, v
+    return None
+
+
+def _computing(
+    get: Callable[[str], np.ndarray], made: Mapping[str, tuple[str, str]]
+) -> Callable[[str], np.ndarray]:
+    """``get``, which also reads the keys of ``made`` (filled as the caller goes), each
+    computed from its weight norm's g and v (``layouts.weight_norm``)."""
+
+    def read(key: str) -> np.ndarray:
+        factors = made.get(key)
+        return get(key) if factors is None else weight_norm(get(factors[0]), get(factors[1]))
+
+    return read
 
 
 def _optional(key: str) -> bool:

@@ -14,9 +14,14 @@ canonical tables"): a 4 -> 8 dense layer has ``weight`` of shape (8, 4). The tab
   canonical leaves are no single native leaf (Keras's one LSTM bias, Flax's
   per-gate cells, attention's separate projections): it computes them from
   the layer's whole subtree, both ways.
+- ``REGISTERED``: third-party layer types (``unitree.register_layer``), by class or
+  qualified name, each with its :class:`Kind`: the kind it is matched as, and its own
+  rules. Hugging Face's ``Conv1D`` ships here.
 
 The core's decisions for one layer are pure functions here too: ``plan`` (its leaves in
-canonical order, named and ruled) and ``flatten`` (the flatten rule, layer by layer).
+canonical order, named and ruled), and ``decide`` with ``after_step`` (a layer's rules from
+the layout of the activations that reach it, followed through the parameterless steps a
+channels-last model's own structure shows: ``Flattened``, ``Unflattened``, or ``Unknown``).
 
 A layer kind or leaf in none of the tables keeps its native name and layout. Every
 rule is proven against each framework's own outputs in tests/<framework>/
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable, NamedTuple
 
@@ -113,6 +119,33 @@ class FlattenedVector:
 
     def to_native(self, a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         return a.reshape(self.channels, -1).T.reshape(-1)
+
+
+class Unflattened:
+    """The (in, out) kernel of a dense layer whose output is reshaped into a channels-last
+    feature map (Keras's ``Reshape((H, W, C))`` before a conv): its output axis is in
+    (H, W, C) order, channels fastest, where PyTorch's ``Linear`` before ``Unflatten(1,
+    (C, H, W))`` holds (C, H, W). The canonical weight is that (out, in) ``Linear`` weight:
+    transposed, its output axis permuted (the bias, and a norm's vectors between the dense
+    layer and the reshape, take :class:`FlattenedVector`). Only C matters."""
+
+    view = False
+
+    def __init__(self, channels: int) -> None:
+        self.channels = channels
+
+    def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (shape[1], shape[0])
+
+    def to_canonical(self, a: np.ndarray) -> np.ndarray:
+        n, out = a.shape
+        c = self.channels
+        return a.reshape(n, out // c, c).transpose(2, 1, 0).reshape(out, n)
+
+    def to_native(self, a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        out, n = a.shape
+        c = self.channels
+        return a.reshape(c, out // c, n).transpose(2, 1, 0).reshape(n, out)
 
 
 class Codec:
@@ -474,11 +507,72 @@ CODECS: dict[tuple[str, str], Codec] = {
 }
 
 
+# -- third-party layer types: ``unitree.register_layer`` ------------------------------------
+class Kind(str):
+    """The kind of a registered layer type: a ``str`` equal to its kind's name ("dense"), so a
+    port, the settings and the flatten rule see it as that kind, carrying the type's own leaf
+    rules, which :func:`rules` gives instead of the kind's (``key``: what a read's plans are
+    cached by, one per registration)."""
+
+    rules: dict[str, Rule]
+    key: tuple[str, type | str]
+
+    def __new__(cls, kind: str, rules: Mapping[str, Rule], layer_type: type | str) -> Kind:
+        self = super().__new__(cls, kind)
+        self.rules = dict(rules)
+        self.key = ("registered", layer_type)
+        return self
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return str, (str(self),)  # copied or pickled (a PortReport's pairs): the kind's name
+
+
+def _transposed(ndim: int) -> tuple[int, ...]:
+    return tuple(reversed(range(ndim)))
+
+
+# Every axis reversed: a dense kernel stored (in, out), as PyTorch's (out, in) weight.
+TRANSPOSED = Permute(_transposed)
+
+# Registered layer types: a class, or its qualified name ("module.QualName": a rule ships
+# without importing the framework), -> its Kind. ``register_layer`` (unitree._registry) adds to
+# it; adapters' kind tables look a module's classes up here first (unitree._adapter.KindTable).
+REGISTERED: dict[type | str, Kind] = {
+    # Hugging Face's GPT-2 dense layer: y = x @ weight + bias, weight (in, out)
+    "transformers.pytorch_utils.Conv1D": Kind(
+        "dense",
+        {"weight": Rule("weight", TRANSPOSED), "bias": _BIAS},
+        "transformers.pytorch_utils.Conv1D",
+    ),
+}
+
+
+def registered(cls: type) -> Kind | None:
+    """The :class:`Kind` ``cls`` itself is registered with (not its bases), or None: by class,
+    or by its qualified name ``f"{cls.__module__}.{cls.__qualname__}"``."""
+    kind = REGISTERED.get(cls)
+    if kind is None and cls.__module__ in sys.modules:  # as _loaded() counts it
+        kind = REGISTERED.get(f"{cls.__module__}.{cls.__qualname__}")
+    return kind
+
+
+def _loaded(key: type | str) -> bool:
+    """Whether a model may hold the registered type ``key``: a class, or a name whose module
+    (one of its dotted prefixes: "a.b.C" is C in a.b, or B.C in a) is imported."""
+    if type(key) is not str:
+        return True
+    parts = key.split(".")
+    return any(".".join(parts[:n]) in sys.modules for n in range(1, len(parts)))
+
+
 def rules(backend: str, kind: str | None, names: Iterable[str] = ()) -> dict[str, Rule] | None:
     """The rules of one layer kind on one backend, in canonical leaf order, or None; ``names``
-    are the layer's native leaf names (the rules of a ``GENERATED`` kind are made from them)."""
+    are the layer's native leaf names (the rules of a ``GENERATED`` kind are made from them).
+    A registered type's :class:`Kind` gives its own rules, never its kind's."""
     if not kind:
         return None
+    if type(kind) is Kind:
+        return kind.rules
     make = GENERATED.get((backend, kind))
     return make(names) if make is not None else LAYOUTS.get((backend, kind))
 
@@ -493,14 +587,59 @@ def has_codecs(backend: str) -> bool:
 
 
 def has_rules(backend: str) -> bool:
-    """Whether any layer kind of ``backend`` differs from the canonical layout."""
-    return backend in _BACKENDS
+    """Whether any layer kind of ``backend`` differs from the canonical layout, or a model
+    may hold a registered type (:data:`REGISTERED`: one registered by class, or by name once
+    its module is imported), whose rules may be any."""
+    return backend in _BACKENDS or any(map(_loaded, REGISTERED))
 
 
 _BACKENDS = {backend for backend, _ in (*LAYOUTS, *GENERATED)}
 
 # Canonical leaves a framework may lack without changing results: PyTorch's batch-norm counter.
 OPTIONAL = frozenset({"num_batches_tracked"})
+
+
+# -- a weight stored as PyTorch's weight_norm stores it, in files -----------------------------
+def weight_norm_keys(key: str) -> tuple[tuple[str, str], ...]:
+    """The keys under which a file may hold the canonical ``key`` ("0.weight") as PyTorch's
+    weight norm's magnitude g and direction v: the legacy ``torch.nn.utils.weight_norm``'s
+    ("0.weight_g", "0.weight_v") and the state_dict of ``parametrizations.weight_norm``
+    ("0.parametrizations.weight.original0", "...original1"), both of which torch's own
+    ``load_state_dict`` accepts for a weight-normed layer."""
+    pre, _, name = key.rpartition(".")
+    pre = f"{pre}." if pre else ""
+    return (
+        (f"{pre}{name}_g", f"{pre}{name}_v"),
+        (f"{pre}parametrizations.{name}.original0", f"{pre}parametrizations.{name}.original1"),
+    )
+
+
+def weight_norm_axes(g: tuple[int, ...], v: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The axes of v that PyTorch's ``norm_except_dim`` reduces to give a g of shape ``g``: all
+    of them for a 0-d g (``dim=None``), all but ``dim`` for a g of v's rank that keeps only
+    ``dim`` (every other axis 1); None for any other shape (not a weight norm of v). A g that
+    keeps no axis of size > 1 reads as one norm over all of v: the same norms."""
+    if g == ():
+        return tuple(range(len(v)))
+    if len(g) != len(v):
+        return None
+    kept = [i for i, (a, b) in enumerate(zip(g, v)) if a == b and a != 1]
+    if len(kept) > 1 or any(a != 1 for i, a in enumerate(g) if i not in kept):
+        return None
+    return tuple(i for i in range(len(v)) if i not in kept)
+
+
+def weight_norm(g: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """PyTorch's ``_weight_norm(v, g, dim)``: w = g * v / ||v||, the 2-norm over every axis of
+    v but the one g keeps (:func:`weight_norm_axes`, which must not be None), in v's dtype,
+    computed in float32 or wider."""
+    axes = weight_norm_axes(g.shape, v.shape)
+    assert axes is not None
+    work = np.float64 if v.dtype == np.float64 else np.float32
+    x = v.astype(work)
+    norm = np.sqrt(np.sum(x * x, axis=axes, keepdims=True))
+    return (g.astype(work).reshape(norm.shape) * x / norm).astype(v.dtype)
+
 
 # Backends whose conv layers are channels-last by default: a dense layer fed by the flatten of
 # a conv output needs its input axis permuted (see Flattened). Norms keep the channels.
@@ -539,56 +678,489 @@ def plan(names: Sequence[str], table: Mapping[str, Rule] | None) -> Plan:
     return out
 
 
-def flatten(
-    channels: int,
+# -- the layout of the activations between layers, followed by a read on a channels-last backend
+#
+# PyTorch holds a feature map as (C, H, W) after the batch axis; Keras and Flax as (H, W, C).
+# Between a conv and a dense layer that reads its flatten (and between a dense layer whose
+# output is reshaped into a feature map and the conv that reads it), the canonical weight is
+# what PyTorch's twin holds, so the order in which the activations reach the dense layer
+# decides its rule. A read follows that order through the parameterless steps in between, as
+# ``Adapter.step`` names them (:class:`Step`), in a :class:`Flow`; where a step is opaque (a
+# lambda, a custom call), the layout is unknown (:class:`Unknown`), never guessed.
+#
+# A feature map's axes are labelled 0 (its channels) and 1..n (its spatial axes, in the conv's
+# order), and ``Flow.order`` lists the labels in memory order: PyTorch's (C, H, W) is
+# (0, 1, 2), the channels-last (H, W, C) (1, 2, 0).
+
+KEEP = "keep"  # the layout stays: activations, dropout, noise, an elementwise merge; with a
+# data_format, an op that finds the channels by it (pooling, padding, cropping, upsampling)
+FLATTEN = "flatten"  # all axes but the batch axis into one; data_format "channels_first" moves
+# the first axis last before (Keras's Flatten, so a channels-first model flattens as its twin)
+PERMUTE = "permute"  # axes: Keras's Permute dims (1-based, the batch axis left out)
+RESHAPE = "reshape"  # axes: the target shape, batch axis left out (-1: the one free axis)
+POOL = "pool"  # a global pooling without keepdims: one axis stays
+CONCAT = "concat"  # a concatenation; axes: (axis,) as Keras counts it (the batch axis is 0)
+MAP = "map"  # a new feature map, from a conv no table knows (Keras's SeparableConv2D); axes:
+# (its output channels, its spatial axes, its input channels), data_format: its channels' place
+CHAIN = "chain"  # a container that calls its children in order, each on the previous output
+GRAPH = "graph"  # a container that calls its children as ``wires`` say (Keras's functional model)
+UNKNOWN = "unknown"  # anything else: the layout after it cannot be seen
+
+
+class Wire(NamedTuple):
+    """One input of a child of a :data:`GRAPH` container: the output of ``sources`` (positions
+    among the container's children as ``Adapter.children`` lists them, -1 for the container's
+    own input; several: merged by an operation between), through ``through`` ("": directly,
+    else what lies between, which cannot be seen through, for messages)."""
+
+    sources: tuple[int, ...]
+    through: str = ""
+
+
+class Step(NamedTuple):
+    """What a parameterless layer, or a container's call, does to the layout of the
+    activations: ``Adapter.step``'s answer. ``op`` is one of :data:`KEEP`, :data:`FLATTEN`,
+    :data:`PERMUTE`, :data:`RESHAPE`, :data:`POOL`, :data:`CONCAT`, :data:`MAP`,
+    :data:`CHAIN`, :data:`GRAPH`, :data:`UNKNOWN` (see their comments)."""
+
+    op: str
+    axes: tuple[int, ...] = ()  # PERMUTE's dims, RESHAPE's target shape, CONCAT's axis
+    data_format: str = ""  # "channels_last", "channels_first": where the step finds the channels
+    why: str = ""  # UNKNOWN: what the step is, for messages ("a Lambda layer")
+    wires: tuple[tuple[Wire, ...], ...] = ()  # GRAPH: each child's inputs, in children() order
+    outputs: tuple[Wire, ...] = ()  # GRAPH: the container's outputs
+
+
+class Feed(NamedTuple):
+    """A dense layer's output that a reshape may turn into a feature map: the layer's path,
+    its ``units`` (output features), and ``token``, the read's key for its leaves.
+
+    ``units`` is 0 until read: a dense layer needs no shape to start a feed (most feeds only
+    reach another dense layer), so the reader fills it in (:func:`needs_units`) before a
+    conv, a norm, a reshape or a merge reads it."""
+
+    token: int
+    units: int
+    path: str
+
+
+class Flow(NamedTuple):
+    """The layout of the activations at one point of a read, between two layers.
+
+    ``state``: "none" (no layout a later layer depends on); "map" (the feature map of the conv
+    at ``origin``: ``channels``, axes in ``order``); "flat" (its flatten, in ``order``); "out"
+    (the output of a dense layer, ``feeds[0]``); "outmap" (that output reshaped: ``dims`` by
+    label, the reshape's own axes 0..r-1 now in ``order``); "unknown" (after ``why``, which
+    no one can see through: a flatten of a map of ``channels`` (or a multiple of them: a
+    merge of several) from ``origin`` may follow, 0 if none, and ``feeds`` may be reshaped).
+    """
+
+    state: str = "none"
+    channels: int = 0
+    order: tuple[int, ...] = ()
+    dims: tuple[int, ...] = ()
+    feeds: tuple[Feed, ...] = ()
+    origin: str = ""
+    why: str = ""
+
+
+NONE = Flow()
+
+
+class Unknown(NamedTuple):
+    """A leaf whose layout depends on activations a read could not follow: ``candidates`` by
+    name ("channels_last": the model flattens or reshapes channels-last, Keras's and Flax's
+    own way; "channels_first": as PyTorch does), each the rule the leaf would have, and
+    ``default``, the candidate in use (the leaf's rule: checkpoints and state_dict read and
+    write through it). ``reason`` names both layers and what lies between them."""
+
+    reason: str
+    candidates: dict[str, Rule | None]
+    default: str
+
+
+class Mirror(NamedTuple):
+    """What a read learned about a :class:`Feed` when a layer that finds the channels by
+    position (a conv, a pooling) read it as a feature map of ``channels``: ``reason`` ""
+    says its output is in channels-last order (its leaves take :func:`mirrored` rules);
+    otherwise the order is unknown, for that reason."""
+
+    feed: Feed
+    channels: int
+    reason: str = ""
+
+
+class Decision(NamedTuple):
+    """:func:`decide`'s answer for one layer with leaves."""
+
+    flow: Flow  # after the layer
+    layer: Plan  # its plan, with the rules decided (an unknown leaf: its default candidate's)
+    unknown: tuple[tuple[int, Unknown], ...] = ()  # (position in ``layer``, what is unknown)
+    pend: tuple[int, ...] = ()  # positions in ``layer`` a later reshape decides (flow.feeds[0])
+    mirrors: tuple[Mirror, ...] = ()  # what this layer decided about earlier feeds
+
+
+def fed(token: int, where: str) -> Flow:
+    """The flow after the dense layer at ``where`` (``token``) when no conv's map reaches
+    it: its output, whose order a later reshape and conv may decide."""
+    # Flow("out", feeds=(Feed(token, 0, where),)), made in C: once per dense layer of a read
+    return _tuple(Flow, ("out", 0, (), (), (_tuple(Feed, (token, 0, where)),), "", ""))
+
+
+_tuple = tuple.__new__
+
+
+def dense_pend(layer: Plan) -> tuple[int, ...]:
+    """The positions in a dense layer's plan whose rules a reshape of its output decides:
+    its kernel (first) and its bias."""
+    return (0, *[j for j, (_, name, _) in enumerate(layer) if name == "bias"])
+
+
+def needs_units(flow: Flow, kind: str | None = None, step: Step | None = None) -> bool:
+    """Whether the layer of ``kind`` (or the ``step``) reading ``flow`` needs its feeds'
+    ``units``, some of which are not read yet (0): a conv, a norm, a reshape, a merge."""
+    if not any(f.units == 0 for f in flow.feeds):
+        return False
+    if step is not None:
+        return step.op in (RESHAPE, CONCAT, GRAPH, MAP)
+    return kind in CONVS or kind in NORMS
+
+
+def _cl(n: int) -> tuple[int, ...]:
+    return (*range(1, n + 1), 0)
+
+
+def _cf(n: int) -> tuple[int, ...]:
+    return tuple(range(n + 1))
+
+
+def opaque(flow: Flow, why: str) -> Flow:
+    """``flow`` after ``why``, which no one can see through: what it may still matter to is
+    kept (a map's channels, the feeds), its order is not."""
+    if flow.state == "none" or flow.why:
+        return flow
+    channels = flow.channels if flow.state in ("map", "flat") else 0
+    return Flow("unknown", channels, feeds=flow.feeds, origin=flow.origin, why=why)
+
+
+def _blank(flow: Flow) -> Flow:
+    return flow._replace(origin="", feeds=tuple(f._replace(path="") for f in flow.feeds))
+
+
+def merge(flows: Sequence[Flow], step: Step | None = None, why: str = "") -> Flow:
+    """The layout where several inputs meet (a graph's merge layer, ``step``): the same
+    layout stays (a residual ``Add``); channels-last maps concatenated on their channels
+    are one map; anything else is unknown (``why``: the meeting point, for messages)."""
+    tracked = [f for f in flows if f.state != "none"]
+    if not tracked:
+        return NONE
+    first = tracked[0]
+    if step is not None and step.op == CONCAT and len(tracked) == len(flows):
+        axis = step.axes[0] if step.axes else -1
+        maps = all(f.state == "map" and f.order == first.order for f in tracked)
+        n = len(first.order)
+        if maps and (axis == -1 or axis == n) and first.order[-1] == 0:
+            return first._replace(channels=sum(f.channels for f in tracked))
+    elif len(tracked) == len(flows) and all(_blank(f) == _blank(first) for f in tracked[1:]):
+        return first
+    channels = math.gcd(*[f.channels for f in tracked if f.state in ("map", "flat", "unknown")])
+    feeds = tuple(dict.fromkeys(feed for f in tracked for feed in f.feeds))
+    return Flow("unknown", channels, feeds=feeds, origin=first.origin, why=why or first.why)
+
+
+def _consume(flow: Flow, label: int, where: str) -> tuple[Mirror | None, Flow]:
+    """An "outmap" read as a feature map whose channels are axis ``label`` (a conv, a
+    pooling, a norm over the channels): what that says of its feed, and the flow as a map."""
+    feed = flow.feeds[0]
+    c = flow.dims[label]
+    spatial = [x for x in flow.order if x != label]
+    relabel = {label: 0, **{x: k + 1 for k, x in enumerate(spatial)}}
+    as_map = Flow("map", c, tuple(relabel[x] for x in flow.order), origin=where)
+    reshaped = tuple(range(len(flow.order)))  # the reshape's own order: the dense output's
+    if c == feed.units or (label, *spatial) == reshaped:
+        return None, as_map  # no spatial axes, or (C, H, W): PyTorch's order already
+    if (*spatial, label) == reshaped:
+        return Mirror(feed, c), as_map
+    why = (
+        f"{feed.path}'s output reaches {where} as a feature map whose axes were reordered "
+        f"between them ({flow.order}, channels at {label}): neither channels-last nor "
+        "PyTorch's (C, H, W) order"
+    )
+    return Mirror(feed, c, why), as_map
+
+
+def _unseen(flow: Flow, c_in: int, where: str) -> tuple[Mirror, ...]:
+    """The feeds of a flow whose order was lost, read by ``where`` as a map of ``c_in``
+    channels: each whose units are a multiple > 1 of them may have been reshaped into it."""
+    what = flow.why or "a step that is not a layer"
+    return tuple(
+        Mirror(
+            f,
+            c_in,
+            f"{f.path}'s output reaches {where}, but {what} lies between them: whether it is "
+            "reshaped into a feature map channels-last ((H, W, C): the channels_last "
+            "candidate) or as PyTorch's (C, H, W) (channels_first) cannot be seen",
+        )
+        for f in flow.feeds
+        if f.units > c_in and f.units % c_in == 0
+    )
+
+
+def _channel_step(flow: Flow, data_format: str, where: str) -> tuple[Flow, tuple[Mirror, ...]]:
+    """A step that finds the channels by ``data_format`` (a pooling, an upsampling)."""
+    last = data_format != "channels_first"
+    if flow.state == "map":
+        if (flow.order[-1] if last else flow.order[0]) == 0:
+            return flow, ()
+        return opaque(flow, f"{where}, which takes another axis for the channels"), ()
+    if flow.state == "outmap":
+        mirror, as_map = _consume(flow, flow.order[-1] if last else flow.order[0], where)
+        return as_map, (mirror,) if mirror else ()
+    return flow, ()
+
+
+def _reshape(flow: Flow, target: tuple[int, ...], where: str) -> Flow:
+    state, order, c = flow.state, flow.order, flow.channels
+    r = len(target)
+    if state in ("map", "flat"):
+        if r == 1:
+            return Flow("flat", c, order, origin=flow.origin)
+        n = len(order) - 1
+        if order == _cl(n) and target[-1] == c:  # spatial axes merged or split, in order
+            return Flow("map", c, _cl(r - 1), origin=flow.origin)
+        if order == _cf(n) and target[0] == c:
+            return Flow("map", c, _cf(r - 1), origin=flow.origin)
+        return opaque(flow, f"{where}, a reshape that mixes the channels with other axes")
+    if state == "outmap":
+        if order != tuple(range(len(order))):
+            return opaque(flow, f"{where}, a reshape of reordered axes")
+        flow = Flow("out", feeds=flow.feeds)
+    # "out": the dense output as a whole, reshaped
+    if r == 1:
+        return flow
+    units = flow.feeds[0].units
+    known = math.prod(d for d in target if d != -1)
+    free = sum(d == -1 for d in target)
+    if free > 1 or known <= 0 or units % known or (not free and known != units):
+        # not the dense output alone (the layer ran on a sequence): no order to follow
+        return opaque(flow, f"{where}, a reshape of more than the dense layer's output")
+    dims = tuple(units // known if d == -1 else d for d in target)
+    return Flow("outmap", dims=dims, order=tuple(range(r)), feeds=flow.feeds)
+
+
+def after_step(flow: Flow, step: Step, where: str = "") -> tuple[Flow, tuple[Mirror, ...]]:
+    """``flow`` after one parameterless ``step`` (``where``: the step, for messages), and what
+    the step decided about a dense layer's output it read as a feature map."""
+    state, op = flow.state, step.op
+    if op == MAP:  # whatever came before: a conv's map starts here, reading it as a conv does
+        channels, n, c_in = step.axes
+        first = step.data_format == "channels_first"
+        if state == "outmap":
+            mirror, _ = _consume(flow, flow.order[0] if first else flow.order[-1], where)
+            mirrors: tuple[Mirror, ...] = (mirror,) if mirror else ()
+        else:
+            mirrors = _unseen(flow, max(c_in, 1), where)
+        return Flow("map", channels, _cf(n) if first else _cl(n), origin=where), mirrors
+    if state in ("none", "unknown"):
+        return flow, ()  # nothing to follow, or nothing left to see
+    if op in (KEEP, CONCAT):
+        return _channel_step(flow, step.data_format, where) if step.data_format else (flow, ())
+    if op == POOL:
+        if state == "outmap":
+            return NONE, _channel_step(flow, step.data_format, where)[1]
+        return NONE, ()  # one axis left: nothing to permute
+    if op == FLATTEN:
+        order = flow.order
+        if step.data_format == "channels_first" and len(order) > 1:
+            order = (*order[1:], order[0])
+        if state == "map":
+            return Flow("flat", flow.channels, order, origin=flow.origin), ()
+        if state == "outmap":
+            if order != tuple(range(len(order))):
+                return opaque(flow, f"{where}, a flatten of reordered axes"), ()
+            return Flow("out", feeds=flow.feeds), ()
+        return flow, ()
+    if op == PERMUTE:
+        dims = step.axes
+        if state in ("map", "outmap") and sorted(dims) == list(range(1, len(flow.order) + 1)):
+            return flow._replace(order=tuple(flow.order[d - 1] for d in dims)), ()
+        if state in ("flat", "out") and dims == (1,):
+            return flow, ()
+        return opaque(flow, where or "a permutation"), ()
+    if op == RESHAPE:
+        return _reshape(flow, step.axes, where), ()
+    return opaque(flow, where or step.why or "a step that cannot be seen through"), ()
+
+
+def _vectors(layer: Plan, shapes: Sequence[tuple[int, ...] | None], size: int) -> list[int]:
+    """Positions in ``layer`` of the 1-d leaves of ``size`` features."""
+    return [j for j, (i, _, _) in enumerate(layer) if (s := shapes[i]) and s == (size,)]
+
+
+def _flat_rule(name: str, channels: int, kernel: bool) -> Rule:
+    return Rule(name, Flattened(channels) if kernel else FlattenedVector(channels))
+
+
+def _flattened(
+    flow: Flow,
+    layer: Plan,
+    positions: Sequence[int],
+    kernel: bool,
+    where: str,
+) -> tuple[Plan, tuple[tuple[int, Unknown], ...]]:
+    """The leaves at ``positions`` read the flatten of a map (state "flat" or "unknown"):
+    ``Flattened`` (a dense kernel) or ``FlattenedVector`` (a norm's vectors) in channels-last
+    order, their rules as they are in PyTorch's, unknown otherwise."""
+    c, n = flow.channels, len(flow.order) - 1
+    if flow.state == "flat" and flow.order == _cf(n):
+        return layer, ()
+    out, unknown = list(layer), []
+    for j in positions:
+        i, name, rule = layer[j]
+        out[j] = (i, name, _flat_rule(name, c, kernel))
+    if flow.state == "flat" and flow.order == _cl(n):
+        return out, ()
+    if flow.state == "flat":
+        reason = (
+            f"{where} reads the output of {flow.origin} flattened with its axes in the order "
+            f"{flow.order} (0: the channels): neither channels-last nor PyTorch's (C, H, W)"
+        )
+    else:
+        reason = (
+            f"{where} reads the output of {flow.origin}, but {flow.why} lies between them: "
+            "whether it arrives flattened channels-last ((H, W, C): the channels_last "
+            "candidate) or as PyTorch flattens ((C, H, W): channels_first) cannot be seen"
+        )
+    for j in positions:
+        i, name, rule = layer[j]
+        candidates = {"channels_last": out[j][2], "channels_first": rule}
+        unknown.append((j, Unknown(reason, candidates, "channels_last")))
+    return out, tuple(unknown)
+
+
+def decide(
+    flow: Flow,
     kind: str | None,
     layer: Plan,
     shapes: Sequence[tuple[int, ...] | None],
+    where: str,
+    token: int,
     channels_first: bool = False,
-) -> tuple[int, Plan]:
-    """The flatten rule of a channels-last backend, one layer at a time in traversal order.
+    groups: int = 1,
+) -> Decision:
+    """The layout rules of one layer with leaves on a channels-last backend, given the
+    ``flow`` of the activations that reach it, and the flow after it.
 
-    A dense layer fed by the flatten of a channels-last conv output holds its input axis in
-    (H, W, C) order where PyTorch's ``Linear`` after ``Flatten`` holds (C, H, W): its kernel
-    gets ``Flattened(C)``; a norm between the flatten and the dense layer gets
-    ``FlattenedVector(C)`` on its vectors of the flattened size. ``channels`` is C of the
-    last conv output while a flatten of it may still come (0: none may), ``layer`` the
-    layer's :func:`plan`, ``shapes`` its native leaf shapes by index (read only for convs,
-    and for dense layers and norms while ``channels``), ``channels_first`` a conv that says
-    so itself (Keras's ``data_format``), which flattens as PyTorch does.
+    ``layer`` is the layer's :func:`plan`, ``shapes`` its native leaf shapes by index,
+    ``where`` its path (for messages), ``token`` the key of its leaves should a reshape of
+    its output decide them later (a dense layer's), ``channels_first`` and ``groups`` a
+    conv's own settings. The rules (the canonical weight is what PyTorch's twin holds):
 
-    Returns the ``channels`` for the next layer and the layer's plan, changed or not.
+    - a conv starts a feature map of its output channels (channels-last, unless it says
+      ``channels_first``) and reads the feeds before it as a map of its input channels;
+    - a dense layer on the flatten of a map: ``Flattened(C)`` where the flatten is
+      channels-last, nothing where it is PyTorch's (C, H, W), unknown where the flow was
+      lost (its input a multiple > 1 of C); its output is a :class:`Feed`: a reshape into a
+      feature map and a layer that reads it as one decide its kernel and bias
+      (:func:`mirrored`);
+    - a norm: on the flatten, its vectors as a dense kernel's input axis; on a dense output,
+      its vectors as that dense layer's bias;
+    - any other kind ends what the flow followed.
     """
+    state = flow.state
     if kind in CONVS:
         i, _, rule = layer[0]  # the kernel
         shape = shapes[i]
-        if not (shape and rule and rule.transform) or channels_first:
-            return 0, layer
-        shape = rule.transform.shape(
-            shape
-        )  # canonical: (out, in, *k) or, transposed, (in, out, *k)
-        return (shape[1] if kind == "conv_transpose" else shape[0]), layer
-    if not channels:
-        return 0, layer
+        if not (shape and rule and rule.transform):
+            return Decision(NONE, layer)
+        canonical = rule.transform.shape(shape)  # (out, in, *k); transposed: (in, out, *k)
+        if kind == "conv_transpose":
+            c_in, c_out = canonical[0], canonical[1]
+        elif kind == "depthwise_conv":
+            c_in, c_out = shape[-2], canonical[0]
+        else:
+            c_in, c_out = canonical[1] * groups, canonical[0]
+        mirrors: tuple[Mirror, ...] = ()
+        if state == "outmap":
+            mirror, _ = _consume(flow, flow.order[0] if channels_first else flow.order[-1], where)
+            mirrors = (mirror,) if mirror else ()
+        elif flow.feeds:  # "out": a conv on no reshape it can be seen through; "unknown"
+            mirrors = _unseen(flow, c_in, where)
+        n = len(shape) - 2
+        order = _cf(n) if channels_first else _cl(n)
+        return Decision(Flow("map", c_out, order, origin=where), layer, mirrors=mirrors)
     if kind == "dense":
-        i, name, _ = layer[0]
-        shape = shapes[i]  # (in, out)
-        if shape and shape[0] > channels and shape[0] % channels == 0:
-            return 0, [(i, name, Rule(name, Flattened(channels))), *layer[1:]]
-        return 0, layer
-    if kind in NORMS:  # over the channels, or over the flattened features
-        return channels, [
-            (i, name, Rule(name, FlattenedVector(channels)))
-            if (shape := shapes[i])
-            and len(shape) == 1
-            and shape[0] > channels
-            and shape[0] % channels == 0
-            else (i, name, rule)
-            for i, name, rule in layer
-        ]
-    return 0, layer
+        i, _, rule = layer[0]  # the kernel, (in, out)
+        if not (rule and rule.transform):
+            return Decision(NONE, layer)
+        pend = dense_pend(layer)
+        c = flow.channels
+        if not c:  # no map to flatten: its output starts a feed, its shape read when needed
+            return Decision(fed(token, where), layer, pend=pend)
+        shape = shapes[i]
+        if not (shape and len(shape) == 2):
+            return Decision(NONE, layer)
+        units, n_in = rule.transform.shape(shape)
+        feed = Feed(token, units, where)
+        out = Flow("out", feeds=(feed,))
+        if state == "map":  # on the last axis of every position: no flatten to follow
+            if flow.order[-1] == 0 and n_in == c:
+                c = units
+            return Decision(
+                opaque(flow._replace(channels=c), f"{where}, a dense layer on a feature map"), layer
+            )
+        if state in ("flat", "unknown") and c and n_in > c and n_in % c == 0:
+            planned, unknown = _flattened(flow, layer, (0,), True, where)
+            return Decision(out, planned, unknown, pend)
+        if state == "unknown" and n_in == c:  # maybe on each position of a map
+            lost = Flow("unknown", units, feeds=(feed,), origin=where, why=flow.why)
+            return Decision(lost, layer, pend=pend)
+        return Decision(out, layer, pend=pend)
+    if kind in NORMS:
+        c = flow.channels
+        if state in ("flat", "unknown") and c:
+            size = next(
+                (s[0] for i, _, _ in layer if (s := shapes[i]) and len(s) == 1 and s[0] > c),
+                0,
+            )
+            if size and size % c == 0:
+                planned, unknown = _flattened(
+                    flow, layer, _vectors(layer, shapes, size), False, where
+                )
+                return Decision(flow, planned, unknown)
+        if state in ("out", "unknown") and flow.feeds:
+            # vectors of a dense layer's output size: its features, in its order
+            for k, feed in enumerate(flow.feeds):
+                pend = tuple(_vectors(layer, shapes, feed.units))
+                if pend:
+                    feeds = (feed, *flow.feeds[:k], *flow.feeds[k + 1 :])
+                    return Decision(flow._replace(feeds=feeds), layer, pend=pend)
+        if state == "outmap":  # over the channels of the reshaped output
+            mirror, as_map = _consume(flow, flow.order[-1], where)
+            if not _vectors(layer, shapes, as_map.channels):
+                return Decision(opaque(flow, f"{where}, a norm over another axis"), layer)
+            return Decision(as_map, layer, mirrors=(mirror,) if mirror else ())
+        return Decision(flow, layer)
+    return Decision(NONE, layer)
+
+
+def mirrored(rule: Rule, ndim: int, channels: int) -> Rule:
+    """The rule of a leaf of a dense layer (its (in, out) kernel, ``ndim`` 2, or a vector of
+    its output features: its bias, a norm's vectors after it) whose output is reshaped into a
+    channels-last feature map of ``channels``: :class:`Unflattened`, or
+    :class:`FlattenedVector`."""
+    t = Unflattened(channels) if ndim == 2 else FlattenedVector(channels)
+    return Rule(rule.canonical, t)
+
+
+def mirror_unknown(rule: Rule, ndim: int, mirror: Mirror) -> Unknown:
+    """The :class:`Unknown` of a leaf of ``mirror``'s feed, whose order could not be seen: its
+    default is PyTorch's order (the rule it has until a reshape is seen)."""
+    candidates = {"channels_last": mirrored(rule, ndim, mirror.channels), "channels_first": rule}
+    return Unknown(mirror.reason, candidates, "channels_first")
 
 
 def flattens(rule: Rule | None) -> bool:
-    """Whether ``rule`` is one the flatten rule added (its layout depends on the layer's use)."""
-    return rule is not None and type(rule.transform) in (Flattened, FlattenedVector)
+    """Whether ``rule`` is one a layer's use decided (the flatten of a conv output before it,
+    or a reshape of its output after): its layout then depends on that use."""
+    return rule is not None and type(rule.transform) in (Flattened, FlattenedVector, Unflattened)

@@ -639,54 +639,331 @@ def test_plan_orders_and_names_a_layers_leaves(backend, kind, names, want):
     assert [(i, name) for i, name, _ in got] == want
 
 
-def _flatten_case(kind, shapes, channels, first=False):
-    from unitree.layouts import flatten, plan
+# -- the layout between layers (channels-last backends): layouts.decide and after_step --------
+# A model is a list: ("conv", kernel[, "channels_first"]), ("conv_transpose", kernel),
+# ("dense", kernel), ("norm", size) with Keras's native shapes, or a Step. follow() runs the
+# pure functions a read runs, in order, and marks each leaf of each layer: "-" (PyTorch's order
+# already), "Flattened(16)", "FlattenedVector(16)", "Unflattened(8)", or "?" and the default
+# candidate where the layout is unknown.
+CONV = ("conv", (3, 3, 4, 16))  # 16 channels out of a 3x3 map: its flatten has 144 features
+CONV_CF = ("conv", (3, 3, 4, 16), "channels_first")
+DENSE = ("dense", (144, 10))
+TO_MAP = ("dense", (64, 7 * 7 * 8))  # a dense layer whose output is reshaped to 7x7x8
+CONV_8 = ("conv", (3, 3, 8, 4))  # a conv reading 8 channels
 
-    names = ("kernel", "bias") if kind in ("dense", "conv", "conv_transpose") else ("scale", "bias")
-    layer = plan(names, rules("flax", kind, names))
-    by_name = dict(zip(names, shapes))
-    channels, layer = flatten(channels, kind, layer, [by_name[n] for n in names], first)
-    marks = {
-        name: type(rule.transform).__name__ for _, name, rule in layer if rule and rule.transform
-    }
-    return channels, marks
+
+def _mark(rule):
+    t = None if rule is None else rule.transform
+    if t is None or type(t).__name__ == "Permute":
+        return "-"
+    return f"{type(t).__name__}({t.channels})"
 
 
-@pytest.mark.parametrize(
-    ("kind", "shapes", "channels", "first", "want_channels", "want_marks"),
-    [
-        # a conv sets C to its output channels: flax kernel (kh, kw, in, out)
-        ("conv", [(3, 3, 4, 16), (16,)], 0, False, 16, {"weight": "Permute"}),
-        # a transposed conv: its canonical kernel is (in, out, *k); out is axis 1
-        ("conv_transpose", [(3, 3, 4, 6), (6,)], 0, False, 6, {"weight": "Flipped"}),
-        # a conv that says channels_first flattens as PyTorch does: nothing to permute later
-        ("conv", [(3, 3, 4, 16), (16,)], 0, True, 0, {"weight": "Permute"}),
-        # the dense layer on the (H, W, C) flatten of 16 channels: permuted, then C is spent
-        ("dense", [(16 * 9, 10), (10,)], 16, False, 0, {"weight": "Flattened"}),
-        # its input is no multiple of C, or is C itself (a pooled output): no flatten between
-        ("dense", [(20, 10), (10,)], 16, False, 0, {"weight": "Permute"}),
-        ("dense", [(16, 10), (10,)], 16, False, 0, {"weight": "Permute"}),
-        # no conv before: nothing to do
-        ("dense", [(144, 10), (10,)], 0, False, 0, {"weight": "Permute"}),
-        # a norm over the flattened features: its vectors permuted too; C kept for the dense
+def follow(*items):
+    from unitree.layouts import NONE, Step, after_step, decide, mirrored, needs_units, plan
+
+    flow, pending, out, units = NONE, {}, {}, {}
+
+    def filled(flow):  # as a read does: a dense output's size, read once something needs it
+        return flow._replace(feeds=tuple(f._replace(units=units[f.token]) for f in flow.feeds))
+
+    for pos, item in enumerate(items):
+        if isinstance(item, Step):
+            flow, mirrors = after_step(
+                filled(flow) if needs_units(flow, step=item) else flow, item, f"step {pos}"
+            )
+        else:
+            kind, shape, *extra = item
+            if kind == "norm":
+                kind, names, shapes = "layer_norm", ("gamma", "beta"), [(shape,), (shape,)]
+            else:
+                bias = shape[-2 if kind == "conv_transpose" else -1]
+                names, shapes = ("kernel", "bias"), [shape, (bias,)]
+            if needs_units(flow, kind):
+                flow = filled(flow)
+            layer = plan(names, rules("keras", kind, names))
+            d = decide(
+                flow, kind, layer, shapes, repr(str(pos)), pos + 1, "channels_first" in extra
+            )
+            flow, mirrors = d.flow, d.mirrors
+            if kind == "dense":
+                units[pos + 1] = shape[1]
+            out[pos] = {name: _mark(rule) for _, name, rule in d.layer}
+            for j, u in d.unknown:
+                _, name, rule = d.layer[j]
+                assert u.candidates[u.default] is rule  # the default is the rule in use
+                assert str(pos) in u.reason  # names the layer
+                out[pos][name] = "?" + u.default
+            if d.pend:
+                pending.setdefault(d.flow.feeds[0].token, []).extend(
+                    (pos, d.layer[j][1], d.layer[j][2], len(shapes[d.layer[j][0]])) for j in d.pend
+                )
+        for m in mirrors:
+            for pos, name, rule, ndim in pending.pop(m.feed.token, []):
+                mark = _mark(mirrored(rule, ndim, m.channels))
+                out[pos][name] = "?channels_first" if m.reason else mark
+    return out
+
+
+def _steps():
+    from unitree.layouts import CONCAT, FLATTEN, KEEP, MAP, PERMUTE, POOL, RESHAPE, UNKNOWN, Step
+
+    return Step, CONCAT, FLATTEN, KEEP, MAP, PERMUTE, POOL, RESHAPE, UNKNOWN
+
+
+S, CONCAT, FLATTEN, KEEP, MAP, PERMUTE, POOL, RESHAPE, UNKNOWN = _steps()
+FLAT16, PLAIN = {"weight": "Flattened(16)", "bias": "-"}, {"weight": "-", "bias": "-"}
+ASK_CL = {"weight": "?channels_last", "bias": "-"}
+FLAT8 = {"weight": "Flattened(8)", "bias": "-"}
+CL, CF = "channels_last", "channels_first"
+
+LAYOUT_CASES = {
+    # Keras's Flatten of a conv output: (H, W, C), channels fastest
+    "flatten": ((CONV, S(FLATTEN), DENSE), {2: FLAT16}),
+    # Permute((3, 1, 2)) first: flattened as PyTorch flattens, nothing to permute
+    "permute_then_flatten": ((CONV, S(PERMUTE, (3, 1, 2)), S(FLATTEN), DENSE), {3: PLAIN}),
+    # a channels_first conv's own order is PyTorch's ...
+    "channels_first_conv": ((CONV_CF, S(FLATTEN), DENSE), {2: PLAIN}),
+    # ... but Flatten(data_format="channels_first") moves its channels last first (Keras's
+    # Flatten.call), so that the model flattens as its channels-last twin does
+    "flatten_channels_first_of_channels_first_conv": (
+        (CONV_CF, S(FLATTEN, data_format=CF), DENSE),
+        {2: FLAT16},
+    ),
+    # on a channels-last map that moves H last: (W, C, H), neither order
+    "flatten_channels_first_of_channels_last_conv": (
+        (CONV, S(FLATTEN, data_format=CF), DENSE),
+        {2: ASK_CL},
+    ),
+    # a 1-d map (L, C): moving L last gives (C, L), PyTorch's order
+    "flatten_channels_first_1d": (
+        (("conv", (3, 4, 16)), S(FLATTEN, data_format=CF), ("dense", (80, 10))),
+        {2: PLAIN},
+    ),
+    # a global pooling: one axis left, no flatten of a map
+    "global_pooling": ((CONV, S(POOL), ("dense", (16, 10))), {2: PLAIN}),
+    # pooling over the spatial axes, dropout: the layout stays
+    "pooling_and_dropout": (
+        (CONV, S(KEEP, data_format=CL), S(KEEP), S(FLATTEN), DENSE),
+        {4: FLAT16},
+    ),
+    "pooling_that_takes_another_axis_for_channels": (
+        (CONV, S(KEEP, data_format=CF), S(FLATTEN), DENSE),
+        {3: ASK_CL},
+    ),
+    # a Lambda (or a custom call): unknown, the default the channels-last flatten
+    "lambda": ((CONV, S(UNKNOWN, why="a Lambda layer"), S(FLATTEN), DENSE), {3: ASK_CL}),
+    # ... unless the dense layer reads the channels alone (a pooling inside the lambda)
+    "lambda_then_channels": ((CONV, S(UNKNOWN), ("dense", (16, 10))), {2: PLAIN}),
+    # ... or something that is no multiple of the channels
+    "lambda_then_other": ((CONV, S(UNKNOWN), ("dense", (20, 10))), {2: PLAIN}),
+    # a norm over the flattened features: its vectors in that order too
+    "norm_on_the_flatten": (
+        (CONV, S(FLATTEN), ("norm", 144), DENSE),
+        {2: {"weight": "FlattenedVector(16)", "bias": "FlattenedVector(16)"}, 3: FLAT16},
+    ),
+    "norm_on_the_channels": ((CONV, ("norm", 16), S(FLATTEN), DENSE), {1: PLAIN, 3: FLAT16}),
+    "norm_after_a_lambda": (
+        (CONV, S(UNKNOWN), ("norm", 144), DENSE),
+        {2: {"weight": "?channels_last", "bias": "?channels_last"}, 3: ASK_CL},
+    ),
+    # a reshape to one axis is a flatten; merging the spatial axes in order keeps the order
+    "reshape_to_one_axis": ((CONV, S(RESHAPE, (-1,)), DENSE), {2: FLAT16}),
+    "reshape_merging_spatial_axes": ((CONV, S(RESHAPE, (9, 16)), S(FLATTEN), DENSE), {3: FLAT16}),
+    "reshape_mixing_the_channels": (
+        (CONV, S(RESHAPE, (16, 9)), S(FLATTEN), DENSE),
+        {3: ASK_CL},
+    ),
+    "permute_of_the_spatial_axes": (
+        (CONV, S(PERMUTE, (2, 1, 3)), S(FLATTEN), DENSE),
+        {3: ASK_CL},
+    ),
+    "no_conv_before": ((S(FLATTEN), DENSE), {1: PLAIN}),
+    # a conv the tables do not know (Keras's SeparableConv2D) starts a map of its own
+    "a_new_map": ((S(MAP, (8, 2, 3)), S(FLATTEN), ("dense", (72, 10))), {2: FLAT8}),
+    "a_new_map_after_a_conv": (
+        (CONV, S(MAP, (8, 2, 16)), S(FLATTEN), ("dense", (72, 10))),
+        {3: FLAT8},
+    ),
+    "a_new_map_after_a_lambda": (
+        (CONV, S(UNKNOWN), S(MAP, (8, 2, 16)), S(FLATTEN), ("dense", (72, 10))),
+        {4: FLAT8},
+    ),
+    # the mirror: a dense layer whose output a reshape makes a (H, W, C) map a conv reads
+    "dense_reshape_conv": (
+        (TO_MAP, S(RESHAPE, (7, 7, 8)), CONV_8),
+        {0: {"weight": "Unflattened(8)", "bias": "FlattenedVector(8)"}},
+    ),
+    "dense_reshape_with_a_free_axis": (
+        (TO_MAP, S(RESHAPE, (-1, 7, 8)), CONV_8),
+        {0: {"weight": "Unflattened(8)", "bias": "FlattenedVector(8)"}},
+    ),
+    # reshaped (C, H, W) then permuted to (H, W, C): PyTorch's order
+    "dense_reshape_chw_permute_conv": (
+        (TO_MAP, S(RESHAPE, (8, 7, 7)), S(PERMUTE, (2, 3, 1)), CONV_8),
+        {0: PLAIN},
+    ),
+    "dense_reshape_chw_channels_first_conv": (
+        (TO_MAP, S(RESHAPE, (8, 7, 7)), ("conv", (3, 3, 8, 4), "channels_first")),
+        {0: PLAIN},
+    ),
+    # a norm on the dense output, an upsampling, a transposed conv: DCGAN's generator
+    "dense_norm_reshape_upsample_conv_transpose": (
         (
-            "layer_norm",
-            [(144,), (144,)],
-            16,
-            False,
-            16,
-            {"weight": "FlattenedVector", "bias": "FlattenedVector"},
+            TO_MAP,
+            ("norm", 392),
+            S(RESHAPE, (7, 7, 8)),
+            S(KEEP, data_format=CL),
+            ("conv_transpose", (3, 3, 4, 8)),
         ),
-        # a norm over the channels (before the flatten): unchanged, C kept
-        ("layer_norm", [(16,), (16,)], 16, False, 16, {}),
-    ],
-)
-def test_flatten_rule_from_a_table(kind, shapes, channels, first, want_channels, want_marks):
-    assert _flatten_case(kind, shapes, channels, first) == (want_channels, want_marks)
+        {
+            0: {"weight": "Unflattened(8)", "bias": "FlattenedVector(8)"},
+            1: {"weight": "FlattenedVector(8)", "bias": "FlattenedVector(8)"},
+        },
+    ),
+    # a global pooling reads the channels last too
+    "dense_reshape_pool": (
+        (TO_MAP, S(RESHAPE, (7, 7, 8)), S(POOL), ("dense", (8, 10))),
+        {0: {"weight": "Unflattened(8)", "bias": "FlattenedVector(8)"}},
+    ),
+    "dense_reshape_conv1d": (
+        (TO_MAP, S(RESHAPE, (7, 56)), ("conv", (3, 56, 4))),
+        {0: {"weight": "Unflattened(56)", "bias": "FlattenedVector(56)"}},
+    ),
+    "dense_lambda_conv": (
+        (TO_MAP, S(UNKNOWN), CONV_8),
+        {0: {"weight": "?channels_first", "bias": "?channels_first"}},
+    ),
+    "dense_reshape_swapped_spatial_axes": (
+        (TO_MAP, S(RESHAPE, (7, 7, 8)), S(PERMUTE, (2, 1, 3)), CONV_8),
+        {0: {"weight": "?channels_first", "bias": "?channels_first"}},
+    ),
+    # a reshape of more than the dense output (it ran on a sequence): not followed
+    "dense_reshape_of_more": (
+        (TO_MAP, S(RESHAPE, (14, 7, 8)), CONV_8),
+        {0: {"weight": "?channels_first", "bias": "?channels_first"}},
+    ),
+    # as many features as the conv's channels: no spatial axes, nothing to permute
+    "dense_to_the_channels": ((("dense", (64, 8)), S(UNKNOWN), CONV_8), {0: PLAIN}),
+    # read by a dense layer, which sees the same order in both frameworks
+    "dense_reshape_dense": ((TO_MAP, S(RESHAPE, (49, 8)), ("dense", (8, 3))), {0: PLAIN}),
+}
 
 
-def test_flatten_rule_stops_at_any_other_layer_with_leaves():
-    from unitree.layouts import flatten
+@pytest.mark.parametrize("case", LAYOUT_CASES)
+def test_layout_between_layers_from_a_table(case):
+    model, want = LAYOUT_CASES[case]
+    got = follow(*model)
+    assert {pos: got[pos] for pos in want} == want
 
-    assert flatten(16, "embedding", [], []) == (0, [])
-    assert flatten(16, None, [], []) == (0, [])
+
+def test_the_decision_of_a_read_ends_at_any_other_kind_with_leaves():
+    from unitree.layouts import NONE, Flow, decide
+
+    flow = Flow("flat", 16, (1, 2, 0), origin="'0'")
+    assert decide(flow, "embedding", [], [], "'1'", 1).flow is NONE
+    assert decide(flow, "lstm", [], [], "'1'", 1).flow is NONE
+
+
+def test_where_layouts_meet_in_a_graph():
+    from unitree.layouts import Flow, merge
+
+    a = Flow("map", 16, (1, 2, 0), origin="'0'")
+    b = Flow("map", 16, (1, 2, 0), origin="'3'")
+    assert merge([a, b]) == a  # a residual Add: one layout
+    assert merge([a, b], S(CONCAT, (-1,))).channels == 32  # concatenated channels
+    assert merge([a, b], S(CONCAT, (1,))).state == "unknown"  # along a spatial axis
+    assert merge([a, Flow()]).state == "unknown"  # a map and something else
+    assert merge([Flow(), Flow()]).state == "none"
+    c = Flow("map", 12, (1, 2, 0), origin="'5'")
+    assert merge([a, c]).channels == 4  # divides what either flatten's size is a multiple of
+
+
+def test_unflattened_is_what_torch_linear_before_unflatten_holds():
+    from unitree.layouts import Unflattened
+
+    h, w, c, n = 2, 3, 4, 5
+    x = rand(n)
+    kernel = rand(n, h * w * c)  # a dense layer whose output is reshaped to (H, W, C)
+    y = (x @ kernel).reshape(h, w, c)
+    t = Unflattened(c)
+    weight = t.to_canonical(kernel)
+    assert weight.shape == t.shape(kernel.shape) == (h * w * c, n)
+    # PyTorch: weight @ x, then Unflatten to (C, H, W): the same map, channels first
+    np.testing.assert_allclose((weight @ x).reshape(c, h, w), np.moveaxis(y, -1, 0), atol=ATOL)
+    np.testing.assert_array_equal(t.to_native(weight, kernel.shape), kernel)
+    assert_differ((kernel.T @ x).reshape(c, h, w), np.moveaxis(y, -1, 0))  # not a transpose
+
+
+# -- the same decisions through a read, on the framework-free fake ------------------------------
+def _reader_models():
+    from unitree_fake import Mod, conv, dense
+
+    from unitree.layouts import GRAPH, RESHAPE, Step, Wire
+
+    def decoder(seed=0):
+        """Dense(6 -> 48), Reshape((4, 4, 3)), Conv(3 -> 2): channels-last, as Keras holds it."""
+        return Mod(
+            "Sequential",
+            **{
+                "0": dense(6, 48, seed),
+                "1": Mod("Reshape", step=Step(RESHAPE, (4, 4, 3))),
+                "2": conv(3, 2, (3, 3), seed + 1),
+            },
+        )
+
+    def graph(wire_from):
+        """A graph: conv (4 channels of a 3x3 map) -> flatten, and a dense reading what
+        ``wire_from`` names (1: the flatten, -1: the model's own input)."""
+        wires = ((Wire((-1,)),), (Wire((0,)),), (Wire((wire_from,)),))
+        step = Step(GRAPH, wires=wires, outputs=(Wire((2,)),))
+        layers = {"0": conv(2, 4, (2, 2), 0), "1": Mod("Flatten", "flatten"), "2": dense(36, 5, 1)}
+        return Mod("Model", step=step, **layers)
+
+    return decoder, graph
+
+
+def test_a_read_decides_a_dense_output_reshaped_for_a_conv():
+    from unitree_fake import FakeAdapter
+
+    from unitree._param import rule_of
+    from unitree._tree import view_of
+
+    decoder, _ = _reader_models()
+    model = decoder()
+    tree = ut.ParamTree(FakeAdapter("keras"), model)
+    view = view_of(tree)
+    assert not any(view.unknown(p) for _, p in view.leaves())
+    kernel = model.children["0"].leaves["kernel"][0]  # (6, 48): outputs in (H, W, C) order
+    # PyTorch's Linear before Unflatten(1, (3, 4, 4)): output c*16 + hw is Keras's hw*3 + c
+    want = np.empty((48, 6), np.float32)
+    for c, hw in itertools.product(range(3), range(16)):
+        want[c * 16 + hw] = kernel[:, hw * 3 + c]
+    np.testing.assert_array_equal(tree["0.weight"].numpy(), want)
+    bias = model.children["0"].leaves["bias"][0]
+    np.testing.assert_array_equal(tree["0.bias"].numpy(), bias.reshape(16, 3).T.reshape(-1))
+    # a re-read (the model changed elsewhere) keeps the same Param, and its rule
+    p = tree["0.weight"]
+    model.children["3"] = type(model)("relu")
+    assert tree["0.weight"] is p and type(rule_of(p).transform).__name__ == "Unflattened"
+    np.testing.assert_array_equal(p.numpy(), want)
+    # the same model's state_dict reads back exactly
+    other = decoder(seed=5)
+    ut.ParamTree(FakeAdapter("keras"), other).load_state_dict(tree.state_dict())
+    np.testing.assert_array_equal(other.children["0"].leaves["kernel"][0], kernel)
+
+
+@pytest.mark.parametrize(("wire_from", "mark"), [(1, "Flattened"), (-1, "Permute")])
+def test_a_read_follows_a_graph(wire_from, mark):
+    """The dense layer reads the flatten of the conv (permuted), or the model's own input,
+    which no conv made (as is), though its size is a multiple of the conv's channels."""
+    from unitree_fake import FakeAdapter
+
+    from unitree._param import rule_of
+    from unitree._tree import view_of
+
+    _, graph = _reader_models()
+    tree = ut.ParamTree(FakeAdapter("keras"), graph(wire_from))
+    view = view_of(tree)
+    assert not any(view.unknown(p) for _, p in view.leaves())
+    assert type(rule_of(tree["2.weight"]).transform).__name__ == mark

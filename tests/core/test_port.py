@@ -129,7 +129,8 @@ def layer_norm(backend: str, eps: float, seed: int) -> Mod:
 def test_settings_that_differ():
     src, dst = seq(layer_norm("flax", 1e-5, 1)), seq(layer_norm("torch", 1e-6, 2))
     before = values(dst)
-    with pytest.raises(ut.PortError, match=r"eps is 1e-05 in the flax layer 0, 1e-06"):
+    want = r"eps is 1e-05 in the flax layer 0 \(LayerNorm\), 1e-06 in the torch layer 0"
+    with pytest.raises(ut.PortError, match=want):
         ut.port(wrap(src, "flax"), wrap(dst, "torch"))
     assert values(dst) == before
     report = ut.port(wrap(src, "flax"), wrap(dst, "torch"), strict=False)

@@ -381,7 +381,12 @@ def test_flax_settings_in_torch_terms() -> None:
     x = np.ones((1, 6, 6, 1), np.float32)
     linen = ut.wrap(nn.Sequential([conv]), nn.Sequential([conv]).init(jax.random.key(0), x))
     torch_conv = ut.wrap(T.Sequential(T.Conv2d(1, 2, 3, stride=2, padding=1, dilation=(1, 2))))
-    assert bn._adapter.settings(bn._native) == {"eps": 1e-5, "momentum": 0.01}
+    assert bn._adapter.settings(bn._native) == {
+        "eps": 1e-5,
+        "scale": True,
+        "center": True,
+        "momentum": 0.01,
+    }
     assert linen._adapter.settings(linen[0]._module) == torch_conv._adapter.settings(
         torch_conv[0]._module
     )

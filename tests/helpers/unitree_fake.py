@@ -15,8 +15,47 @@ from typing import Any, Union
 import numpy as np
 
 from unitree import Adapter, Leaf
+from unitree.layouts import CHAIN, FLATTEN, KEEP, UNKNOWN, Step
 
 Kernel = Union[int, tuple[int, ...]]
+
+
+_NORM = {"eps": 1e-5, "scale": True, "center": True}
+_CONV = {
+    "padding": 0,
+    "padding_mode": "zeros",
+    "stride": 1,
+    "dilation": 1,
+    "groups": 1,
+    "input_dilation": 1,
+    "kernel_mask": False,
+}
+_RECURRENT = {
+    "activation": "tanh",
+    "recurrent_activation": "sigmoid",
+    "reverse": False,
+    "stateful": False,
+}
+# Every setting of unitree._settings.VOCABULARY, per kind, at PyTorch's defaults (an int
+# stands for the same value along every spatial axis).
+NEUTRAL: dict[str, dict[str, Any]] = {
+    "conv": _CONV,
+    "depthwise_conv": _CONV,
+    "conv_transpose": {**_CONV, "output_padding": 0},
+    "embedding": {"max_norm": None, "mask_zero": False},
+    "layer_norm": {**_NORM, "axes": (-1,), "rms_scaling": False},
+    "batch_norm": {**_NORM, "momentum": 0.1},
+    "group_norm": {**_NORM, "groups": 1},
+    "attention": {
+        "num_heads": 1,
+        "add_zero_attn": False,
+        "attention_axes": None,
+        "attention_fn": "dot_product_attention",
+        "gated": False,
+    },
+    "lstm": _RECURRENT,
+    "gru": {**_RECURRENT, "reset_after": True},
+}
 
 
 class Mod:
@@ -26,10 +65,14 @@ class Mod:
         kind: str | None = None,
         *,
         settings: dict[str, Any] | None = None,
+        step: Step | None = None,
         **items: Any,
     ) -> None:
         self.type_name, self.kind = type_name, kind
-        self.settings = dict(settings or {})  # what FakeAdapter.settings() reports
+        # what FakeAdapter.settings() reports: the kind's whole vocabulary (PyTorch's
+        # defaults), as a real adapter does, then what the test says
+        self.settings = {**NEUTRAL.get(kind or "", {}), **(settings or {})}
+        self.step = step  # what FakeAdapter.step() reports, if not known by its type
         self.leaves: dict[str, tuple[np.ndarray, bool]] = {}
         self.children: dict[str, Mod] = {}
         for name, item in items.items():
@@ -72,6 +115,16 @@ class FakeAdapter(Adapter):
     def settings(self, module: Mod) -> dict[str, Any]:
         return dict(module.settings)
 
+    def step(self, module: Mod) -> Step:
+        """A "Sequential" calls its children in order; ``flatten()`` flattens as Keras's
+        ``Flatten``; "relu" keeps the layout; a module made with ``step=`` says its own;
+        anything else is a call no one can see through."""
+        if module.step is not None:
+            return module.step
+        if module.kind == "flatten":
+            return Step(FLATTEN)
+        return _STEPS.get(module.type_name, Step(UNKNOWN))
+
     def shape(self, leaf: np.ndarray) -> tuple[int, ...]:
         return leaf.shape
 
@@ -96,6 +149,9 @@ class FakeAdapter(Adapter):
 
     def share(self, leaf: Any, dst_owner: Mod, dst_name: str) -> None:
         dst_owner.leaves[dst_name] = (leaf, dst_owner.leaves[dst_name][1])
+
+
+_STEPS = {"Sequential": Step(CHAIN), "relu": Step(KEEP)}
 
 
 def dense(n_in: int, n_out: int, seed: int, backend: str = "flax", dtype: Any = np.float32) -> Mod:

@@ -359,6 +359,9 @@ def test_settings_values() -> None:
         "dilation": (2,),
         "groups": 1,
         "padding": ((4, 0),),  # everything before: (kernel - 1) * dilation
+        "padding_mode": "zeros",
+        "input_dilation": (1,),
+        "kernel_mask": False,
         "data_format": "channels_last",
     }
     # Keras's "same" transposed conv: stride 2, kernel 4 is torch's padding 1; kernel 3 would
@@ -372,15 +375,29 @@ def test_settings_values() -> None:
         "groups": 1,
         "padding": ((1, 1), (1, 1)),
         "output_padding": (0, 0),
+        "padding_mode": "zeros",
+        "input_dilation": (1, 1),
+        "kernel_mask": False,
         "data_format": "channels_first",
     }
     valid = layers.Conv1DTranspose(2, 2, strides=3)  # output padded to max(kernel, stride)
     assert adapter.settings(valid)["output_padding"] == (1,)
     bn = adapter.settings(layers.BatchNormalization())
     assert bn["eps"] == 1e-3 and bn["momentum"] == pytest.approx(0.01)
-    assert adapter.settings(layers.GroupNormalization(groups=2)) == {"eps": 1e-3, "groups": 2}
+    assert adapter.settings(layers.GroupNormalization(groups=2)) == {
+        "eps": 1e-3,
+        "scale": True,
+        "center": True,
+        "groups": 2,
+    }
     assert adapter.settings(layers.GRU(3, reset_after=False))["reset_after"] is False
-    assert adapter.settings(layers.MultiHeadAttention(3, 2)) == {"num_heads": 3}
+    assert adapter.settings(layers.MultiHeadAttention(3, 2)) == {
+        "num_heads": 3,
+        "add_zero_attn": False,
+        "attention_axes": None,
+        "attention_fn": "dot_product_attention",
+        "gated": False,
+    }
     assert adapter.settings(layers.Dense(2)) == {}
 
 
