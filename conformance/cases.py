@@ -365,7 +365,10 @@ def port(src: Builder, dst: Builder, device: str) -> None:
     a, b = src.wrap(src.port_model(device, seed=0)), dst.wrap(dst.port_model(device, seed=1))
     want = src.port_forward(a, TOKENS)
     assert_differ(dst.port_forward(b, TOKENS), want)  # a port changes it
-    report = ut.port(a, b)
+    # the port model flattens a conv output inside its call on every backend: no model says
+    # in which order, so the port proves itself on the tokens and picks the layout that fits
+    report = ut.port(a, b, check=TOKENS)
+    assert report.check is not None and report.check.ok, report.check
     assert_close(dst.port_forward(b, TOKENS), want, ulps=PORT_ULPS)
     assert report.ties_kept == TIES and not report.ties_split, report
     assert b.ties() == TIES

@@ -167,7 +167,9 @@ def port(
     cannot report, and unknown layouts (each candidate in turn; the report says which one
     reproduced the outputs). ``layouts`` decides unknown layouts explicitly:
     ``{layer path: "channels_last" or "channels_first"}`` for the way the input of that
-    (source or destination) dense layer was flattened.
+    dense layer was flattened (or its output unflattened), in whichever model has the layer
+    at that path and cannot say; ``"source:path"`` or ``"destination:path"`` names one
+    model's layer where both have that path.
 
     ``error_if_nonfinite=True`` refuses a NaN or an infinity in any source value
     (:class:`unitree.NonFiniteError`), and nothing is written. ``src`` and ``dst`` are
@@ -834,7 +836,7 @@ def _layout(
         len(found) == 2
         and s_view.adapter.name == d_view.adapter.name
         and found[0][3].default == found[1][3].default
-        and not {s.path, d.path} & set(layouts)
+        and not {s.path, d.path, f"source:{s.path}", f"destination:{d.path}"} & set(layouts)
     ):
         return (
             [],
@@ -842,15 +844,16 @@ def _layout(
         )
     out = []
     for side, layer, p, unknown in found:
-        chosen = layouts.get(layer.path)
+        chosen = layouts.get(f"{side}:{layer.path}", layouts.get(layer.path))
         if chosen is not None and chosen not in unknown.candidates:
             raise PortError(
                 f"Cannot port: layouts= says {layer.path!r} is {chosen!r}; its candidates are "
                 f"{', '.join(map(repr, unknown.candidates))}. Nothing was written."
             )
-        converts = {
-            name: _reruled(p, unknown.candidates[unknown.default], rule, side == "source")
-            for name, rule in unknown.candidates.items()
+        default = unknown.candidates[unknown.default]
+        converts = {  # the default first: what a checkpoint of the model assumes
+            name: _reruled(p, default, unknown.candidates[name], side == "source")
+            for name in dict.fromkeys([unknown.default, *unknown.candidates])
             if chosen is None or name == chosen
         }
         out.append(_Unknown(join(layer.path, leaf), side, unknown.reason, converts, slot))
