@@ -7,9 +7,10 @@ attribute names elsewhere, in registration order) and, inside a block, the
 prefixed names (``dense0_weight``) are never used: they come from a
 process-global counter and change with whatever else the process built.
 
-Dense and Conv weights are already canonical (out, in, ...). A tie is one
-``Parameter`` object reached from two places: the same block added twice,
-``nn.Dense(8, params=shared.params)`` (1.9.1) or ``share_parameters`` (2.x).
+Dense and Conv weights are already canonical (out, in, ...); a ``Dense`` reading a conv's map
+through a custom block has an unknown layout, which keeps the native one (``_gluon_layout``).
+A tie is one ``Parameter`` object reached from two places: the same block added
+twice, ``nn.Dense(8, params=shared.params)`` (1.9.1) or ``share_parameters`` (2.x).
 Running statistics (``differentiable=False``, ``grad_req='null'``) and
 ``Constant`` parameters are buffers; a parameter the user froze with
 ``grad_req='null'`` stays a parameter that is not trainable, as in torch.
@@ -46,7 +47,9 @@ from mxnet.gluon.parameter import Constant, Parameter
 
 from unitree._adapter import Adapter, KindTable, Leaf, as_numpy, fingerprint, new_leaf
 from unitree._errors import PathError, UninitializedError, UnsupportedError, ValueTypeError
-from unitree.layouts import CONVS
+from unitree.layouts import CONVS, Step
+
+from ._gluon_layout import step as gluon_step
 
 _KINDS: dict[type, str] = {
     nn.Dense: "dense",
@@ -246,6 +249,11 @@ class GluonAdapter(Adapter):
             }
             return {**out, "reset_after": True} if kind == "gru" else out
         return {}
+
+    def step(self, module: gluon.Block) -> Step:
+        """What ``module`` does to the layout of the activations (``Adapter.step``): read from
+        Gluon's own blocks (``_gluon_layout``); a custom block is ``UNKNOWN``."""
+        return gluon_step(module)
 
     def fingerprint(self, root: gluon.Block) -> Any:
         # the dicts themselves, not leaves() and children(): this runs on every traversal

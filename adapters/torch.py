@@ -2,9 +2,10 @@
 
 Paths are torch's own (``_modules`` keys: positions in ``Sequential`` and
 ``ModuleList``, keys in ``ModuleDict``, attribute names elsewhere) and so are
-the leaf names and layouts, which are the canonical ones. A tie is one
-``Parameter`` object (or buffer tensor) reached from two places, as
-``named_parameters`` deduplicates them.
+the leaf names and layouts, which are the canonical ones (a ``Linear`` reading a conv's map
+through a module whose ``forward`` unitree cannot read has an unknown layout, which keeps the
+native one: ``_torch_layout``). A tie is one ``Parameter`` object (or buffer tensor) reached
+from two places, as ``named_parameters`` deduplicates them.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from unitree._errors import (
     UnsupportedError,
     ValueTypeError,
 )
-from unitree.layouts import CONVS
+from unitree.layouts import CONVS, Step
+
+from ._torch_layout import step as torch_step
 
 _KINDS: dict[type, str] = {
     nn.Linear: "dense",
@@ -443,6 +446,11 @@ class TorchAdapter(Adapter):
             # a GRU's reset gate multiplies (W_hn h + b_hn): after the recurrent matmul
             return {**out, "reset_after": True} if kind == "gru" else out
         return {}
+
+    def step(self, module: nn.Module) -> Step:
+        """What ``module`` does to the layout of the activations (``Adapter.step``): read from
+        torch's own modules (``_torch_layout``); a custom ``forward`` is ``UNKNOWN``."""
+        return torch_step(module)
 
     def fingerprint(self, root: nn.Module) -> Any:
         # the dicts themselves where leaves() and children() would list them as they are:

@@ -80,8 +80,8 @@ class Adapter(ABC):
     - *native files*: :meth:`state_dict_file`, :meth:`shared_storage` (unsupported);
     - *separate variables*: :meth:`variables` (flax linen only; unsupported elsewhere);
     - *running the model*: :meth:`run` (``ut.compare`` and a port's output check; unsupported);
-    - *the layout between layers*: :meth:`step` (channels-last frameworks: what a
-      parameterless layer or a container's call does to the activations; unknown).
+    - *the layout between layers*: :meth:`step` (what a parameterless layer or a container's
+      call does to the activations; unknown).
 
     **Class attributes:** ``name``, the backend name users see, which is also the key of the
     canonical tables (``layouts.LAYOUTS``, ``CODECS``, ``GENERATED``, ``CHANNELS_LAST``): a
@@ -304,21 +304,25 @@ class Adapter(ABC):
     # -- capability: the layout between layers ---------------------------------------------
     def step(self, module: Any) -> Step:
         """What ``module`` does to the layout of the activations, as a ``layouts.Step``: asked
-        on a channels-last backend (``layouts.CHANNELS_LAST``) of a parameterless layer, a
+        on a channels-last backend (``layouts.CHANNELS_LAST``), and on a channels-first one
+        (``layouts.CHANNELS_FIRST``) whose model holds a conv, of a parameterless layer, a
         layer with leaves of no kind the tables know, and a container, between a conv and
         a dense layer that may read its flatten (or a dense layer and a conv that may read
-        its output reshaped). The read follows the answer (``layouts.after_step``) to decide
-        the dense layer's rule (``layouts.decide``); where it is ``UNKNOWN`` the rule is
-        unknown (``View.unknown``) and a port refuses it under ``strict``.
+        its output reshaped); and of a dense layer reading a map, which may flatten it itself
+        (``FLATTEN``: Gluon's ``Dense``). The read follows the answer
+        (``layouts.after_step``) to decide the dense layer's rule (``layouts.decide``);
+        where it is ``UNKNOWN`` the rule is unknown (``View.unknown``) and a port refuses it
+        under ``strict``.
 
         A layer: ``KEEP`` (the layout stays; with the ``data_format`` it finds the channels
-        by, for a pooling or an upsampling), ``FLATTEN``, ``PERMUTE``, ``RESHAPE``, ``POOL``
-        (global), ``CONCAT``, ``MAP`` (a conv no table knows starts a feature map of its
-        own: Keras's ``SeparableConv2D``; asked even when nothing is followed). A container:
-        ``CHAIN`` (its children called in order, each on the previous one's output and
-        nothing else: Keras's ``Sequential``), ``GRAPH`` (as its ``wires`` say: Keras's
-        functional model). Default: ``UNKNOWN``, which is right for any module whose call the
-        adapter cannot read (a lambda, a custom ``call``).
+        by, for a pooling or an upsampling), ``FLATTEN`` (of some axes only: PyTorch's
+        ``Flatten(2)``), ``PERMUTE``, ``RESHAPE``, ``UNFLATTEN`` (PyTorch's ``Unflatten``),
+        ``POOL`` (global), ``CONCAT``, ``MAP`` (a conv no table knows starts a feature map of
+        its own: Keras's ``SeparableConv2D``; asked even when nothing is followed). A
+        container: ``CHAIN`` (its children called in order, each on the previous one's output
+        and nothing else: Keras's, PyTorch's and Gluon's ``Sequential``), ``GRAPH`` (as its
+        ``wires`` say: Keras's functional model). Default: ``UNKNOWN``, which is right for any
+        module whose call the adapter cannot read (a lambda, a custom ``call``).
         """
         return _UNKNOWN_STEP
 

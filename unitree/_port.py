@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -242,11 +243,9 @@ def port(
             mixed = _mixed(s, d, leaf, s_view, d_view)
             if mixed:
                 (problems if strict else notes).append(f"{join(s.path, leaf)}: {mixed}")
-            found, note = _layout(
+            found = _layout(
                 s, d, leaf, s_view, d_view, layouts or {}, id(d_slot[join(d.path, leaf)])
             )
-            if note:
-                notes.append(note)
             if not checked and any(len(u.converts) > 1 for u in found):
                 (problems if strict else notes).append(_undecided(s, d, leaf, found))
             else:
@@ -319,7 +318,7 @@ def port(
             report.check = comparison
             if comparison.ok:
                 report.notes += [
-                    f"{u.key} ({u.side}): {chosen[u.side]}, the layout whose outputs match "
+                    f"{u.key} ({u.side}): {chosen[_group(u)]}, the layout whose outputs match "
                     f"(unknown from the model: {u.why})"
                     for u in unknown
                     if len(u.converts) > 1
@@ -820,28 +819,17 @@ def _layout(
     d_view: View,
     layouts: Mapping[str, str],
     slot: int,
-) -> tuple[list[_Unknown], str]:
+) -> list[_Unknown]:
     """The leaf's layouts that no model says (a flatten through an opaque step): one
     :class:`_Unknown` per side, with the candidates to try (the one ``layouts`` names, if
-    it names the layer); and a note. Between two models of one framework whose layouts are
-    both unknown and assumed alike, the value is copied as it is (nothing is converted on a
-    guess): none, and the note says so."""
+    it names the layer). Two models of one framework are no exception: the same opaque
+    step may flatten in one order in one model and in the other in the other."""
     found = []
     for side, layer, view in (("source", s, s_view), ("destination", d, d_view)):
         p = layer.params.get(leaf) if layer.codec is None else None
         unknown = view.unknown(p) if p is not None else None
         if unknown is not None:
             found.append((side, layer, p, unknown))
-    if (
-        len(found) == 2
-        and s_view.adapter.name == d_view.adapter.name
-        and found[0][3].default == found[1][3].default
-        and not {s.path, d.path, f"source:{s.path}", f"destination:{d.path}"} & set(layouts)
-    ):
-        return (
-            [],
-            f"{leaf}: copied as it is; its layout is unknown on both sides, and assumed alike",
-        )
     out = []
     for side, layer, p, unknown in found:
         chosen = layouts.get(f"{side}:{layer.path}", layouts.get(layer.path))
@@ -857,7 +845,7 @@ def _layout(
             if chosen is None or name == chosen
         }
         out.append(_Unknown(join(layer.path, leaf), side, unknown.reason, converts, slot))
-    return out, ""
+    return out
 
 
 def _undecided(s: Layer, d: Layer, leaf: str, unknown: list[_Unknown]) -> str:
@@ -893,24 +881,36 @@ def _reruled(
 def _choices(
     unknown: list[_Unknown],
 ) -> list[tuple[dict[str, str], dict[int, Callable[[np.ndarray], np.ndarray]]]]:
-    """The layouts to try, in order: each combination of one candidate for every unknown
-    source layout and one for every unknown destination layout, the defaults first: ({side:
-    candidate}, {id(destination slot): the conversion of the value it takes})."""
-    names = {
-        side: list(dict.fromkeys(n for u in unknown if u.side == side for n in u.converts)) or [""]
-        for side in ("source", "destination")
-    }
+    """The layouts to try, in order, the defaults first: every combination of one candidate
+    per layer whose layout is unknown (up to 64 combinations; beyond, one candidate for all
+    of a side's layers): ({layer: candidate}, {id(destination slot): the conversion of the
+    value it takes})."""
+    groups: dict[str, list[str]] = {}  # "side layer" -> its candidates
+    for u in unknown:
+        groups.setdefault(_group(u), list(u.converts))
+    if math.prod(len(c) for c in groups.values()) > 64:
+        sides: dict[str, list[str]] = {}
+        for key, names in groups.items():
+            sides.setdefault(key.split(" ", 1)[0], names)
+        picks = [
+            {key: pick[key.split(" ", 1)[0]] for key in groups}
+            for pick in (dict(zip(sides, c)) for c in itertools.product(*sides.values()))
+        ]
+    else:
+        picks = [dict(zip(groups, c)) for c in itertools.product(*groups.values())]
     out = []
-    for a in names["source"]:
-        for b in names["destination"]:
-            steps: dict[int, list[Callable[[np.ndarray], np.ndarray]]] = {}
-            for u in sorted(unknown, key=lambda u: u.side != "source"):  # the source's first
-                f = u.converts.get(a if u.side == "source" else b)
-                if f is not None:
-                    steps.setdefault(u.slot, []).append(f)
-            chosen = {"source": a, "destination": b}
-            out.append((chosen, {slot: _chain(fs) for slot, fs in steps.items()}))
+    for pick in picks:
+        steps: dict[int, list[Callable[[np.ndarray], np.ndarray]]] = {}
+        for u in sorted(unknown, key=lambda u: u.side != "source"):  # the source's first
+            f = u.converts.get(pick[_group(u)])
+            if f is not None:
+                steps.setdefault(u.slot, []).append(f)
+        out.append((pick, {slot: _chain(fs) for slot, fs in steps.items()}))
     return out
+
+
+def _group(u: _Unknown) -> str:
+    return f"{u.side} {u.key.rpartition('.')[0] or '(root)'}"
 
 
 def _chain(steps: list[Callable[[np.ndarray], np.ndarray]]) -> Callable[[np.ndarray], np.ndarray]:

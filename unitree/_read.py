@@ -22,9 +22,12 @@ from ._param import Param, placed, rule_of, set_aliases, set_rule
 from ._paths import Path, keystr
 from .layouts import (
     CHAIN,
+    CHANNELS_FIRST,
     CHANNELS_LAST,
     CONVS,
+    FLATTEN,
     GRAPH,
+    KEEP,
     MAP,
     NONE,
     NORMS,
@@ -187,6 +190,11 @@ def read(adapter: Adapter, root: Any, old: dict[Hashable, Param] | None = None) 
     same = type(adapter).identity is Adapter.identity  # identity is id(): no call
     with_rules = has_rules(backend)
     channels_last = backend in CHANNELS_LAST
+    # a channels-first model is followed only if it holds a conv, in a second walk (_replay)
+    native_first = backend in CHANNELS_FIRST
+    conv_seen = False
+    # the kind table itself where the adapter's kind() only looks it up: a dict's lookup
+    kinds = adapter.kinds if type(adapter).kind is Adapter.kind else None
     by_ident: dict[Hashable, Param] = {}
     flat: list[Occurrence] = []
     modules: list[tuple[Path, Any]] = []
@@ -198,11 +206,12 @@ def read(adapter: Adapter, root: Any, old: dict[Hashable, Param] | None = None) 
     aliases: dict[Param, list[str]] = {}  # the paths after the first of each tied leaf
     plans: dict[Any, Plan] = {}
     uses: list[list[Any]] = []  # [Param, its rule at this use] of each use after its first
-    # the layout of the activations, on a channels-last backend only (PyTorch's is canonical)
+    # the layout of the activations, followed in this first walk on a channels-last backend
     follow = _Follow(adapter, renewed) if channels_last else None
 
     # The hot loop of the first traversal: kept flat, it runs once per module and leaf.
     def visit(native: Any, pre: Path, text: str) -> None:  # text: pre as users see it, and a "."
+        nonlocal conv_seen
         leaves = adapter.leaves(native)
         seen.append((native, leaves))
         kind: Any = None
@@ -226,6 +235,10 @@ def read(adapter: Adapter, root: Any, old: dict[Hashable, Param] | None = None) 
                 layer = plans.get(len(leaves))
                 if layer is None:
                     layer = plans[len(leaves)] = [(i, "", None) for i in range(len(leaves))]
+            if native_first and not conv_seen:
+                if not with_rules:
+                    kind = kinds[type(native)] if kinds is not None else adapter.kind(native)
+                conv_seen = kind in CONVS
             made: list[tuple[Param, list[Any] | None]] | None = None
             if decision is not None and (decision.unknown or decision.pend):
                 made = []  # (Param, its use's record) by position in the plan
@@ -308,6 +321,9 @@ def read(adapter: Adapter, root: Any, old: dict[Hashable, Param] | None = None) 
     try:
         with gc_pause:
             visit(root, (), "")
+            if conv_seen:
+                follow = _Follow(adapter, renewed, first=True)
+                _replay(follow, root, seen, flat, uses, plans)
     except RecursionError:
         raise UnitreeError(
             f"The {backend} model is nested too deeply to read, or contains itself: a module tree cannot have cycles."
@@ -325,8 +341,10 @@ def read(adapter: Adapter, root: Any, old: dict[Hashable, Param] | None = None) 
     )
 
 
-# The flow while it is the output of the last dense layer of _Follow's fast path (_Follow.last).
+# The flow while it is the output of the last dense layer of _Follow's fast path (_Follow.last),
+# and that output past the call of a container no one can see through (_Follow.lost_in).
 _FED = Flow("out", feeds=(Feed(0, 0, ""),))
+_FED_LOST = Flow("unknown", feeds=_FED.feeds, why="a call")
 
 # Kinds whose rules depend on the activations' layout around them (layouts.decide).
 _DECIDED = frozenset({*CONVS, "dense", *NORMS})
@@ -371,12 +389,16 @@ _Pending = tuple[Plan, tuple[int, ...], list[tuple[Param, "list[Any] | None"]], 
 
 
 class _Follow:
-    """What a read follows of the activations' layout on a channels-last backend (a
-    ``layouts.Flow``, through ``Adapter.step``), and what it decides: unknown leaves, and the
-    rules of dense layers whose output a later reshape and conv decide."""
+    """What a read follows of the activations' layout (a ``layouts.Flow``, through
+    ``Adapter.step``), and what it decides: unknown leaves, and the rules of dense layers whose
+    output a later reshape and conv decide. ``first``: a channels-first backend (``decide``'s
+    ``native_first``: its convs' maps are (C, H, W), its unknowns default to that order)."""
 
-    def __init__(self, adapter: Adapter, renewed: dict[Param, tuple[Any, ...]]) -> None:
+    def __init__(
+        self, adapter: Adapter, renewed: dict[Param, tuple[Any, ...]], first: bool = False
+    ) -> None:
         self.adapter = adapter
+        self.first = first
         self.renewed = renewed  # Params of an earlier read: their rule goes in their new args
         self.flow: Flow = NONE
         self.tokens = itertools.count(1)
@@ -390,6 +412,9 @@ class _Follow:
         # dense layer reads it: in a chain of dense layers, each feed dies unread
         self.last_text = ""
         self.last: _Pending | None = None
+        self.lost_in: tuple[Any, str] = (None, "")  # _FED_LOST: the container's call it is lost in
+        # the path of the last container opaque() named (None: none yet), and how it names it
+        self.called: tuple[str | None, str] = (None, "")
 
     def dense(self, layer: Plan, text: str) -> Decision:
         """A dense layer no conv's map reaches (the common case, kept fast): its output starts
@@ -402,32 +427,41 @@ class _Follow:
 
     def current(self) -> Flow:
         """The flow, the last dense layer's output made a real feed if it is one."""
-        if self.flow is _FED:
+        flow = self.flow
+        if flow is _FED or flow is _FED_LOST:
             token = next(self.tokens)
             if self.last is not None:
                 self.pending[token] = [self.last]
             self.flow = fed(token, _where(self.last_text))
+            if flow is _FED_LOST:
+                self.flow = opaque(self.flow, _call(self.adapter, *self.lost_in))
         return self.flow
 
     def layer(self, native: Any, kind: Any, layer: Plan, leaves: Any, text: str) -> Decision | None:
         """A conv, dense layer or norm: its rules, given what reaches it (layouts.decide)."""
         flow = self.flow
-        if kind == "dense" and not flow.channels and layer[0][2] is not None:
+        if kind == "dense" and not flow.channels and (self.first or layer[0][2] is not None):
             return self.dense(layer, text)
-        if flow.state == "none" and kind in NORMS:
-            return None  # nothing a norm's layout could depend on: the common case, fast
+        if kind in NORMS and (flow.state == "none" or flow.state == "map"):
+            return None  # nothing to decide, or a norm over a map's channels: kept as it is
         flow = self.current()
         adapter = self.adapter
-        first, groups = False, 1
-        if kind in CONVS:
+        first, groups = self.first, 1
+        # a conv's settings: where its channels are, and its groups where they matter (its
+        # input channels read a feed; a transposed conv's output channels)
+        if kind in CONVS and (not first or flow.feeds or kind == "conv_transpose"):
             settings = adapter.settings(native)
-            first = settings.get("data_format") == "channels_first"
-            groups = int(settings.get("groups") or 1) if kind == "conv" else 1
+            first = first or settings.get("data_format") == "channels_first"
+            groups = int(settings.get("groups") or 1) if kind != "depthwise_conv" else 1
+        elif kind == "dense" and flow.state == "map":
+            how = adapter.step(native)  # a dense layer that flattens its input (Gluon's Dense)
+            if how.op == FLATTEN:
+                flow, _ = after_step(flow, how, f"the flatten inside {_where(text)}")
         if flow.feeds and needs_units(flow, kind):
             flow = self.units(flow)
         shapes = _Shapes(adapter, leaves)
         token = next(self.tokens)
-        d = decide(flow, kind, layer, shapes, _where(text), token, first, groups)
+        d = decide(flow, kind, layer, shapes, _where(text), token, first, groups, self.first)
         self.flow = d.flow
         self.resolve(d.mirrors)
         return d
@@ -456,8 +490,9 @@ class _Follow:
                 layer, _, _, leaves = entries[0]  # the dense layer's own
                 i, _, rule = layer[0]
                 shape = self.adapter.shape(leaves[i].obj)
-                if shape and rule is not None and rule.transform is not None:
-                    f = f._replace(units=rule.transform.shape(shape)[0])
+                t = rule.transform if rule is not None else None
+                if shape and (t is not None or self.first):  # (out, in) as it is, or not
+                    f = f._replace(units=(t.shape(shape) if t else shape)[0])
             feeds.append(f)
         return flow._replace(feeds=tuple(feeds))
 
@@ -476,7 +511,10 @@ class _Follow:
         if m.reason:
             self.unknown.setdefault(p, mirror_unknown(rule, ndim, m))
             return
-        new = mirrored(rule, ndim, m.channels)
+        self.ruled(p, use, mirrored(rule, ndim, m.channels))
+
+    def ruled(self, p: Param, use: list[Any] | None, new: Rule | None) -> None:
+        """``p`` (at the use ``use``, a later use of a tied leaf, or its first) takes ``new``."""
         if use is not None:  # a later use of a tied leaf: its own rule there
             use[1] = new
         elif p in self.renewed:
@@ -487,21 +525,26 @@ class _Follow:
 
     def opaque(self, native: Any, text: str) -> None:
         """Between the children of ``native``, whose call no one can see through."""
-        flow = self.current()
-        if flow.state != "none" and not flow.why:
-            self.flow = opaque(flow, _call(self.adapter, native, text))
+        flow = self.flow
+        if flow is _FED:  # kept lazy, as _FED is: most such feeds die at the next dense layer
+            self.flow, self.lost_in = _FED_LOST, (native, text)
+        elif flow.state != "none" and not flow.why:
+            if self.called[0] != text:  # said once per container, between its children
+                self.called = (text, _call(self.adapter, native, text))
+            self.flow = opaque(flow, self.called[1])
 
     def step(self, native: Any, text: str, leaves: bool = False) -> None:
         """A module that is no layer ``decide`` takes: what the adapter says it does. One
         with leaves is asked even when nothing is followed: it may start a map (``MAP``)."""
-        flow = self.current()
-        lost = flow.state == "none" or bool(flow.why)  # nothing to follow, or nothing to see
+        flow = self.flow
+        lost = flow is not _FED and (flow.state == "none" or bool(flow.why))  # nothing to see
         if lost and not leaves:
             return
         adapter = self.adapter
         how = adapter.step(native)
-        if lost and how.op != MAP:
-            return
+        if (lost and how.op != MAP) or (how.op == KEEP and not how.data_format):
+            return  # nothing to follow, or the layout stays (an activation, a dropout)
+        flow = self.current()
         if needs_units(flow, step=how):
             flow = self.units(flow)
         what = how.why or f"the {adapter.type_name(native)} layer"
@@ -524,6 +567,105 @@ class _Follow:
             return flows[0] if flows else NONE
         step = self.adapter.step(child) if child is not None else None
         return merge([self.units(f) for f in flows], step, f"the merge at {_where(text)}")
+
+
+def _replay(
+    follow: _Follow,
+    root: Any,
+    seen: list[tuple[Any, Any]],
+    flat: list[Occurrence],
+    uses: list[list[Any]],
+    plans: dict[Any, Plan],
+) -> None:
+    """The follower's walk of a channels-first model that holds a conv: ``read``'s second
+    walk, in the order of its first (a model without a conv has no layout to follow, and its
+    read pays nothing for it). Each module's leaves are ``seen``'s, their Params ``flat``'s in
+    plan order, a tied leaf's later uses ``uses``'s records; what ``follow`` decides of a rule
+    is set on the Param (or on that use's record), as the first walk would have made it."""
+    adapter = follow.adapter
+    backend = adapter.name
+    kinds = adapter.kinds if type(adapter).kind is Adapter.kind else None
+    leaves_of = {id(m): leaves for m, leaves in seen}
+    at = [0, 0]  # the next entry of flat, of uses
+    firsts: set[Param] = set()
+
+    def params(n: int) -> list[tuple[Param, list[Any] | None]]:
+        """The next ``n`` occurrences of the first walk: (Param, its use's record or None)."""
+        start = at[0]
+        at[0] += n
+        if not uses:  # nothing tied: every occurrence is its Param's first
+            return [(p, None) for _, _, p in flat[start : start + n]]
+        out: list[tuple[Param, list[Any] | None]] = []
+        for _, _, p in flat[start : start + n]:
+            if p in firsts:
+                out.append((p, uses[at[1]]))
+                at[1] += 1
+            else:
+                firsts.add(p)
+                out.append((p, None))
+        return out
+
+    def walk(native: Any, text: str) -> None:
+        leaves = leaves_of[id(native)]
+        kind: Any = None
+        if leaves:
+            kind = kinds[type(native)] if kinds is not None else adapter.kind(native)
+            # a norm over a map's channels, or where nothing is followed, is left as it is
+            kept = kind in NORMS and follow.flow.state in ("none", "map")
+            if kind in _DECIDED and not kept:
+                made = params(len(leaves))
+                names = [leaf.name for leaf in leaves]
+                key = (getattr(kind, "key", kind), *names)
+                layer = plans.get(key)
+                if layer is None:
+                    layer = plans[key] = plan(names, rules(backend, kind, names))
+                d = follow.layer(native, kind, layer, leaves, text)
+                if d is not None:
+                    for (p, use), (_, _, old), (_, _, new) in zip(made, layer, d.layer):
+                        if new is not old:  # a rule the layout decided: the first walk's is old
+                            follow.ruled(p, use, new)
+                    if d.unknown or d.pend:
+                        follow.made(d, leaves, made)
+            else:
+                if uses:  # the occurrences counted, for the ties' records
+                    params(len(leaves))
+                else:
+                    at[0] += len(leaves)
+                if kind and not kept:  # an embedding, a cell: its own features
+                    follow.flow = NONE
+        children = adapter.children(native)
+        if kind is None and (leaves or not children):
+            follow.step(native, text, bool(leaves))  # parameterless, or of no known kind
+        if not children:
+            return
+        if not leaves:
+            kind = adapter.kind(native)
+        mode = _PLAIN
+        if kind and kind not in _DECIDED:  # attention, a recurrent layer: its own inside
+            follow.flow = NONE
+            mode = _OWN
+        else:
+            how = adapter.step(native)
+            if how.op == GRAPH and len(how.wires) == len(children):
+                mode, entry, outs = _GRAPH, follow.current(), []
+            elif how.op != CHAIN:
+                mode = _OPAQUE
+        for k, (seg, child) in enumerate(children):
+            if mode == _GRAPH:
+                follow.flow = follow.wired(how.wires[k], entry, outs, child, f"{text}{seg}.")
+            elif mode == _OPAQUE:
+                follow.opaque(native, text)
+            walk(child, f"{text}{seg}.")
+            if mode == _GRAPH:
+                outs.append(follow.current())
+        if mode == _GRAPH:
+            follow.flow = follow.wired(how.outputs, entry, outs, None, text)
+        elif mode == _OPAQUE:
+            follow.opaque(native, text)
+        elif mode == _OWN:
+            follow.flow = NONE
+
+    walk(root, "")
 
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")

@@ -148,6 +148,59 @@ class Unflattened:
         return a.reshape(c, out // c, n).transpose(2, 1, 0).reshape(n, out)
 
 
+class FlattenedWeight:
+    """The (out, in) weight of a PyTorch or Gluon ``Linear`` fed by a channels-last flatten
+    (the model permuted its (C, H, W) map to (H, W, C) before flattening): its input axis is
+    in (H, W, C) order, channels fastest. The canonical weight is the one of the twin that
+    flattens (C, H, W) as PyTorch's ``Flatten`` does: the same (out, C*H*W) shape, its input
+    axis permuted. What :class:`Flattened` is for an (in, out) kernel. Only C matters."""
+
+    view = False
+
+    def __init__(self, channels: int) -> None:
+        self.channels = channels
+
+    def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(shape)
+
+    def to_canonical(self, a: np.ndarray) -> np.ndarray:
+        out, n = a.shape
+        c = self.channels
+        return a.reshape(out, n // c, c).transpose(0, 2, 1).reshape(out, n)
+
+    def to_native(self, a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        out, n = a.shape
+        c = self.channels
+        return a.reshape(out, c, n // c).transpose(0, 2, 1).reshape(out, n)
+
+
+class UnflattenedWeight:
+    """The (out, in) weight of a PyTorch or Gluon ``Linear`` whose output is reshaped into a
+    channels-last map (``Unflatten(1, (H, W, C))``, then a permute to (C, H, W) before the
+    conv): its output axis is in (H, W, C) order. The canonical weight is the one of the twin
+    that unflattens to (C, H, W): the same shape, its output axis permuted (the bias, and a
+    norm's vectors between, take :class:`FlattenedVector`). What :class:`Unflattened` is for
+    an (in, out) kernel. Only C matters."""
+
+    view = False
+
+    def __init__(self, channels: int) -> None:
+        self.channels = channels
+
+    def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(shape)
+
+    def to_canonical(self, a: np.ndarray) -> np.ndarray:
+        out, n = a.shape
+        c = self.channels
+        return a.reshape(out // c, c, n).transpose(1, 0, 2).reshape(out, n)
+
+    def to_native(self, a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        out, n = a.shape
+        c = self.channels
+        return a.reshape(c, out // c, n).transpose(1, 0, 2).reshape(out, n)
+
+
 class Codec:
     """The canonical leaves of a layer computed from its whole subtree (see ``unitree._canon``).
 
@@ -644,6 +697,11 @@ def weight_norm(g: np.ndarray, v: np.ndarray) -> np.ndarray:
 # Backends whose conv layers are channels-last by default: a dense layer fed by the flatten of
 # a conv output needs its input axis permuted (see Flattened). Norms keep the channels.
 CHANNELS_LAST = frozenset({"keras", "flax"})
+# Backends whose native layouts are PyTorch's, convs channels-first: what they hold is
+# canonical unless the model itself reorders a map before a flatten (a permute to (H, W, C)
+# in a custom module): a read follows their activations too, and an unknown layout there
+# defaults to their own channels-first order (FlattenedWeight, UnflattenedWeight otherwise).
+CHANNELS_FIRST = frozenset({"torch", "gluon"})
 NORMS = frozenset({"batch_norm", "layer_norm", "group_norm"})
 CONVS = frozenset({"conv", "depthwise_conv", "conv_transpose"})
 
@@ -678,7 +736,7 @@ def plan(names: Sequence[str], table: Mapping[str, Rule] | None) -> Plan:
     return out
 
 
-# -- the layout of the activations between layers, followed by a read on a channels-last backend
+# -- the layout of the activations between layers, followed by a read -------------------------
 #
 # PyTorch holds a feature map as (C, H, W) after the batch axis; Keras and Flax as (H, W, C).
 # Between a conv and a dense layer that reads its flatten (and between a dense layer whose
@@ -686,7 +744,9 @@ def plan(names: Sequence[str], table: Mapping[str, Rule] | None) -> Plan:
 # what PyTorch's twin holds, so the order in which the activations reach the dense layer
 # decides its rule. A read follows that order through the parameterless steps in between, as
 # ``Adapter.step`` names them (:class:`Step`), in a :class:`Flow`; where a step is opaque (a
-# lambda, a custom call), the layout is unknown (:class:`Unknown`), never guessed.
+# lambda, a custom call), the layout is unknown (:class:`Unknown`), never guessed. The same
+# holds on a channels-first backend (``CHANNELS_FIRST``: ``native_first`` below), whose model
+# may still flatten channels-last (a permute before its flatten): its default is its own order.
 #
 # A feature map's axes are labelled 0 (its channels) and 1..n (its spatial axes, in the conv's
 # order), and ``Flow.order`` lists the labels in memory order: PyTorch's (C, H, W) is
@@ -695,9 +755,12 @@ def plan(names: Sequence[str], table: Mapping[str, Rule] | None) -> Plan:
 KEEP = "keep"  # the layout stays: activations, dropout, noise, an elementwise merge; with a
 # data_format, an op that finds the channels by it (pooling, padding, cropping, upsampling)
 FLATTEN = "flatten"  # all axes but the batch axis into one; data_format "channels_first" moves
-# the first axis last before (Keras's Flatten, so a channels-first model flattens as its twin)
+# the first axis last before (Keras's Flatten, so a channels-first model flattens as its twin);
+# axes: (start, end) as torch.flatten counts them (the batch axis 0, negative from the end), of
+# a flatten of some axes only (PyTorch's Flatten(2)); () all but the batch axis
 PERMUTE = "permute"  # axes: Keras's Permute dims (1-based, the batch axis left out)
 RESHAPE = "reshape"  # axes: the target shape, batch axis left out (-1: the one free axis)
+UNFLATTEN = "unflatten"  # one axis split: axes (dim, *sizes) as PyTorch's Unflatten takes them
 POOL = "pool"  # a global pooling without keepdims: one axis stays
 CONCAT = "concat"  # a concatenation; axes: (axis,) as Keras counts it (the batch axis is 0)
 MAP = "map"  # a new feature map, from a conv no table knows (Keras's SeparableConv2D); axes:
@@ -822,7 +885,7 @@ def needs_units(flow: Flow, kind: str | None = None, step: Step | None = None) -
     if not any(f.units == 0 for f in flow.feeds):
         return False
     if step is not None:
-        return step.op in (RESHAPE, CONCAT, GRAPH, MAP)
+        return step.op in (RESHAPE, UNFLATTEN, CONCAT, GRAPH, MAP)
     return kind in CONVS or kind in NORMS
 
 
@@ -948,6 +1011,54 @@ def _reshape(flow: Flow, target: tuple[int, ...], where: str) -> Flow:
     return Flow("outmap", dims=dims, order=tuple(range(r)), feeds=flow.feeds)
 
 
+def _flatten_some(flow: Flow, start: int, end: int, where: str) -> Flow:
+    """A flatten of the axes ``start``..``end`` only, as ``torch.flatten`` counts them (the
+    batch axis 0): of a map, spatial axes merged in their order keep its layout (PyTorch's
+    ``Flatten(2)`` of a (C, H, W) map: (C, H*W)); all its axes are a flatten; anything else
+    (the channels merged with a spatial axis, the batch axis) no one follows."""
+    if flow.state not in ("map", "outmap"):  # one axis: a flatten of it is no change
+        if start in (1, -1) and end in (1, -1):
+            return flow
+        return opaque(flow, f"{where}, a flatten of axes {start}..{end}")
+    rank = len(flow.order) + 1
+    s, e = start % rank, end % rank
+    if s == 1 and e == rank - 1:  # every axis but the batch axis
+        return after_step(flow, Step(FLATTEN), where)[0]
+    group = flow.order[s - 1 : e] if s else ()
+    if flow.state != "map" or not group or 0 in group:
+        return opaque(flow, f"{where}, a flatten that merges the channels or the batch axis")
+    if len(group) == 1:
+        return flow
+    if group != tuple(range(group[0], group[0] + len(group))):
+        return opaque(flow, f"{where}, a flatten of reordered axes")
+    drop = len(group) - 1
+    order = tuple(x if x <= group[0] else x - drop for x in flow.order if x not in group[1:])
+    return flow._replace(order=order)
+
+
+def _unflatten(flow: Flow, dim: int, sizes: tuple[int, ...], where: str) -> Flow:
+    """One axis split into ``sizes`` (PyTorch's ``Unflatten(dim, sizes)``, the batch axis 0):
+    of a dense output or a flatten, the reshape of that one axis (:func:`_reshape`); of a
+    map, a spatial axis split in order keeps its layout; anything else no one follows."""
+    if flow.state in ("out", "flat"):
+        if dim in (1, -1):
+            return _reshape(flow, sizes, where)
+        return opaque(flow, f"{where}, an unflatten of axis {dim}")
+    rank = len(flow.order) + 1
+    d = dim % rank
+    label = flow.order[d - 1] if flow.state == "map" and d else 0
+    if not label:  # the channels, the batch axis, or a reshaped dense output's axes
+        return opaque(flow, f"{where}, an unflatten of the channels or of a reshaped output")
+    grow = len(sizes) - 1
+    order: list[int] = []
+    for x in flow.order:
+        if x == label:
+            order += range(x, x + grow + 1)
+        else:
+            order.append(x + grow if x > label else x)
+    return flow._replace(order=tuple(order))
+
+
 def after_step(flow: Flow, step: Step, where: str = "") -> tuple[Flow, tuple[Mirror, ...]]:
     """``flow`` after one parameterless ``step`` (``where``: the step, for messages), and what
     the step decided about a dense layer's output it read as a feature map."""
@@ -969,6 +1080,10 @@ def after_step(flow: Flow, step: Step, where: str = "") -> tuple[Flow, tuple[Mir
         if state == "outmap":
             return NONE, _channel_step(flow, step.data_format, where)[1]
         return NONE, ()  # one axis left: nothing to permute
+    if op == FLATTEN and step.axes and step.axes != (1, -1):
+        return _flatten_some(flow, step.axes[0], step.axes[1], where), ()
+    if op == UNFLATTEN:
+        return _unflatten(flow, step.axes[0], step.axes[1:], where), ()
     if op == FLATTEN:
         order = flow.order
         if step.data_format == "channels_first" and len(order) > 1:
@@ -997,8 +1112,14 @@ def _vectors(layer: Plan, shapes: Sequence[tuple[int, ...] | None], size: int) -
     return [j for j, (i, _, _) in enumerate(layer) if (s := shapes[i]) and s == (size,)]
 
 
-def _flat_rule(name: str, channels: int, kernel: bool) -> Rule:
-    return Rule(name, Flattened(channels) if kernel else FlattenedVector(channels))
+def _flat_rule(name: str, rule: Rule | None, channels: int, kernel: bool) -> Rule:
+    """The rule of a leaf (of ``rule`` as it is) that reads a channels-last flatten: a
+    kernel's input axis permuted (``Flattened`` of an (in, out) kernel, ``FlattenedWeight``
+    of an (out, in) weight, which has no transform of its own), a vector's features."""
+    if not kernel:
+        return Rule(name, FlattenedVector(channels))
+    native_out_in = rule is None or rule.transform is None
+    return Rule(name, FlattenedWeight(channels) if native_out_in else Flattened(channels))
 
 
 def _flattened(
@@ -1007,17 +1128,20 @@ def _flattened(
     positions: Sequence[int],
     kernel: bool,
     where: str,
+    native_first: bool = False,
 ) -> tuple[Plan, tuple[tuple[int, Unknown], ...]]:
     """The leaves at ``positions`` read the flatten of a map (state "flat" or "unknown"):
-    ``Flattened`` (a dense kernel) or ``FlattenedVector`` (a norm's vectors) in channels-last
-    order, their rules as they are in PyTorch's, unknown otherwise."""
+    ``Flattened`` or ``FlattenedWeight`` (a dense kernel) or ``FlattenedVector`` (a norm's
+    vectors) in channels-last order, their rules as they are in PyTorch's, unknown otherwise:
+    the plan then holds the default candidate's rules, channels_last on a channels-last
+    backend, channels_first where ``native_first`` (a channels-first backend's own order)."""
     c, n = flow.channels, len(flow.order) - 1
     if flow.state == "flat" and flow.order == _cf(n):
         return layer, ()
     out, unknown = list(layer), []
     for j in positions:
         i, name, rule = layer[j]
-        out[j] = (i, name, _flat_rule(name, c, kernel))
+        out[j] = (i, name, _flat_rule(name, rule, c, kernel))
     if flow.state == "flat" and flow.order == _cl(n):
         return out, ()
     if flow.state == "flat":
@@ -1031,11 +1155,12 @@ def _flattened(
             "whether it arrives flattened channels-last ((H, W, C): the channels_last "
             "candidate) or as PyTorch flattens ((C, H, W): channels_first) cannot be seen"
         )
+    default = "channels_first" if native_first else "channels_last"
     for j in positions:
         i, name, rule = layer[j]
         candidates = {"channels_last": out[j][2], "channels_first": rule}
-        unknown.append((j, Unknown(reason, candidates, "channels_last")))
-    return out, tuple(unknown)
+        unknown.append((j, Unknown(reason, candidates, default)))
+    return (layer if native_first else out), tuple(unknown)
 
 
 def decide(
@@ -1047,35 +1172,43 @@ def decide(
     token: int,
     channels_first: bool = False,
     groups: int = 1,
+    native_first: bool = False,
 ) -> Decision:
-    """The layout rules of one layer with leaves on a channels-last backend, given the
-    ``flow`` of the activations that reach it, and the flow after it.
+    """The layout rules of one layer with leaves, given the ``flow`` of the activations that
+    reach it, and the flow after it.
 
     ``layer`` is the layer's :func:`plan`, ``shapes`` its native leaf shapes by index,
     ``where`` its path (for messages), ``token`` the key of its leaves should a reshape of
     its output decide them later (a dense layer's), ``channels_first`` and ``groups`` a
-    conv's own settings. The rules (the canonical weight is what PyTorch's twin holds):
+    conv's own settings. ``native_first``: the backend is channels-first (``CHANNELS_FIRST``:
+    a leaf without a transform is canonical, a dense weight (out, in); an unknown layout
+    defaults to channels_first, the rule the leaf has). The rules (the canonical weight is
+    what PyTorch's twin holds):
 
     - a conv starts a feature map of its output channels (channels-last, unless it says
-      ``channels_first``) and reads the feeds before it as a map of its input channels;
-    - a dense layer on the flatten of a map: ``Flattened(C)`` where the flatten is
-      channels-last, nothing where it is PyTorch's (C, H, W), unknown where the flow was
-      lost (its input a multiple > 1 of C); its output is a :class:`Feed`: a reshape into a
-      feature map and a layer that reads it as one decide its kernel and bias
-      (:func:`mirrored`);
+      ``channels_first``, as every conv of a channels-first backend does) and reads the feeds
+      before it as a map of its input channels;
+    - a dense layer on the flatten of a map: ``Flattened(C)`` (``FlattenedWeight(C)`` of an
+      (out, in) weight) where the flatten is channels-last, nothing where it is PyTorch's
+      (C, H, W), unknown where the flow was lost (its input a multiple > 1 of C); its output
+      is a :class:`Feed`: a reshape into a feature map and a layer that reads it as one
+      decide its kernel and bias (:func:`mirrored`);
     - a norm: on the flatten, its vectors as a dense kernel's input axis; on a dense output,
-      its vectors as that dense layer's bias;
+      its vectors as that dense layer's bias; on a reshaped dense output, it reads the
+      channels last (a channels-first backend's batch or group norm: first; its layer norm,
+      over the last axis, reads no channels);
     - any other kind ends what the flow followed.
     """
     state = flow.state
     if kind in CONVS:
         i, _, rule = layer[0]  # the kernel
         shape = shapes[i]
-        if not (shape and rule and rule.transform):
+        t = rule.transform if rule else None
+        if not shape or (t is None and not native_first):
             return Decision(NONE, layer)
-        canonical = rule.transform.shape(shape)  # (out, in, *k); transposed: (in, out, *k)
-        if kind == "conv_transpose":
-            c_in, c_out = canonical[0], canonical[1]
+        canonical = t.shape(shape) if t else shape  # (out, in, *k); transposed: (in, out, *k)
+        if kind == "conv_transpose":  # (in, out / groups, *k)
+            c_in, c_out = canonical[0], canonical[1] * groups
         elif kind == "depthwise_conv":
             c_in, c_out = shape[-2], canonical[0]
         else:
@@ -1090,8 +1223,9 @@ def decide(
         order = _cf(n) if channels_first else _cl(n)
         return Decision(Flow("map", c_out, order, origin=where), layer, mirrors=mirrors)
     if kind == "dense":
-        i, _, rule = layer[0]  # the kernel, (in, out)
-        if not (rule and rule.transform):
+        i, _, rule = layer[0]  # the kernel, (in, out), or natively (out, in): a weight
+        t = rule.transform if rule else None
+        if t is None and not native_first:
             return Decision(NONE, layer)
         pend = dense_pend(layer)
         c = flow.channels
@@ -1100,7 +1234,7 @@ def decide(
         shape = shapes[i]
         if not (shape and len(shape) == 2):
             return Decision(NONE, layer)
-        units, n_in = rule.transform.shape(shape)
+        units, n_in = t.shape(shape) if t else shape
         feed = Feed(token, units, where)
         out = Flow("out", feeds=(feed,))
         if state == "map":  # on the last axis of every position: no flatten to follow
@@ -1110,7 +1244,7 @@ def decide(
                 opaque(flow._replace(channels=c), f"{where}, a dense layer on a feature map"), layer
             )
         if state in ("flat", "unknown") and c and n_in > c and n_in % c == 0:
-            planned, unknown = _flattened(flow, layer, (0,), True, where)
+            planned, unknown = _flattened(flow, layer, (0,), True, where, native_first)
             return Decision(out, planned, unknown, pend)
         if state == "unknown" and n_in == c:  # maybe on each position of a map
             lost = Flow("unknown", units, feeds=(feed,), origin=where, why=flow.why)
@@ -1119,13 +1253,11 @@ def decide(
     if kind in NORMS:
         c = flow.channels
         if state in ("flat", "unknown") and c:
-            size = next(
-                (s[0] for i, _, _ in layer if (s := shapes[i]) and len(s) == 1 and s[0] > c),
-                0,
-            )
-            if size and size % c == 0:
+            # the size of its vectors (the first one's: a norm's are all one size)
+            size = next((s[0] for i, _, _ in layer if (s := shapes[i]) and len(s) == 1), 0)
+            if size > c and size % c == 0:
                 planned, unknown = _flattened(
-                    flow, layer, _vectors(layer, shapes, size), False, where
+                    flow, layer, _vectors(layer, shapes, size), False, where, native_first
                 )
                 return Decision(flow, planned, unknown)
         if state in ("out", "unknown") and flow.feeds:
@@ -1135,8 +1267,16 @@ def decide(
                 if pend:
                     feeds = (feed, *flow.feeds[:k], *flow.feeds[k + 1 :])
                     return Decision(flow._replace(feeds=feeds), layer, pend=pend)
+        if state == "outmap" and native_first and kind == "layer_norm":
+            # over the last axis, whichever it is: the order stays, for a later layer to read
+            last = flow.dims[flow.order[-1]]
+            if not _vectors(layer, shapes, last):
+                wide = opaque(flow, f"{where}, a norm over more than the last axis")
+                return Decision(wide, layer)
+            return Decision(flow, layer)
         if state == "outmap":  # over the channels of the reshaped output
-            mirror, as_map = _consume(flow, flow.order[-1], where)
+            label = flow.order[0] if native_first else flow.order[-1]
+            mirror, as_map = _consume(flow, label, where)
             if not _vectors(layer, shapes, as_map.channels):
                 return Decision(opaque(flow, f"{where}, a norm over another axis"), layer)
             return Decision(as_map, layer, mirrors=(mirror,) if mirror else ())
@@ -1147,9 +1287,11 @@ def decide(
 def mirrored(rule: Rule, ndim: int, channels: int) -> Rule:
     """The rule of a leaf of a dense layer (its (in, out) kernel, ``ndim`` 2, or a vector of
     its output features: its bias, a norm's vectors after it) whose output is reshaped into a
-    channels-last feature map of ``channels``: :class:`Unflattened`, or
-    :class:`FlattenedVector`."""
-    t = Unflattened(channels) if ndim == 2 else FlattenedVector(channels)
+    channels-last feature map of ``channels``: :class:`Unflattened` (``UnflattenedWeight`` of
+    a weight stored (out, in): no transform of its own), or :class:`FlattenedVector`."""
+    if ndim != 2:
+        return Rule(rule.canonical, FlattenedVector(channels))
+    t = UnflattenedWeight(channels) if rule.transform is None else Unflattened(channels)
     return Rule(rule.canonical, t)
 
 
@@ -1163,4 +1305,7 @@ def mirror_unknown(rule: Rule, ndim: int, mirror: Mirror) -> Unknown:
 def flattens(rule: Rule | None) -> bool:
     """Whether ``rule`` is one a layer's use decided (the flatten of a conv output before it,
     or a reshape of its output after): its layout then depends on that use."""
-    return rule is not None and type(rule.transform) in (Flattened, FlattenedVector, Unflattened)
+    return rule is not None and type(rule.transform) in _USE_DECIDED
+
+
+_USE_DECIDED = (Flattened, FlattenedVector, Unflattened, FlattenedWeight, UnflattenedWeight)

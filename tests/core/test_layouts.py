@@ -967,3 +967,305 @@ def test_a_read_follows_a_graph(wire_from, mark):
     view = view_of(tree)
     assert not any(view.unknown(p) for _, p in view.leaves())
     assert type(rule_of(tree["2.weight"]).transform).__name__ == mark
+
+
+# -- the layout between layers on a channels-first backend (PyTorch, Gluon): native_first -------
+# The same pure functions, with PyTorch's native shapes: ("conv", weight (out, in, *k)),
+# ("dense", weight (out, in)), ("norm", size) or ("bn", size), or a Step. What a torch model
+# holds is canonical ("-"), unless the model itself reorders a map before its flatten (a
+# permute, which only a custom module does: an UNKNOWN step), where the default candidate is
+# its own channels-first order, so that checkpoints and state_dict stay what they were.
+CONV_T = ("conv", (16, 4, 3, 3))  # 16 channels out of a 3x3 map: its flatten has 144 features
+DENSE_T = ("dense", (10, 144))
+TO_MAP_T = ("dense", (7 * 7 * 8, 64))  # a Linear whose output is unflattened to a 7x7 map of 8
+CONV_8_T = ("conv", (4, 8, 3, 3))  # a conv reading 8 channels
+CONV_16_T = ("conv", (16, 16, 1, 1))  # a 1x1 conv, 16 channels in and out
+
+
+def follow_first(*items):
+    """``follow`` on a channels-first backend, marking each leaf as ``follow`` does, and an
+    unknown one "?" with its default and the mark of its channels_last candidate."""
+    from unitree.layouts import NONE, Rule, Step, after_step, decide, mirrored, needs_units, plan
+
+    flow, pending, out, units = NONE, {}, {}, {}
+
+    def filled(flow):
+        return flow._replace(feeds=tuple(f._replace(units=units[f.token]) for f in flow.feeds))
+
+    for pos, item in enumerate(items):
+        if isinstance(item, Step):
+            flow, mirrors = after_step(
+                filled(flow) if needs_units(flow, step=item) else flow, item, f"step {pos}"
+            )
+        else:
+            kind, shape = item
+            if kind in ("norm", "bn"):
+                kind = "layer_norm" if kind == "norm" else "batch_norm"
+                shapes = [(shape,), (shape,)]
+            else:
+                shapes = [shape, (shape[0],)]
+            if needs_units(flow, kind):
+                flow = filled(flow)
+            layer = plan(("weight", "bias"), None)  # PyTorch's leaves: no rule, canonical
+            d = decide(flow, kind, layer, shapes, repr(str(pos)), pos + 1, True, 1, True)
+            flow, mirrors = d.flow, d.mirrors
+            if kind == "dense":
+                units[pos + 1] = shape[0]
+            out[pos] = {name: _mark(rule) for _, name, rule in d.layer}
+            for j, u in d.unknown:
+                _, name, rule = d.layer[j]
+                assert u.candidates[u.default] is rule  # the default is the rule in use
+                assert u.default == "channels_first" and rule is None  # the native layout
+                assert str(pos) in u.reason  # names the layer
+                out[pos][name] = f"?{u.default}, else {_mark(u.candidates['channels_last'])}"
+            if d.pend:
+                pending.setdefault(d.flow.feeds[0].token, []).extend(
+                    (pos, d.layer[j][1], len(shapes[d.layer[j][0]])) for j in d.pend
+                )
+        for m in mirrors:
+            for pos, name, ndim in pending.pop(m.feed.token, []):
+                mark = _mark(mirrored(Rule(name), ndim, m.channels))
+                out[pos][name] = f"?channels_first, else {mark}" if m.reason else mark
+    return out
+
+
+ASK_FIRST = {"weight": "?channels_first, else FlattenedWeight(16)", "bias": "-"}
+ASK_FIRST_VECTORS = {
+    "weight": "?channels_first, else FlattenedVector(16)",
+    "bias": "?channels_first, else FlattenedVector(16)",
+}
+ASK_MIRROR = {
+    "weight": "?channels_first, else UnflattenedWeight(8)",
+    "bias": "?channels_first, else FlattenedVector(8)",
+}
+
+
+def _unflatten(*axes):
+    from unitree.layouts import UNFLATTEN, Step
+
+    return Step(UNFLATTEN, axes)
+
+
+FIRST_CASES = {
+    # nn.Flatten of a conv output: (C, H, W), PyTorch's own order, nothing to permute
+    "flatten": ((CONV_T, S(FLATTEN), DENSE_T), {2: PLAIN}),
+    # a custom Permute module (UNKNOWN) before the flatten: the default is the native order,
+    # the candidate permutes the weight's input axis as it stands, (out, in)
+    "custom_module_then_flatten": ((CONV_T, S(UNKNOWN), S(FLATTEN), DENSE_T), {3: ASK_FIRST}),
+    # the same, with a permute the read can see (no torch module is one): decided
+    "permute_then_flatten": (
+        (CONV_T, S(PERMUTE, (2, 3, 1)), S(FLATTEN), DENSE_T),
+        {3: {"weight": "FlattenedWeight(16)", "bias": "-"}},
+    ),
+    # poolings (adaptive ones too), padding, dropout, activations: the channels stay first
+    "pooling_and_dropout": (
+        (CONV_T, S(KEEP, data_format=CF), S(KEEP), S(FLATTEN), DENSE_T),
+        {4: PLAIN},
+    ),
+    "adaptive_pooling_to_one_position": (
+        (CONV_T, S(KEEP, data_format=CF), S(FLATTEN), ("dense", (10, 16))),
+        {3: PLAIN},
+    ),
+    # nn.Flatten(2): the spatial axes merged in order, (C, H*W); then a flatten: (C, H, W)
+    "flatten_of_the_spatial_axes": ((CONV_T, S(FLATTEN, (2, -1)), S(FLATTEN), DENSE_T), {3: PLAIN}),
+    # nn.Flatten(1, 2): the channels merged with H, (C*H, W): the read follows no map whose
+    # channels are merged (fail closed, though a full flatten of it is PyTorch's order again)
+    "flatten_merging_the_channels": (
+        (CONV_T, S(FLATTEN, (1, 2)), S(FLATTEN), DENSE_T),
+        {3: ASK_FIRST},
+    ),
+    # nn.Unflatten of the flatten back to (C, H, W), a conv, a flatten: still PyTorch's order
+    "flatten_unflatten_conv": (
+        (CONV_T, S(FLATTEN), _unflatten(1, 16, 3, 3), CONV_16_T, S(FLATTEN), DENSE_T),
+        {5: PLAIN},
+    ),
+    # an unknown step, then a Linear on the channels alone, or on no multiple of them
+    "custom_module_then_channels": ((CONV_T, S(UNKNOWN), ("dense", (10, 16))), {2: PLAIN}),
+    "custom_module_then_other": ((CONV_T, S(UNKNOWN), ("dense", (10, 20))), {2: PLAIN}),
+    # a BatchNorm1d over the flatten: its vectors in the flatten's order
+    "norm_on_the_flatten": ((CONV_T, S(FLATTEN), ("bn", 144), DENSE_T), {2: PLAIN, 3: PLAIN}),
+    "norm_after_a_custom_module": (
+        (CONV_T, S(UNKNOWN), ("bn", 144), DENSE_T),
+        {2: ASK_FIRST_VECTORS, 3: ASK_FIRST},
+    ),
+    "norm_on_the_channels": ((CONV_T, ("bn", 16), S(FLATTEN), DENSE_T), {1: PLAIN, 3: PLAIN}),
+    # the mirror: a Linear unflattened to (C, H, W) for a conv: PyTorch's order
+    "linear_unflatten_conv": ((TO_MAP_T, _unflatten(1, 8, 7, 7), CONV_8_T), {0: PLAIN}),
+    # ... to (L, C) for a Conv1d that reads the first axis, L = 8, as its channels
+    "linear_unflatten_conv1d": (
+        (("dense", (56, 64)), _unflatten(1, 8, 7), ("conv", (4, 8, 3))),
+        {0: PLAIN},
+    ),
+    # ... to (H, W, C), then a custom permute to (C, H, W): unknown, (H, W, C) the candidate
+    "linear_unflatten_custom_module_conv": (
+        (TO_MAP_T, _unflatten(1, 7, 7, 8), S(UNKNOWN), CONV_8_T),
+        {0: ASK_MIRROR},
+    ),
+    # ... with a permute the read can see: decided, the weight's output axis permuted
+    "linear_unflatten_permute_conv": (
+        (TO_MAP_T, _unflatten(1, 7, 7, 8), S(PERMUTE, (3, 1, 2)), CONV_8_T),
+        {0: {"weight": "UnflattenedWeight(8)", "bias": "FlattenedVector(8)"}},
+    ),
+    # a BatchNorm1d over the channels of the unflattened output (first), a LayerNorm over its
+    # last axis (no channels): the order stays PyTorch's
+    "linear_unflatten_batch_norm_conv1d": (
+        (("dense", (56, 64)), _unflatten(1, 8, 7), ("bn", 8), ("conv", (4, 8, 3))),
+        {0: PLAIN},
+    ),
+    "linear_unflatten_layer_norm_conv1d": (
+        (("dense", (56, 64)), _unflatten(1, 8, 7), ("norm", 7), ("conv", (4, 8, 3))),
+        {0: PLAIN},
+    ),
+    # a layer norm over more than the last axis of the unflattened output: not followed
+    "linear_unflatten_wide_norm_conv1d": (
+        (("dense", (56, 64)), _unflatten(1, 8, 7), ("norm", 56), ("conv", (4, 8, 3))),
+        {0: ASK_MIRROR},
+    ),
+    # a Linear fed by a Linear: nothing to decide
+    "linear_linear": ((("dense", (8, 4)), ("dense", (3, 8))), {0: PLAIN, 1: PLAIN}),
+}
+
+
+@pytest.mark.parametrize("case", FIRST_CASES)
+def test_layout_between_layers_on_a_channels_first_backend(case):
+    model, want = FIRST_CASES[case]
+    got = follow_first(*model)
+    assert {pos: got[pos] for pos in want} == want
+
+
+def test_flattened_weight_is_what_torch_linear_after_a_permute_and_flatten_holds():
+    """A torch model that permutes its (C, H, W) map to (H, W, C) and flattens it: its Linear
+    weight, read through FlattenedWeight, is the one of the twin that flattens (C, H, W)."""
+    from unitree.layouts import FlattenedWeight
+
+    c, h, w, out = 4, 2, 3, 5
+    x = rand(c, h, w)  # PyTorch's map
+    native = rand(out, h * w * c)  # a Linear on the (H, W, C) flatten
+    y = native @ np.moveaxis(x, 0, -1).reshape(-1)
+    t = FlattenedWeight(c)
+    weight = t.to_canonical(native)
+    assert weight.shape == t.shape(native.shape) == native.shape
+    np.testing.assert_allclose(weight @ x.reshape(-1), y, atol=ATOL)  # PyTorch's own flatten
+    np.testing.assert_array_equal(t.to_native(weight, native.shape), native)
+    assert_differ(native @ x.reshape(-1), y)  # not the native weight as it is
+    # the same permutation as Flattened's of the (in, out) kernel of a channels-last twin
+    np.testing.assert_array_equal(weight, Flattened(c).to_canonical(native.T))
+
+
+def test_unflattened_weight_is_what_torch_linear_before_unflatten_holds():
+    """A torch Linear unflattened to (H, W, C) (then permuted for its conv): read through
+    UnflattenedWeight, the weight of the twin that unflattens to (C, H, W)."""
+    from unitree.layouts import FlattenedVector, Unflattened, UnflattenedWeight
+
+    c, h, w, n = 4, 2, 3, 5
+    x = rand(n)
+    native, bias = rand(h * w * c, n), rand(h * w * c)
+    y = (native @ x + bias).reshape(h, w, c)
+    t = UnflattenedWeight(c)
+    weight = t.to_canonical(native)
+    b = FlattenedVector(c).to_canonical(bias)
+    assert weight.shape == t.shape(native.shape) == native.shape
+    np.testing.assert_allclose((weight @ x + b).reshape(c, h, w), np.moveaxis(y, -1, 0), atol=ATOL)
+    np.testing.assert_array_equal(t.to_native(weight, native.shape), native)
+    assert_differ((native @ x).reshape(c, h, w), np.moveaxis(y, -1, 0) - b.reshape(c, h, w))
+    np.testing.assert_array_equal(weight, Unflattened(c).to_canonical(native.T))
+
+
+# -- through a read, on the framework-free fake playing PyTorch ---------------------------------
+def _torch_cnn(between=None, seed=0, root="Sequential"):
+    """Conv(2 -> 4, 2x2) on a 3x3 map, [between], Flatten, Linear(16 -> 3), as PyTorch holds
+    them, on the fake playing PyTorch."""
+    from unitree_fake import Mod, conv, dense
+
+    from unitree.layouts import FLATTEN, Step
+
+    layers = {"0": conv(2, 4, (2, 2), seed, "torch")}
+    if between is not None:
+        layers["1"] = between
+    layers["2"] = Mod("Flatten", step=Step(FLATTEN))
+    layers["3"] = dense(16, 3, seed + 1, "torch")
+    return Mod(root, **layers)
+
+
+def _permute(*dims):
+    """A module whose step is a permute the read can see (Keras's Permute dims)."""
+    from unitree_fake import Mod
+
+    from unitree.layouts import PERMUTE, Step
+
+    return Mod("Permute", step=Step(PERMUTE, dims))
+
+
+def test_a_channels_first_read_follows_a_model_that_holds_a_conv():
+    from unitree_fake import FakeAdapter, Mod
+
+    from unitree._param import rule_of
+    from unitree._tree import view_of
+
+    # nn.Flatten in a Sequential: decided, PyTorch's order, nothing unknown
+    view = view_of(ut.ParamTree(FakeAdapter("torch"), _torch_cnn()))
+    assert not any(view.unknown(p) for _, p in view.leaves())
+    # a custom module between: unknown, its default the native layout (no rule at all)
+    model = _torch_cnn(Mod("Permute"))
+    tree = ut.ParamTree(FakeAdapter("torch"), model)
+    view = view_of(tree)
+    unknown = {".".join(map(str, path)): view.unknown(p) for path, p in view.leaves()}
+    u = unknown.pop("3.weight")
+    assert not any(unknown.values())
+    assert u.default == "channels_first" and rule_of(tree["3.weight"]) is None
+    assert "'3'" in u.reason and "'0'" in u.reason and "Permute" in u.reason
+    assert type(u.candidates["channels_last"].transform).__name__ == "FlattenedWeight"
+    np.testing.assert_array_equal(tree["3.weight"].numpy(), model.children["3"].leaves["weight"][0])
+    # a root whose call no one reads: the same
+    tree = ut.ParamTree(FakeAdapter("torch"), _torch_cnn(root="Net"))
+    u = view_of(tree).unknown(tree["3.weight"])
+    assert u is not None and u.default == "channels_first" and "the call of Net" in u.reason
+
+
+def test_a_channels_first_read_decides_a_permute_it_can_see():
+    """A permute the read can see (no torch module is one; a fake step here): decided, the
+    canonical weight is the twin's that flattens (C, H, W), and a state_dict reads back."""
+    from unitree_fake import FakeAdapter
+
+    from unitree._tree import view_of
+
+    model = _torch_cnn(_permute(2, 3, 1))
+    tree = ut.ParamTree(FakeAdapter("torch"), model)
+    assert not any(view_of(tree).unknown(p) for _, p in view_of(tree).leaves())
+    native = model.children["3"].leaves["weight"][0]  # (3, 16): inputs in (H, W, C) order
+    want = native.reshape(3, 4, 4).transpose(0, 2, 1).reshape(3, 16)  # input c*4 + hw
+    np.testing.assert_array_equal(tree["3.weight"].numpy(), want)
+    # a re-read (the model changed elsewhere) keeps the same Param, and its rule
+    p = tree["3.weight"]
+    model.children["4"] = type(model)("relu")
+    assert tree["3.weight"] is p
+    np.testing.assert_array_equal(p.numpy(), want)
+    other = _torch_cnn(_permute(2, 3, 1), seed=7)
+    ut.ParamTree(FakeAdapter("torch"), other).load_state_dict(tree.state_dict())
+    np.testing.assert_array_equal(other.children["3"].leaves["weight"][0], native)
+
+
+def test_a_channels_first_read_of_a_tied_linear_decides_each_use():
+    """One Linear at two places, one reading a permuted flatten (a fake step) and one not: its
+    uses disagree, and the read says so (View.mixed), as on a channels-last backend."""
+    from unitree_fake import FakeAdapter, Mod
+
+    from unitree._tree import view_of
+
+    model = _torch_cnn(_permute(2, 3, 1))
+    model.children["4"] = Mod("Sequential", **{"0": Mod("relu"), "1": model.children["3"]})
+    tree = ut.ParamTree(FakeAdapter("torch"), model)
+    view = view_of(tree)
+    assert {id(p) for _, p in view.leaves() if view.mixed(p)} == {id(tree["3.weight"])}
+
+
+def test_a_channels_first_model_without_a_conv_is_not_followed():
+    """Nothing to decide without a map: no unknown, even through calls no one can read."""
+    from unitree_fake import FakeAdapter, Mod, dense
+
+    from unitree._tree import view_of
+
+    layers = {"0": dense(4, 8, 0, "torch"), "1": Mod("Custom"), "2": dense(8, 2, 1, "torch")}
+    model = Mod("Net", **layers)
+    view = view_of(ut.ParamTree(FakeAdapter("torch"), model))
+    assert not any(view.unknown(p) for _, p in view.leaves())

@@ -95,7 +95,9 @@ def test_rename_makes_a_path_match_that_structure_would_get_wrong():
     # (registration) no framework promises to be the forward order
     a, b = src(), dst()
     before = values(b)
-    with pytest.raises(ut.PortError, match=r"cannot decide which of x \(.*y \(.* pairs with which of q \(.*p \("):
+    with pytest.raises(
+        ut.PortError, match=r"cannot decide which of x \(.*y \(.* pairs with which of q \(.*p \("
+    ):
         ut.port(wrap(a, "flax"), wrap(b, "torch"))
     assert values(b) == before
     report = ut.port(wrap(a, "flax"), wrap(b, "torch"), strict=False)

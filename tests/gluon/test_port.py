@@ -209,7 +209,10 @@ def test_group_norm_with_fewer_groups_than_channels_is_not_torchs(api):
     """Gluon's GroupNorm scales per group (num_groups,), torch's per channel: no port."""
     g, t = random_gluon(nn.GroupNorm(num_groups=2), api), random_torch(tnn.GroupNorm(2, 4))
     before = ut.wrap(g).state_dict()
-    with pytest.raises(ut.PortError, match=r"\(4,\)\): no destination .*GroupNorm: \w+ \(2,\).*does not fit: the shapes differ"):
+    with pytest.raises(
+        ut.PortError,
+        match=r"\(4,\)\): no destination .*GroupNorm: \w+ \(2,\).*does not fit: the shapes differ",
+    ):
         ut.port(t, g)
     for key, value in ut.wrap(g).state_dict().items():
         np.testing.assert_array_equal(value, before[key])

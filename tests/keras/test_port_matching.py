@@ -157,7 +157,7 @@ class ThreeTorch(nn.Module):
 def test_the_structural_pass_aligns_the_whole_sequence_past_a_misfit():
     t = ThreeTorch()
     k = keras.Sequential([keras.Input((4,)), layers.Dense(8), layers.Dense(3)])
-    with pytest.raises(ut.PortError, match="source layer extra .*no destination layer"):
+    with pytest.raises(ut.PortError, match=r"source layer extra .*no destination layer"):
         ut.port(t, k)
     report = ut.port(t, k, strict=False)
     assert [(p.src, p.dst) for p in report.pairs] == [("fc1", "0"), ("fc2", "1")]
