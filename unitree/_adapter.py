@@ -385,7 +385,11 @@ _UNKNOWN_STEP = Step(UNKNOWN)
 
 class KindTable(dict):
     """Layer class -> the kind of the canonical tables ("dense", "conv", ...), or None; a
-    subclass has its nearest named base's kind: ``table[type(module)]``. A class registered
+    subclass has its nearest named base's kind: ``table[type(module)]``, unless it overrides
+    the base's call (``forward``, ``call``, ``__call__``, ``hybrid_forward``): a timm
+    ``StdConv2d`` standardizes its weight in ``forward``, an ``EqualLinear`` scales it, so
+    the same leaves compute something else and such a class has no kind (it ports only onto
+    its own type). A class registered
     with ``unitree.register_layer`` (``layouts.REGISTERED``: by class or by qualified name)
     has its registered :class:`~unitree.layouts.Kind`, which carries its own leaf rules; it
     is looked up at each base of the MRO before the table's own classes, so the nearest
@@ -401,9 +405,11 @@ class KindTable(dict):
 
     def __missing__(self, cls: type) -> str | None:
         kind = None
-        for base in cls.__mro__:
+        for n, base in enumerate(cls.__mro__):
             kind = registered(base) or self.kinds.get(base)
             if kind is not None:
+                if _overrides_call(cls.__mro__[:n], base):
+                    kind = None  # it computes something else with the same leaves
                 break
         self[cls] = kind
         return kind
@@ -415,6 +421,26 @@ class KindTable(dict):
             table = ref()
             if table is not None:
                 table.clear()
+
+
+_CALLS = ("forward", "call", "__call__", "hybrid_forward")
+
+
+def _overrides_call(subclasses: tuple[type, ...], base: type) -> bool:
+    """Whether one of ``subclasses`` (a class and its bases up to ``base``) defines its own
+    call method, other than the one ``base`` has (flax linen re-wraps inherited methods)."""
+
+    def unwrapped(f: Any) -> Any:
+        while hasattr(f, "__wrapped__"):
+            f = f.__wrapped__
+        return f
+
+    for sub in subclasses:
+        for name in _CALLS:
+            own = sub.__dict__.get(name)
+            if own is not None and unwrapped(own) is not unwrapped(getattr(base, name, None)):
+                return True
+    return False
 
 
 def fingerprint(

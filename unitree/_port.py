@@ -225,6 +225,7 @@ def port(
     d_slot = {key: slot for slot in d_slots for key in slot.keys}
     takes: dict[int, list[tuple[Slot, str]]] = {}  # id(dst slot) -> [(src slot, src key)]
     unknown: list[_Unknown] = []  # destination leaves whose layout is to be decided
+    used: set[str] = set()  # the keys of layouts= that named a layer of unknown layout
     casting = "unsafe" if cast else "safe"
     for s, d, rule in pairs:
         s_shapes, d_shapes = s.shapes(), d.shapes()
@@ -244,7 +245,7 @@ def port(
             if mixed:
                 (problems if strict else notes).append(f"{join(s.path, leaf)}: {mixed}")
             found = _layout(
-                s, d, leaf, s_view, d_view, layouts or {}, id(d_slot[join(d.path, leaf)])
+                s, d, leaf, s_view, d_view, layouts or {}, id(d_slot[join(d.path, leaf)]), used
             )
             if not checked and any(len(u.converts) > 1 for u in found):
                 (problems if strict else notes).append(_undecided(s, d, leaf, found))
@@ -272,6 +273,14 @@ def port(
             rule = "structure"
         note = "; ".join(dict.fromkeys(notes))  # both sides' codecs may say the same
         report.pairs.append(Pair(s.path, d.path, d.kind or s.kind, rule, note))
+
+    unused = sorted(set(layouts or {}) - used)
+    if unused:
+        raise PortError(
+            f"Cannot port: layouts= names {', '.join(map(repr, unused))}, which is no layer whose layout the models "
+            "leave unknown (a layer path of either model, or 'source:' / 'destination:' and "
+            "one): a layout the model shows cannot be overridden. Nothing was written."
+        )
 
     # ties: a source storage must stay one storage; a destination storage must get one value
     dst_of: dict[int, set[int]] = {}
@@ -309,39 +318,77 @@ def port(
     choices = _choices(unknown)
     journal = Journal()
     try:
-        for n, (chosen, choice) in enumerate(choices):
-            writes = _writes(d_slots, takes, cache, choice, report)
-            write_all(writes, error_if_nonfinite, journal)
+        passed = []  # (candidates, conversions, comparison) whose outputs match
+        for chosen, choice in choices:
+            report.tensors = report.bytes = report.dlpack = 0
+            write_all(_writes(d_slots, takes, cache, choice, report), error_if_nonfinite, journal)
             if check is None:
                 break
-            comparison = compare_models(s_view, d_view, matched, *check)
-            report.check = comparison
-            if comparison.ok:
-                report.notes += [
-                    f"{u.key} ({u.side}): {chosen[_group(u)]}, the layout whose outputs match "
-                    f"(unknown from the model: {u.why})"
-                    for u in unknown
-                    if len(u.converts) > 1
-                ]
-                break
-            if n + 1 == len(choices):
-                raise PortError(
-                    f"The port of the {s_view.adapter.name} model into the "
-                    f"{d_view.adapter.name} model computes something else; every value written "
-                    f"was put back:\n  {describe_mismatch(comparison)}"
-                    + (
-                        f"\n  (tried each layout of {', '.join(u.key for u in unknown)})"
-                        if unknown
-                        else ""
-                    )
-                )
-            report.tensors = report.bytes = report.dlpack = 0
+            report.check = compare_models(s_view, d_view, matched, *check)
+            if report.check.ok:
+                passed.append((chosen, choice, report.check))
+        if check is not None:
+
+            def values(choice: dict[int, Callable[[np.ndarray], np.ndarray]]) -> list[Any]:
+                """What a choice writes into the leaves whose layout was unknown."""
+                out = []
+                for slot in sorted({u.slot for u in unknown}):
+                    value = slot_value(takes[slot][0][0], cache)
+                    out.append(choice[slot](value) if slot in choice else value)
+                return out
+
+            _proven(passed, values, report, unknown, s_view.adapter.name, d_view.adapter.name)
+            chosen, choice, report.check = passed[0]
+            if choice is not choices[-1][1]:  # written last: another candidate's values
+                report.tensors = report.bytes = report.dlpack = 0
+                writes = _writes(d_slots, takes, cache, choice, report)
+                write_all(writes, error_if_nonfinite, journal)
+            report.notes += [
+                f"{u.key} ({u.side}): {chosen[_group(u)]}, the layout whose outputs match "
+                f"(unknown from the model: {u.why})"
+                for u in unknown
+                if len(u.converts) > 1
+            ]
     except BaseException:
         journal.undo()
         raise
     finally:
         journal.close()
     return report
+
+
+def _proven(
+    passed: list[tuple[dict[str, str], Any, Comparison]],
+    values: Callable[[Any], list[np.ndarray]],
+    report: PortReport,
+    unknown: list[_Unknown],
+    src: str,
+    dst: str,
+) -> None:
+    """Raise unless exactly one of the candidates tried reproduced the outputs: none is a
+    port that computes something else; several means the example inputs cannot tell them
+    apart (constant inputs, a ReLU that zeroes everything), and picking one would be a guess,
+    unless they write the same values (both models' layouts unknown: the same guess on both
+    sides cancels out)."""
+    if len(passed) > 1:
+        first = values(passed[0][1])
+        passed[1:] = [p for p in passed[1:] if not all(map(np.array_equal, first, values(p[1])))]
+    if len(passed) == 1:
+        return
+    if not passed:
+        assert report.check is not None
+        raise PortError(
+            f"The port of the {src} model into the {dst} model computes something else; every "
+            f"value written was put back:\n  {describe_mismatch(report.check)}"
+            + (f"\n  (tried each layout of {', '.join(u.key for u in unknown)})" if unknown else "")
+        )
+    shown = "; ".join(", ".join(f"{k}: {v}" for k, v in chosen.items()) for chosen, _, _ in passed)
+    raise PortError(
+        f"The port of the {src} model into the {dst} model cannot be proven by these inputs: "
+        f"each of these layouts reproduces the outputs ({shown}); every value written was put "
+        "back. Pass inputs that tell them apart (random values, not constants), or say which "
+        "it is with layouts=."
+    )
 
 
 def _writes(
@@ -502,8 +549,10 @@ def _is_position(segment: Any) -> bool:
 
 def _ranked(layers_: list[Layer]) -> dict[int, tuple[Any, ...]]:
     """{id(layer): its path with each position replaced by its rank among the positional
-    children of its container that hold parameters}: the k-th parameterized layer of a
-    sequential container is ("#", k), whatever parameterless layers came before it."""
+    children of its container that hold parameters, and their number}: the k-th of n
+    parameterized layers of a sequential container is ("#", k, n), whatever parameterless
+    layers came before it; containers with another number of them (one nests a Sequential
+    the other spells flat) match by structure instead."""
     holders: dict[tuple[Any, ...], set[int]] = {}  # container path -> positions with leaves
     for layer in layers_:
         at = layer.at
@@ -518,7 +567,9 @@ def _ranked(layers_: list[Layer]) -> dict[int, tuple[Any, ...]]:
     for layer in layers_:
         at = layer.at
         out[id(layer)] = tuple(
-            ("#", rank[at[:n]][int(segment)]) if _is_position(segment) else segment
+            ("#", rank[at[:n]][int(segment)], len(rank[at[:n]]))
+            if _is_position(segment)
+            else segment
             for n, segment in enumerate(at)
         )
     return out
@@ -538,13 +589,14 @@ def _align(
     name), not a walk that stops at the first misfit. Returns the pairs and the groups of
     candidates nothing decides between.
 
-    Among siblings of the same kind and shapes (the q, k and v projections of an attention
-    module), names decide: the same name pairs, whatever the registration order (torch's
-    BART registers k, v, q; Flax's q, k, v). Where both sides name them and the names differ,
-    the order is all that is left, which no framework promises: such a group is undecided,
-    unless ``checked``. Positions (a sequential container, a Keras functional model) are the
-    forward order, so they decide. A layer left over beside a same-kind, same-shape sibling
-    that did pair makes the pair undecided too (which of the two?).
+    Among layers of the same kind and shapes (the q, k and v projections of an attention
+    module), the order decides only where both sides are sequential (they differ only by
+    positions: their order is the forward order); otherwise names decide: the same name
+    pairs, whatever the registration order (torch's BART registers k, v, q; Flax's q, k,
+    v). Where names differ, the registration order is all that is left, which no framework
+    promises to be the order of the calls: such a group is undecided, unless ``checked``.
+    A layer left over beside same-kind, same-shape layers that did pair makes them
+    undecided too (which of them stays out?).
     """
     n, m = len(S), len(D)
     if not n or not m:
@@ -570,33 +622,32 @@ def _align(
         else:
             j += 1
 
-    def block(layer: Layer) -> tuple[Any, ...]:  # siblings of one kind and shape
-        kind = SAME_KIND.get(layer.kind or "", layer.kind)
-        return (layer.at[:-1], kind, layer.type_name if kind is None else "", _signature(layer))
+    def kind(layer: Layer) -> tuple[Any, ...]:  # candidates for each other: kind and shapes
+        k = SAME_KIND.get(layer.kind or "", layer.kind)
+        return (k, layer.type_name if k is None else "", _signature(layer))
 
-    groups: dict[tuple[Any, Any], list[tuple[int, int]]] = {}
+    groups: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
     for i, j in pairs:
-        groups.setdefault((block(S[i]), block(D[j])), []).append((i, j))
+        groups.setdefault(kind(S[i]), []).append((i, j))
     paired_s = {i for i, _ in pairs}
     paired_d = {j for _, j in pairs}
     out: list[tuple[Layer, Layer, str]] = []
     undecided: list[tuple[list[Layer], list[Layer]]] = []
-    for (s_block, d_block), group in groups.items():
+    for key, group in groups.items():
         gs, gd = [S[i] for i, _ in group], [D[j] for _, j in group]
-        left = [S[i] for i in range(n) if i not in paired_s and block(S[i]) == s_block]
-        left += [D[j] for j in range(m) if j not in paired_d and block(D[j]) == d_block]
-        if left and len(group) + len(left) > 1 and not checked:
+        left = [S[i] for i in range(n) if i not in paired_s and kind(S[i]) == key]
+        left += [D[j] for j in range(m) if j not in paired_d and kind(D[j]) == key]
+        if left and not checked:  # which of them stays out?
             undecided.append((gs + [x for x in left if x in S], gd + [x for x in left if x in D]))
             continue
-        names_s, names_d = [_name(s) for s in gs], [_name(d) for d in gd]
-        if None in names_s or None in names_d or len(group) == 1:
+        if len(group) == 1 or (_sequential(gs) and _sequential(gd)):
             out += [(s, d, "structure") for s, d in zip(gs, gd)]  # the forward order decides
             continue
-        by_name = {name: d for name, d in zip(names_d, gd)}
+        names_s, names_d = _names(gs), _names(gd)
+        by_name = dict(zip(names_d, gd))
         rest_s = [s for s, name in zip(gs, names_s) if name not in by_name]
-        named = {name for name in names_s}
-        rest_d = [d for d, name in zip(gd, names_d) if name not in named]
-        out += [(s, by_name[n], "structure") for s, n in zip(gs, names_s) if n in by_name]
+        rest_d = [d for d, name in zip(gd, names_d) if name not in set(names_s)]
+        out += [(s, by_name[x], "structure") for s, x in zip(gs, names_s) if x in by_name]
         if len(rest_s) > 1 and not checked:
             undecided.append((rest_s, rest_d))
         else:
@@ -604,6 +655,25 @@ def _align(
                 (s, d, "order" if len(rest_s) > 1 else "structure") for s, d in zip(rest_s, rest_d)
             ]
     return out, undecided
+
+
+def _sequential(group: list[Layer]) -> bool:
+    """Whether the layers differ only by positions (in sequential containers): their
+    traversal order is then the forward order. Attribute names give only the order of
+    registration, which no framework promises to be the order of the calls."""
+    names = {tuple(x for x in layer.at if not _is_position(x)) for layer in group}
+    return len(names) == 1
+
+
+def _names(group: list[Layer]) -> list[Any]:
+    """Each layer's name: the shortest tail of its path's names that no other layer of the
+    group shares (``k_proj``; ``encoder.fc`` beside ``decoder.fc``), None where none is."""
+    named = [tuple(str(x) for x in layer.at if not _is_position(x)) for layer in group]
+    for n in range(1, max(map(len, named), default=0) + 1):
+        tails = [x[-n:] if x else None for x in named]
+        if len(set(tails)) == len(tails):
+            return tails
+    return [None] * len(group)
 
 
 def _signature(layer: Layer) -> tuple[Any, ...]:
@@ -771,7 +841,9 @@ def _why_not(s: Layer, d: Layer) -> str:
     a, b = s.shapes(), d.shapes()
     if set(a) ^ set(b):
         return f"the leaves differ ({', '.join(a)} against {', '.join(b)})"
-    return "the shapes differ"
+    if any(a[leaf] != b[leaf] for leaf in a):
+        return "the shapes differ"
+    return "it fits, but pairing them would break the order of the other layers' pairs"
 
 
 def _describe(layer: Layer, backend: str) -> str:
@@ -819,6 +891,7 @@ def _layout(
     d_view: View,
     layouts: Mapping[str, str],
     slot: int,
+    used: set[str],
 ) -> list[_Unknown]:
     """The leaf's layouts that no model says (a flatten through an opaque step): one
     :class:`_Unknown` per side, with the candidates to try (the one ``layouts`` names, if
@@ -832,7 +905,11 @@ def _layout(
             found.append((side, layer, p, unknown))
     out = []
     for side, layer, p, unknown in found:
-        chosen = layouts.get(f"{side}:{layer.path}", layouts.get(layer.path))
+        key = f"{side}:{layer.path}"
+        key = key if key in layouts else layer.path
+        chosen = layouts.get(key)
+        if chosen is not None:
+            used.add(key)
         if chosen is not None and chosen not in unknown.candidates:
             raise PortError(
                 f"Cannot port: layouts= says {layer.path!r} is {chosen!r}; its candidates are "

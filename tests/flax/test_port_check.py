@@ -87,6 +87,8 @@ def test_layouts_decides_an_unknown_flatten_without_running_anything():
     assert_close(np.asarray(n(jnp.asarray(nhwc(X)))), run_torch(t, X), ulps=PORT_ULPS)
     with pytest.raises(ut.PortError, match="layouts= says 'fc' is 'sideways'"):
         ut.port(t, n, layouts={"fc": "sideways"})
+    with pytest.raises(ut.PortError, match="layouts= names 'conv', which is no layer"):
+        ut.port(t, n, layouts={"fc": "channels_first", "conv": "channels_first"})
 
 
 class TorchTwo(nn.Module):
@@ -138,4 +140,15 @@ def test_compare_shows_each_layer_and_changes_nothing():
     expected = np.max(np.abs(np.asarray(n(jnp.asarray(x))) - run_torch(t, x)))
     assert comparison.output.difference == pytest.approx(expected, rel=1e-6, abs=1e-7)
     assert "fc1" in str(comparison) and "fc2" in str(comparison)
+    assert all(np.array_equal(a, b) for a, b in zip(nnx_values(n), before))
+
+
+def test_inputs_that_cannot_tell_the_layouts_apart_prove_nothing():
+    t, n = TorchCNN(), NnxCNN(nnx.Rngs(4), torch_order=True)
+    with torch.no_grad():
+        t.conv.bias.zero_()  # zeros in, zeros through the conv: every flatten order agrees
+    zeros = np.zeros_like(X)
+    before = nnx_values(n)
+    with pytest.raises(ut.PortError, match="cannot be proven by these inputs"):
+        ut.port(t, n, check=ut.Check(zeros, dst_inputs=nhwc))
     assert all(np.array_equal(a, b) for a, b in zip(nnx_values(n), before))

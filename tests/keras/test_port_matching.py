@@ -165,3 +165,63 @@ def test_the_structural_pass_aligns_the_whole_sequence_past_a_misfit():
         np.testing.assert_array_equal(
             keras.ops.convert_to_numpy(layer.kernel), linear.weight.detach().numpy().T
         )
+
+
+class CalledOutOfOrder(nn.Module):
+    """Registers proj before fc and calls fc first: registration order is not call order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj, self.fc = nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(torch.tanh(self.fc(x)))
+
+
+def test_named_layers_are_not_paired_with_positions_by_their_registration_order():
+    t = CalledOutOfOrder()
+    k = keras.Sequential(
+        [keras.Input((16,)), layers.Dense(16, activation="tanh"), layers.Dense(16)]
+    )
+    x = RNG.standard_normal((2, 16)).astype(np.float32)
+    with pytest.raises(ut.PortError, match=r"cannot decide which of proj .*fc "):
+        ut.port(t, k)
+    with pytest.raises(ut.PortError, match="computes something else"):
+        ut.port(t, k, check=x)  # paired in their order, and the outputs refuse it
+    ut.port(t, k, rename={"^fc$": "0", "^proj$": "1"})
+    assert_close(run_keras(k, x), run_torch(t, x), ulps=PORT_ULPS)
+
+
+def test_a_nested_sequential_against_a_flat_one_pairs_in_forward_order():
+    t = nn.Sequential(
+        nn.Linear(16, 16),
+        nn.Sequential(nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 16)),
+        nn.Tanh(),
+        nn.Linear(16, 16),
+    )
+    dense = [layers.Dense(16), layers.Dense(16, activation="tanh")]
+    dense += [layers.Dense(16, activation="tanh"), layers.Dense(16)]
+    k = keras.Sequential([keras.Input((16,)), *dense])
+    report = ut.port(t, k)
+    pairs = [(p.src, p.dst) for p in report.pairs]
+    assert pairs == [("0", "0"), ("1.0", "1"), ("1.2", "2"), ("3", "3")]
+    x = RNG.standard_normal((2, 16)).astype(np.float32)
+    assert_close(run_keras(k, x), run_torch(t, x), ulps=PORT_ULPS)
+
+
+class ScaledLinear(nn.Linear):
+    """A Linear whose forward scales its weight, as StyleGAN's EqualLinear does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight * 0.5, self.bias)
+
+
+def test_a_subclass_that_overrides_the_call_is_no_longer_its_bases_kind():
+    t = nn.Sequential(ScaledLinear(4, 4))
+    k = keras.Sequential([keras.Input((4,)), layers.Dense(4)])
+    with pytest.raises(ut.PortError, match=r"a ScaledLinear, a type unitree's tables do not know"):
+        ut.port(t, k)
+    other = nn.Sequential(ScaledLinear(4, 4))
+    ut.port(t, other)  # onto its own type
+    x = RNG.standard_normal((2, 4)).astype(np.float32)
+    assert_close(run_torch(other, x), run_torch(t, x), ulps=PORT_ULPS)
