@@ -2,7 +2,7 @@
 
 The expectations are hand-computed: 'same' padding pads the dilated kernel's reach
 r = d * (k - 1), r // 2 before and the rest after, at stride 1 (TF, Keras, Flax and
-PyTorch's padding='same' alike: docs in SEMANTICS.md pitfall 18, and the torch and flax
+PyTorch's padding='same' alike, as each framework's docs give it; the torch and flax
 port tests prove it on outputs); at a stride above 1 it depends on the input size.
 """
 

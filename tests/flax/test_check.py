@@ -205,7 +205,7 @@ def test_the_twin_agrees_layer_by_layer_after_moving_the_channels_axis(twin: str
     assert c.ok and c.layers_ok, str(c)
     assert [(r.status, r.note) for r in c.rows] == [(OK, MOVED), (OK, MOVED), (OK, "")]
     expected = np.max(np.abs(torch_out(net, x) - run(dst, x)))
-    np.testing.assert_allclose(c.output_difference, expected, rtol=1e-6)
+    np.testing.assert_allclose(c.output_difference, expected, rtol=1e-6, atol=1e-7)
     assert c.output_difference <= c.output.tolerance
 
 
@@ -223,7 +223,7 @@ def test_a_perturbed_layer_is_named_first(twin: str):
     assert (c.first_difference.src, c.first_difference.dst) == (ps[1][0], ps[1][2])
     expected = np.max(np.abs(torch_out(net, x) - run(dst, x)))
     assert expected > 1e-2
-    np.testing.assert_allclose(c.output_difference, expected, rtol=1e-6)
+    np.testing.assert_allclose(c.output_difference, expected, rtol=1e-6, atol=1e-7)
     assert f"{ps[1][0]} -> {ps[1][2]}" in describe_mismatch(c)
 
 
@@ -287,7 +287,7 @@ def test_a_linen_model_in_training_mode_needs_its_argument():
     expected = np.max(
         np.abs(torch_out(src, x) - np.asarray(tree.native.apply(tree.variables, x, train=False)))
     )
-    np.testing.assert_allclose(c.output_difference, expected, rtol=1e-6)
+    np.testing.assert_allclose(c.output_difference, expected, rtol=1e-6, atol=1e-7)
 
 
 def test_a_layer_against_an_unrelated_one_is_not_comparable():

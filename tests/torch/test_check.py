@@ -73,12 +73,12 @@ def test_a_perturbed_layer_is_named_first_and_the_final_difference_is_torchs():
     assert [r.status for r in c.rows] == [OK, DIFFERS, DIFFERS]
     expected = np.max(np.abs(native(a, x) - native(b, x)))
     assert expected > 1e-3  # the perturbation reaches the output
-    np.testing.assert_allclose(c.output_difference, expected, rtol=1e-6)
+    np.testing.assert_allclose(c.output_difference, expected, rtol=1e-6, atol=1e-7)
     # the layer's own difference, computed by torch: its output on the same activations
     with torch.no_grad():
         h = torch.relu(a[0](torch.from_numpy(x)))
         own = np.max(np.abs((a[2](h) - b[2](h)).numpy()))
-    np.testing.assert_allclose(c.first_difference.difference, own, rtol=1e-6)
+    np.testing.assert_allclose(c.first_difference.difference, own, rtol=1e-6, atol=1e-7)
     text = describe_mismatch(c)
     assert "2 -> 2" in text and f"{c.output_difference:.3g}" in text
 
