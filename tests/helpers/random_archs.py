@@ -1388,6 +1388,11 @@ KNOWN_LIMITS = {
         "a linen @nn.compact submodule given its own name= shows no class (adapters/linen.py): "
         "no kind, and a layer of no kind fits only one of no kind, even with check="
     ),
+    "inputs cannot tell": (
+        "the check's one input cannot tell the candidate layouts apart (a LayerNorm over two "
+        "features keeps only their order, a map pooled to one position): several layouts "
+        "reproduce the outputs, and the port refuses rather than pick one"
+    ),
     "two opaque layouts": (
         "one model reshapes into a feature map as PyTorch does (channels first) and flattens "
         "channels last, each through an opaque step: the check tries one candidate for all "
@@ -1423,6 +1428,8 @@ def explained(spec: Spec, src: Built, dst: Built, kind: str) -> str:
     )
     if compact and re.search(r"no (source|destination) layer matches it", kind):
         return "linen compact name="
+    if "cannot be proven by these inputs" in kind:
+        return "inputs cannot tell"
     mixed = any(_mixed_layouts(f, spec, sp) for f, sp in sides)
     if mixed and kind.startswith("The destination's outputs differ"):
         return "two opaque layouts"
