@@ -4,6 +4,8 @@ nox                     every test session, then the conformance matrix of all e
 nox -s conformance      the conformance cases on every environment, then the matrix
 nox -s torch            one environment: its unit tests and the conformance suite
 nox -s wheel            the built wheel alone: `unitree conformance` from the installed package
+nox -s zoo              every Hugging Face architecture with a PyTorch and a Flax class, ported
+                        both ways (and into KerasHub's twins); writes conformance/reports/zoo.md
 nox -s bench            the performance ratios (benchmarks/)
 nox -r ...              reuse the environments already installed
 
@@ -29,6 +31,9 @@ KERAS_BACKENDS = {"tensorflow": "tensorflow-cpu==2.21.0", "jax": "jax==0.10.2", 
 FLAX = ("flax==0.12.8", "jax==0.10.2")
 GLUON = ("mxnet==1.9.1", "numpy<1.24")  # MXNet 1.9.1 imports only with numpy < 1.24
 TESTING = ("pytest", "hypothesis==6.170.15")
+# The last transformers with Flax models (5 drops them), and KerasHub, which builds the same
+# architectures natively in Keras 3.
+ZOO = ("transformers==4.57.6", "keras-hub==0.32.0")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKPOINTS = os.path.join(HERE, ".nox", "checkpoints")
@@ -87,7 +92,7 @@ ENVIRONMENTS = {
     ),
 }
 
-nox.options.sessions = ["lint", "core", "wheel", *ENVIRONMENTS, "matrix"]
+nox.options.sessions = ["lint", "core", "wheel", *ENVIRONMENTS, "matrix", "zoo"]
 
 
 def _suite(session: nox.Session, tests: str) -> None:
@@ -238,6 +243,22 @@ def _crossed_numpy_boundary(session: nox.Session) -> None:
         )
 
 
+@nox.session
+def zoo(session: nox.Session) -> None:
+    """Real models: every architecture the installed transformers ships with both a PyTorch
+    and a Flax class (found from its own auto mappings), ported both ways with the defaults and
+    checked against the models' own outputs; Hugging Face torch models ported into their
+    KerasHub twins; files read and written by both. ``bench`` runs benchmarks/bench_zoo.py."""
+    session.install("-e", ".", *FLAX, TORCH, KERAS, *ZOO, *TESTING)
+    env = {**_keras_env("jax"), "UNITREE_BACKENDS": "zoo"}  # tests/readme's environment
+    if session.posargs[:1] == ["bench"]:
+        session.run("python", "benchmarks/bench_zoo.py", *session.posargs[1:], env=env)
+        return
+    report = os.path.join(HERE, "conformance", "reports", "zoo.md")
+    paths = ["tests/zoo", "tests/readme"]
+    session.run("pytest", *paths, *session.posargs, env={**env, "UNITREE_ZOO_REPORT": report})
+
+
 @nox.session(venv_backend="none")
 def conformance(session: nox.Session) -> None:
     """The conformance suite alone on every environment, then the matrix."""
@@ -251,3 +272,4 @@ def bench(session: nox.Session) -> None:
     """The performance ratios, each measured in its framework's environment (nox -s bench)."""
     for name in ENVIRONMENTS:
         session.notify(name, posargs=["bench", *session.posargs])
+    session.notify("zoo", posargs=["bench", *session.posargs])  # BERT-base against transformers

@@ -37,7 +37,9 @@ def _pending(layer: keras.Layer, kind: str | None) -> list[tuple[str, bool]]:
     its projection sublayers when it is built, so it shows none before.
     """
     if kind == "dense" or kind in CONVS:
-        return [("kernel", True)] + ([("bias", True)] if layer.use_bias else [])
+        # an EinsumDense has a bias where it has bias axes
+        bias = layer.use_bias if hasattr(layer, "use_bias") else layer.bias_axes is not None
+        return [("kernel", True)] + ([("bias", True)] if bias else [])
     if isinstance(layer, _CELLS):
         out = [("kernel", True), ("recurrent_kernel", True)]
         return out + ([("bias", True)] if layer.use_bias else [])

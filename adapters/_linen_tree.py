@@ -23,7 +23,7 @@ from flax.core.meta import AxisMetadata
 from flax.linen.recurrent import DenseParams
 
 from unitree._adapter import KindTable, Leaf, new_leaf
-from unitree._paths import Segment
+from unitree._paths import Segment, position
 
 from ._flax import (
     BY_CELL,
@@ -123,7 +123,13 @@ class _Var:
 
     def _store(self, raw: Any) -> None:  # under the root's lock
         path = (self.collection, *self.scope, self.name)
-        self.root.variables = _replaced(self.root.variables, path, raw)
+        root = self.root
+        root.variables = _replaced(root.variables, path, raw)
+        if root.owner is not None:  # a model object that holds its params: it holds the new ones
+            if root.batch:
+                root.dirty = True  # set once, when the batch ends
+            else:
+                root.publish()
 
 
 def _replaced(tree: Mapping[str, Any], path: tuple[str, ...], leaf: Any) -> Mapping[str, Any]:
@@ -152,15 +158,35 @@ def _at(tree: Any, scope: tuple[str, ...]) -> Mapping[str, Any] | None:
 class _Root(_Node):
     """The wrapped linen model: its definition, its current variables, and the structure."""
 
-    __slots__ = ("definition", "fp", "lock", "params", "variables")
+    __slots__ = (
+        "batch",
+        "definition",
+        "dirty",
+        "fp",
+        "lock",
+        "owner",
+        "params",
+        "variables",
+        "whole",
+    )
 
-    def __init__(self, module: nn.Module, variables: Mapping[str, Any]) -> None:
+    def __init__(
+        self, module: nn.Module, variables: Mapping[str, Any], owner: Any = None, whole: bool = True
+    ) -> None:
         super().__init__(module, (), type(module).__name__)
         self.definition = module
         self.variables = variables
+        self.owner = owner  # a model object holding module and params (Hugging Face's), or None
+        self.whole = whole  # whether the owner's params are the whole variables dict
+        self.batch = self.dirty = False  # in a batch of writes; written since the owner's set
         self.params: list[_Var] = []  # every handle of the params collection, once
         self.fp: list[int] | None = None
         self.lock = threading.Lock()  # one write at a time: each replaces the whole dict
+
+    def publish(self) -> None:
+        """Give the owner the current variables (its setter may validate them: once a batch)."""
+        self.dirty = False
+        self.owner.params = self.variables if self.whole else self.variables["params"]
 
 
 def _module_entries(value: Any, keys: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
@@ -359,9 +385,39 @@ class _LinenBuilder:
                 if child is not None:
                     node.children.append((i, child))
             return
+        if isinstance(value, _NESTED):
+            named = self.named(name, value, offset)
+            if named:  # the modules' own names, as linen stores them (``name=str(i)``)
+                for segment, item in named:
+                    child = self.entry(item, offset, scope, dicts)
+                    if child is not None:
+                        node.children.append((segment, child))
+                return
         child = self.entry(value, offset, scope, dicts)
         if child is not None:
             node.children.append((name, child))
+
+    def named(
+        self, name: str, value: Any, offset: tuple[str, ...] | None
+    ) -> list[tuple[Segment, nn.Module]]:
+        """The modules of a list or dict attribute by the names linen stores them under, where
+        those are their own (``[Block(name=str(i)) for i in ...]`` is stored as ``0``, ``1``,
+        as torch's ModuleList is): a digit name is a position. Empty where linen auto-names them
+        after the attribute (``layers_0``): they are then ``attr.0``, under the attribute."""
+        entries = _module_entries(value)
+        if not entries:
+            return []
+        out: list[tuple[Segment, nn.Module]] = []
+        for keys, sub in entries:
+            if offset is None:
+                stored = self.adopted.get(id(sub))
+            else:
+                stored = sub.scope.path if sub.scope is not None else None
+            if not stored or stored[-1] == "_".join((name, *keys)):
+                return []
+            i = position(stored[-1])
+            out.append((stored[-1] if i is None else i, sub))
+        return out
 
     def entry(
         self, value: Any, offset: tuple[str, ...] | None, scope: tuple[str, ...], dicts: Dicts
@@ -424,7 +480,8 @@ class _LinenBuilder:
         if subscopes:
             free = [k for k in subscopes if (*scope, k) not in self.by_scope]
             for key in _call_order(free):
-                child = self.compact(key, (*scope, key), dicts, scope, parts)
+                named = parts or _named_in_source(node.module, key)
+                child = self.compact(key, (*scope, key), dicts, scope, named)
                 node.children.append((key, child))
 
     def compact(
@@ -436,7 +493,8 @@ class _LinenBuilder:
         cls: type | None = None,
     ) -> _Node:
         """The node of a submodule made by a compact method: of class ``cls`` when its parent's
-        class says so (a cell's gates), else of the class linen named it after (``Dense_0``)."""
+        class says so (a cell's gates, an explicit ``name=`` in its source), else of the class
+        linen named it after (``Dense_0``)."""
         if cls is not None:
             node = _Node(None, scope, cls.__name__, _kinds[cls])
             parts = _CELL_PARTS.get(cls)
@@ -461,6 +519,63 @@ class _LinenBuilder:
                 self.classes.setdefault(cls.__name__, []).append(cls)
                 todo.extend(cls.__subclasses__())
         return self.classes.get(name, [])
+
+
+_SOURCE_NAMES: dict[type, dict[str, type | None]] = {}
+
+
+def _named_in_source(module: Any, name: str) -> type | None:
+    """The linen class a compact method of ``module``'s class makes under the explicit name
+    ``name`` (``nn.Dense(8, name="proj")``), read from the class's source: the call's callee,
+    a name or dotted attribute looked up in the class's module, never run. None where no such
+    call is there, the source is not available, or two calls give the name different classes."""
+    if not isinstance(module, nn.Module) or _AUTO_NAME.match(name):
+        return None
+    cls = type(module)
+    names = _SOURCE_NAMES.get(cls)
+    if names is None:
+        names = _SOURCE_NAMES[cls] = _explicit_names(cls)
+    return names.get(name)
+
+
+def _explicit_names(cls: type) -> dict[str, type | None]:
+    import ast
+    import inspect
+    import sys
+    import textwrap
+
+    found: dict[str, type | None] = {}
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("flax.") or klass is object:
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        scope = vars(sys.modules.get(klass.__module__, object))
+        for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
+            for kw in call.keywords:
+                if kw.arg == "name" and isinstance(kw.value, ast.Constant):
+                    made, key = _resolved(call.func, scope), kw.value.value
+                    # two classes under one name (an if and its else): which one ran?
+                    found[key] = made if found.get(key, made) is made else None
+    return found
+
+
+def _resolved(expr: Any, scope: Mapping[str, Any]) -> type | None:
+    """The linen class a callee expression names (``Dense``, ``nn.Dense``), or None."""
+    import ast
+
+    parts: list[str] = []
+    while isinstance(expr, ast.Attribute):
+        parts.append(expr.attr)
+        expr = expr.value
+    if not isinstance(expr, ast.Name) or expr.id not in scope:
+        return None
+    value = scope[expr.id]
+    for part in reversed(parts):
+        value = getattr(value, part, None)
+    return value if isinstance(value, type) and issubclass(value, nn.Module) else None
 
 
 def _only(values: set[Any]) -> Any:

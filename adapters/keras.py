@@ -26,7 +26,11 @@ Layer kinds (the layout tables' names): dense, conv (Conv1D/2D/3D, grouped
 too), depthwise_conv, conv_transpose, embedding, layer_norm, batch_norm,
 group_norm, lstm, gru, attention. Their settings (epsilons, momentum, padding,
 strides...) are given to ``ut.port`` in PyTorch's conventions; see
-:meth:`KerasAdapter.settings`.
+:meth:`KerasAdapter.settings`. An ``EinsumDense`` is a dense layer where its
+equation is a dense map (``layouts.einsum_dense``: attention's split-head
+projections, kernels (hidden, heads, head_dim) and (heads, head_dim, hidden), as
+PyTorch's ``Linear`` weight (out, in)); any other equation, a quantized or LoRA
+one, has no kind and ports only onto its own type.
 
 A tie is one ``keras.Variable`` object reached from two places: Keras shares
 parameters by reusing a layer instance, which appears at every position it is
@@ -64,7 +68,7 @@ from keras.src.models.functional import Functional  # no public name; stable acr
 from unitree._adapter import Adapter, KindTable, Leaf, as_numpy, fingerprint, new_leaf
 from unitree._errors import PathError, UninitializedError, UnsupportedError
 from unitree._paths import Segment, position
-from unitree.layouts import CONVS, UNKNOWN, Step
+from unitree.layouts import CONVS, UNKNOWN, Kind, Step, einsum_dense
 
 from ._keras_backend import Backend, backend
 from ._keras_layout import step as keras_step
@@ -96,6 +100,8 @@ _KINDS: dict[type, str] = {
     keras.layers.LSTM: "lstm",
     keras.layers.GRU: "gru",
     keras.layers.MultiHeadAttention: "attention",
+    # a dense layer or not, by its equation: kind() reads it (_einsum_kind)
+    keras.layers.EinsumDense: "einsum",
 }
 # MultiHeadAttention keeps its sublayers in private attributes: they are called by the names Keras
 # gives those sublayers (the names its checkpoints use), which the attention codec reads.
@@ -168,8 +174,9 @@ class KerasAdapter(Adapter):
         """(attribute, layer or Container) in assignment order: the order Keras tracked them in."""
         order = {id(x): i for i, x in enumerate(layer._layers)}
         found = []
-        for name, value in self.backend.attributes(layer).items():
-            if name in _INTERNAL or name.startswith("_self_") or not _has_layer(value):
+        attributes = self.backend.attributes(layer)
+        for name, value in attributes.items():
+            if name in _INTERNAL or not _has_layer(value) or _tensorflow_own(name, attributes):
                 continue
             if isinstance(value, keras.Layer):
                 found.append((_first_layer(value, order), name, value))
@@ -287,6 +294,8 @@ class KerasAdapter(Adapter):
 
     def kind(self, module: Any) -> str | None:
         kind = self.kinds[type(module)]
+        if kind == "einsum":
+            return _einsum_kind(module)
         if kind == "gru" and not getattr(module, "reset_after", True):
             return None  # resets before the recurrent matmul: no canonical (PyTorch) form
         return kind
@@ -647,6 +656,54 @@ def _transpose_padding(layer: Any, padding: Any) -> tuple[Any, tuple[int, ...]]:
         pads.append((p, p))
         extra.append(op)
     return tuple(pads), tuple(extra)
+
+
+_EINSUM_KINDS: dict[tuple[str, str | None], Kind | None] = {}
+
+
+def _einsum_kind(layer: Any) -> Kind | None:
+    """An ``EinsumDense``'s kind: "dense" with rules read from its equation and bias axes
+    (``layouts.einsum_dense``: its kernel as PyTorch's ``Linear`` weight), or None where the
+    equation is no dense map, or where the kernel is not what it computes with (quantized,
+    LoRA): such a layer ports only onto its own type. One Kind per (equation, bias axes)."""
+    if getattr(layer, "quantization_mode", None) or getattr(layer, "lora_enabled", False):
+        return None
+    key = (str(layer.equation), None if layer.bias_axes is None else str(layer.bias_axes))
+    if key not in _EINSUM_KINDS:
+        rules = einsum_dense(*key)
+        _EINSUM_KINDS[key] = (
+            None
+            if rules is None
+            else Kind("dense", rules, f"keras.layers.EinsumDense {key[0]} bias {key[1]}")
+        )
+    return _EINSUM_KINDS[key]
+
+
+def _tensorflow_own(name: str, attributes: Mapping[str, Any]) -> bool:
+    """Whether the attribute ``name`` is TensorFlow's bookkeeping of a layer's dependencies
+    (TensorFlow's ``Trackable`` keeps them in attributes named ``_self_...``, which Keras
+    wraps in its tracked containers too), not a sublayer: a container of layers that the
+    layer's other attributes hold already. A layer held directly (KerasHub's
+    ``_self_attention_layer``), or a container of layers held nowhere else, is the model's."""
+    value = attributes[name]
+    if not name.startswith("_self_") or isinstance(value, keras.Layer):
+        return False
+    elsewhere = {
+        id(x)
+        for other, held in attributes.items()
+        if other != name and not other.startswith("_self_") and other not in _INTERNAL
+        for x in _layers_in(held)
+    }
+    return all(id(x) in elsewhere for x in _layers_in(value))
+
+
+def _layers_in(value: Any) -> list[Any]:
+    """The layers a layer attribute holds: itself, or those in its lists and dicts."""
+    if isinstance(value, keras.Layer):
+        return [value]
+    if _is_sequence(value) or isinstance(value, Mapping):
+        return [x for _, v in _items(value) for x in _layers_in(v)]
+    return []
 
 
 def _holders(layer: Any) -> dict[int, list[str]]:

@@ -8,13 +8,18 @@ is one instance, stored once, under the name of whichever position linen adopted
 (it adopts in the order of the keys sorted as strings: a module shared by positions 2 and
 10 lives under ``layers_10``). unitree asks the definition, never the names:
 ``nn.Sequential``'s ``layers_N`` becomes position ``N`` (parameterless entries such as
-``nn.relu`` count), lists and dicts of submodules become ``attr.N`` and ``attr.key``, and
-a module class with a ``setup`` is bound to its variables to see the submodules it makes.
+``nn.relu`` count), lists and dicts of submodules become ``attr.N`` and ``attr.key`` where
+linen auto-names them (``attr_N``), and go by their own names where they have them
+(``[Block(name=str(i)) ...]`` is stored, and read, as ``0``, ``1``: PyTorch's ModuleList
+path), and a module class with a ``setup`` is bound to its variables to see the submodules
+it makes.
 
 Submodules that a ``@nn.compact`` method creates exist only during a call: they are read
 from the variables under linen's own names (``Dense_0``), with their class found from that
-name (linen names them after their class). Where no class can be seen -- a compact
-submodule given its own ``name=``, or a submodule made by the ``setup`` of a compact-made
+name (linen names them after their class), or, for a submodule given its own ``name=``,
+from the call in the class's source that gives that name (``nn.Dense(8, name="proj")``:
+the callee looked up in the class's module, never run). Where no class can be seen -- no
+source, one name given to two classes, a submodule made by the ``setup`` of a compact-made
 module -- the module keeps linen's leaf names and layouts (``kernel``, in, out). A cell's
 gates are compact submodules named by gate (``ii``, ``hf``), known as dense layers from
 the cell's class.
@@ -59,6 +64,13 @@ from ._flax import (
 from ._linen_tree import _AUTO_NAME, _at, _kinds, _LinenBuilder, _Node, _Root, _Var, _walk
 
 
+def holds_linen(obj: Any) -> bool:
+    """Whether ``obj`` is a model object holding a linen module and its params, as
+    ``obj.module`` and ``obj.params`` (Hugging Face's ``FlaxPreTrainedModel``): either the
+    params collection, or the whole variables dict ({"params": ..., "batch_stats": ...})."""
+    return not isinstance(obj, nn.Module) and isinstance(getattr(obj, "module", None), nn.Module)
+
+
 class LinenAdapter(FlaxAdapter):
     """linen, through the handles of ``_linen_tree`` (``_Root``, ``_Node``, ``_Var``)."""
 
@@ -66,12 +78,27 @@ class LinenAdapter(FlaxAdapter):
     kinds = _kinds
 
     def root(self, module: Any, *state: Any) -> _Root:
-        """The handles of ``module`` and its variables, given as the one item of ``state``.
+        """The handles of ``module`` and its variables, given as the one item of ``state``; or
+        of a model object that holds both (:func:`holds_linen`: Hugging Face's Flax models),
+        whose ``params`` then get every value written (``model.params = ...``).
 
         Raises:
             UnsupportedModelError: ``module`` is no linen Module, or comes without its whole
-                variables dict ({collection: {...}}, as ``module.init`` returns it).
+                variables dict ({collection: {...}}, as ``module.init`` returns it); a model
+                object that holds no params (built with ``_do_init=False``).
         """
+        owner, whole = None, True
+        if not state and holds_linen(module):
+            owner, module = module, module.module
+            params = owner.params
+            if not isinstance(params, Mapping):
+                raise UnsupportedModelError(
+                    f"The {type(owner).__name__} holds no params (built with _do_init=False?): "
+                    "wrap its module with the params you keep, ut.wrap(model.module, "
+                    "{'params': params})."
+                )
+            whole = "params" in params and all(isinstance(v, Mapping) for v in params.values())
+            state = (params if whole else {"params": params},)
         super().root(module)  # the type check only: linen is the one that takes state
         if len(state) != 1:
             given = (
@@ -98,7 +125,7 @@ class LinenAdapter(FlaxAdapter):
             )
         if module.scope is not None:  # a bound module: read its definition
             module = module.clone(parent=None)
-        root = _Root(module, variables)
+        root = _Root(module, variables, owner, whole)
         _LinenBuilder(root).build()  # the core pauses the cyclic GC around root()
         if "params" not in variables and (
             any(_AUTO_NAME.match(c) for c in variables)
@@ -183,6 +210,15 @@ class LinenAdapter(FlaxAdapter):
 
     def trainable(self, leaf: _Var) -> bool:
         return leaf.collection == "params"
+
+    def batch_begin(self, leaf: _Var) -> None:
+        leaf.root.batch = True
+
+    def batch_end(self, leaf: _Var) -> None:
+        root = leaf.root
+        root.batch = False
+        if root.dirty:
+            root.publish()
 
     def backup(self, leaf: _Var) -> Any:
         return leaf.raw()  # the stored value itself, partitioning box and all

@@ -104,6 +104,8 @@ class Adapter(ABC):
     name: ClassVar[str]  # the backend name users see: "torch", "keras", ...
     # What :meth:`root` accepts, and how its error names it; () accepts anything.
     module_types: ClassVar[tuple[type, ...]] = ()
+    # write() accepts a strided value (a transposed view) and makes its own copy of it
+    strided_writes: ClassVar[bool] = False
     module_what: ClassVar[str] = ""  # with its article: "a torch.nn.Module"
     kinds: ClassVar[KindTable | None] = None  # what :meth:`kind` reads
 
@@ -277,6 +279,17 @@ class Adapter(ABC):
     def restore(self, leaf: Any, backup: Any) -> None:
         """Put back the value :meth:`backup` returned (or the core's copy, native layout)."""
         self.write(leaf, backup, None)
+
+    def batch_begin(self, leaf: Any) -> None:
+        """The leaf is about to be written as part of a batch (``write_all``, a load, a port):
+        work per model that each write would redo can wait for :meth:`batch_end` (linen: a
+        model object's ``params`` set once, not per leaf). The default does nothing."""
+        return None
+
+    def batch_end(self, leaf: Any) -> None:
+        """The batch :meth:`batch_begin` began is over, written or undone: called once per
+        leaf begun. The default does nothing."""
+        return None
 
     # -- capability: layer settings -------------------------------------------------------
     def settings(self, module: Any) -> dict[str, Any]:
@@ -544,6 +557,14 @@ def adapter_named(backend: str) -> Adapter:
     return _load(ADAPTERS[backend][0])
 
 
+def _holds_linen(obj: Any) -> bool:
+    """Whether ``obj`` holds a linen module as ``obj.module`` beside its ``obj.params`` (Hugging
+    Face's Flax models are no linen Module themselves), found without importing flax."""
+    held = type(getattr(obj, "module", None))
+    linen = any(c.__module__ == "flax.linen.module" for c in held.__mro__)
+    return linen and hasattr(type(obj), "params")
+
+
 def adapter_for(obj: Any) -> Adapter:
     """The adapter for ``obj``, chosen by the module names along its type's MRO.
 
@@ -564,6 +585,8 @@ def adapter_for(obj: Any) -> Adapter:
             return _load(ADAPTERS[key][0])
         if root in FRAMEWORKS and root not in _SPLIT:
             break
+    if _holds_linen(obj):
+        return _load(ADAPTERS["flax.linen.module"][0])
     plugins = _entry_points()
     for root in roots:
         if root in plugins:

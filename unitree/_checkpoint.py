@@ -23,6 +23,7 @@ from ._files import (
     CODES,
     FORMAT,
     FORMAT_VERSION,
+    VERSION_KEY,
     PathLike,
     bad_name,
     file_path,
@@ -70,8 +71,11 @@ def save(tree: Any, path: PathLike, *, metadata: dict[str, str] | None = None) -
             raise CheckpointError(f"Cannot save the path {key!r} to {path}: {why}.")
     header: dict[str, Any] = {}
     offset = 0
+    turned = {id(slot) for slot in entries if slot.leaf in stored_transposed(slot.layer.kind)}
     for slot in entries:
         shape = slot.layer.shapes()[slot.leaf]
+        if id(slot) in turned and shape is not None:
+            shape = shape[::-1]
         if shape is None:
             raise UninitializedError(
                 f"Cannot save {slot.keys[0]}: it is not initialized yet. Run the model once on an input first."
@@ -93,7 +97,8 @@ def save(tree: Any, path: PathLike, *, metadata: dict[str, str] | None = None) -
     header["__metadata__"] = {
         **(metadata or {}),
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        VERSION_KEY: FORMAT_VERSION,
+        "transposed": json.dumps([slot.keys[0] for slot in entries if id(slot) in turned]),
         "backend": view.adapter.name,
         "ties": json.dumps([s.keys for s in entries if len(s.keys) > 1]),
         # the model's order, aliases included (readers may sort the header)
@@ -115,6 +120,8 @@ def save(tree: Any, path: PathLike, *, metadata: dict[str, str] | None = None) -
         computed: dict[int, dict[str, np.ndarray]] = {}
         for slot in entries:
             value = slot_value(slot, computed, drop=True)
+            if id(slot) in turned:
+                value = value.T
             want = header[slot.keys[0]]
             if list(value.shape) != want["shape"]:
                 raise CheckpointError(
@@ -215,13 +222,45 @@ def load(
         # a tied tensor's other paths are keys too, holding the stored tensor's value
         aliases = ckpt.aliases()
         header = {**ckpt.header, **{a: ckpt.header[k] for a, k in aliases.items()}}
+        turned = _transposed_in(ckpt, view, aliases)
+        for key in turned & set(header):
+            shape, dtype = header[key]
+            header[key] = (shape[::-1], dtype)
+
+        def get(key: str) -> np.ndarray:
+            value = ckpt[aliases.get(key, key)]
+            return value.T if key in turned else value
+
         return load_into(
             view,
             header,
-            lambda key: ckpt[aliases.get(key, key)],
+            get,
             strict,
             casting="unsafe" if cast else "safe",
             source=os.path.basename(ckpt.path),
             error_if_nonfinite=error_if_nonfinite,
             stored=aliases,
         )
+
+
+def stored_transposed(kind: Any) -> frozenset[str]:
+    """The canonical leaves a layer kind's files hold transposed: a registered type whose
+    PyTorch class stores them so (Hugging Face's ``Conv1D``: weight (in, out)), so that a
+    file holds what that PyTorch model's ``state_dict`` holds."""
+    return getattr(kind, "stored", frozenset())
+
+
+def _transposed_in(ckpt: Any, view: Any, aliases: dict[str, str]) -> set[str]:
+    """The keys whose tensors ``ckpt`` holds transposed from canonical: those its metadata lists,
+    in a file unitree wrote; in any other file (``save_pretrained``'s, ``torch.save``'s), which
+    holds PyTorch's own layouts, those of the model's layers that PyTorch stores transposed
+    (:func:`stored_transposed`)."""
+    if getattr(ckpt, "ours", False):
+        listed = set(ckpt.transposed)
+        return listed | {a for a, k in aliases.items() if k in listed}
+    return {
+        key
+        for slot in slots(view)
+        if slot.leaf in stored_transposed(slot.layer.kind)
+        for key in slot.keys
+    }

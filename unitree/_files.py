@@ -21,7 +21,11 @@ from ._dtypes import numpy_dtype
 from ._errors import CheckpointError, ValueTypeError
 
 PathLike = Union[str, "os.PathLike[str]"]
-FORMAT, FORMAT_VERSION = "unitree", "1"
+# The safetensors "format" a file holds: "pt", PyTorch's names and layouts, which transformers'
+# from_pretrained requires; unitree's own files say so by the version key beside it (files of
+# unitree before it said "format": "unitree", with "format_version").
+FORMAT, FORMAT_VERSION, VERSION_KEY = "pt", "1", "unitree_format_version"
+OLD_FORMAT = "unitree"
 
 # safetensors' dtype names -> numpy's
 DTYPES = {
@@ -218,8 +222,11 @@ class Checkpoint:
             if not (_unicode(key) and _unicode(value)):
                 raise self._error(f"__metadata__ {key!r} holds a lone surrogate, not valid Unicode")
         self.metadata: dict[str, str] = meta
-        version = meta.get("format_version", FORMAT_VERSION)
-        if meta.get("format") == FORMAT and version != FORMAT_VERSION:
+        version = meta.get(VERSION_KEY) or (
+            meta.get("format_version", FORMAT_VERSION) if meta.get("format") == OLD_FORMAT else None
+        )
+        self.ours = version is not None  # written by unitree
+        if self.ours and version != FORMAT_VERSION:
             raise self._error(
                 f"written in unitree's checkpoint format version {version!r}; this version of "
                 f"unitree reads version {FORMAT_VERSION!r}: upgrade unitree to read it"
@@ -319,6 +326,12 @@ class Checkpoint:
         if not isinstance(order, list) or not all(isinstance(k, str) for k in order):
             raise self._error("the metadata 'paths' must be a JSON list of names")
         self._order: list[str] = order
+        turned = self._json(meta.get("transposed", "[]"), "the metadata 'transposed'")
+        if not isinstance(turned, list) or not all(
+            isinstance(k, str) and k in self.header and len(self.header[k][0]) == 2 for k in turned
+        ):
+            raise self._error("the metadata 'transposed' must be a JSON list of stored 2-d tensors")
+        self.transposed: list[str] = turned
 
     def __getitem__(self, key: str) -> np.ndarray:
         shape, dtype = self.header[key]

@@ -261,9 +261,7 @@ class Param:
 
     def _write(self, value: np.ndarray) -> None:
         """Write a validated canonical value of the right shape and dtype."""
-        t = self._transform
-        native = _contiguous(t.to_native(value, self._adapter.shape(self._leaf))) if t else value
-        self._adapter.write(self._leaf, native, None)
+        self._adapter.write(self._leaf, _native(self, self._transform, value), None)
 
     def __repr__(self) -> str:
         shape = self.shape
@@ -293,7 +291,7 @@ def check_finite(value: np.ndarray, where: str) -> None:
         )
 
 
-def _contiguous(a: np.ndarray, tile: int = 256) -> np.ndarray:
+def contiguous(a: np.ndarray, tile: int = 256) -> np.ndarray:
     """``np.ascontiguousarray``, copying a large transposed matrix tile by tile: a tile's rows
     and columns stay in cache, which makes the copy about twice as fast."""
     if a.flags.c_contiguous or a.ndim != 2 or a.size < 1 << 16:
@@ -364,9 +362,17 @@ def write_with_rule(p: Param, rule: Rule | None, value: np.ndarray) -> None:
     """Write a validated canonical ``value`` of ``p``'s shape and dtype, whole, as canonical
     under ``rule`` instead of ``p``'s own (a candidate of a ``layouts.Unknown``): what a port
     writes once it knows which candidate the model computes with. ``p``'s rule stays."""
-    t = None if rule is None else rule.transform
-    native = _contiguous(t.to_native(value, p._adapter.shape(p._leaf))) if t else value
-    p._adapter.write(p._leaf, native, None)
+    p._adapter.write(p._leaf, _native(p, None if rule is None else rule.transform, value), None)
+
+
+def _native(p: Param, transform: Any, value: np.ndarray) -> np.ndarray:
+    """A canonical value in ``p``'s native layout through ``transform``: a view where the
+    transform allows, made contiguous here unless the adapter copies strided values itself
+    (one copy per tensor, not two)."""
+    if not transform:
+        return value
+    native = transform.to_native(value, p._adapter.shape(p._leaf))
+    return native if p._adapter.strided_writes else contiguous(native)
 
 
 def set_rule(p: Param, rule: Rule | None) -> None:

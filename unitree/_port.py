@@ -196,8 +196,12 @@ def port(
     checked = check is not None
     s_layers = _carried(layers(s_view), s_view.adapter.name, report)
     d_layers = _carried(layers(d_view), d_view.adapter.name, report)
+    s_layers, d_layers = _split_codecs(rename, s_layers, d_layers)
     renamed = _renamer(rename, s_layers, d_layers, (s_view.adapter.name, d_view.adapter.name))
-    pairs, problems, left_s, left_d = _match(s_layers, d_layers, renamed, s_view, d_view, checked)
+    cuts: dict[tuple[int, int], tuple[int, int]] = {}
+    pairs, problems, left_s, left_d = _match(
+        s_layers, d_layers, renamed, s_view, d_view, checked, cuts
+    )
     left_s = _tied_through(left_s, s_layers, pairs, report)
     left_d = _tied_through(left_d, d_layers, pairs, report)
     near = _nearest(left_s, left_d)
@@ -226,40 +230,69 @@ def port(
     takes: dict[int, list[tuple[Slot, str]]] = {}  # id(dst slot) -> [(src slot, src key)]
     unknown: list[_Unknown] = []  # destination leaves whose layout is to be decided
     used: set[str] = set()  # the keys of layouts= that named a layer of unknown layout
+    parts: dict[int, slice] = {}  # id(dst slot) -> the rows of its source it takes (a split)
     casting = "unsafe" if cast else "safe"
     for s, d, rule in pairs:
         s_shapes, d_shapes = s.shapes(), d.shapes()
         notes = [n for n in (s.codec and s.codec.note, d.codec and d.codec.note) if n]
+        cut = cuts.get((id(s), id(d)))
+        leafmap = (
+            {leaf: leaf for leaf in d_shapes} if cut else _leaves(s, d, checked, named=True) or {}
+        )
         for leaf in d_shapes:
-            if leaf not in s_shapes:
+            if leaf not in leafmap:
                 notes.append(f"{leaf} kept: not in the {s_view.adapter.name} layer")
                 continue
+            source = leafmap[leaf]
             want = numpy_dtype(d.dtype(leaf))
-            have = numpy_dtype(s.dtype(leaf))
+            have = numpy_dtype(s.dtype(source))
             if not np.can_cast(have, want, casting):
                 why = " (a lossy cast: pass cast=True to allow it)" if not cast else ""
                 problems.append(
-                    f"{join(s.path, leaf)}: dtype {have} in the source, {want} in {join(d.path, leaf)}{why}"
+                    f"{join(s.path, source)}: dtype {have} in the source, {want} in {join(d.path, leaf)}{why}"
                 )
-            mixed = _mixed(s, d, leaf, s_view, d_view)
+            mixed = _mixed(s, d, source, leaf, s_view, d_view)
             if mixed:
-                (problems if strict else notes).append(f"{join(s.path, leaf)}: {mixed}")
+                (problems if strict else notes).append(f"{join(s.path, source)}: {mixed}")
             found = _layout(
-                s, d, leaf, s_view, d_view, layouts or {}, id(d_slot[join(d.path, leaf)]), used
+                s,
+                d,
+                (source, leaf),
+                s_view,
+                d_view,
+                layouts or {},
+                id(d_slot[join(d.path, leaf)]),
+                used,
             )
             if not checked and any(len(u.converts) > 1 for u in found):
-                (problems if strict else notes).append(_undecided(s, d, leaf, found))
+                (problems if strict else notes).append(_undecided(s, d, (source, leaf), found))
             else:
                 unknown += found
-            src_slot = s_slot[join(s.path, leaf)]
+            src_slot = s_slot[join(s.path, source)]
             takes.setdefault(id(d_slot[join(d.path, leaf)]), []).append(
-                (src_slot, join(s.path, leaf))
+                (src_slot, join(s.path, source))
             )
+            if cut:
+                parts[id(d_slot[join(d.path, leaf)])] = slice(*cut)
         notes += [
             f"{leaf} dropped: not in the {d_view.adapter.name} layer"
             for leaf in s_shapes
-            if leaf not in d_shapes
+            if leaf not in leafmap.values()
         ]
+        if None in (s.kind, d.kind) and (s.adapter.name, s.type_name) != (
+            d.adapter.name,
+            d.type_name,
+        ):
+            stranger = s if s.kind is None else d
+            notes.append(
+                f"copied as stored, paired by name: {stranger.type_name} is a type unitree's tables do "
+                "not know, so neither its layout rules nor its settings are known (check= proves the "
+                "port; ut.register_layer gives the type a kind)"
+            )
+            report.pairs.append(
+                Pair(s.path, d.path, d.kind or s.kind, rule, "; ".join(dict.fromkeys(notes)))
+            )
+            continue
         differences, unreported = _settings(s, d, s_view, d_view, report)
         if strict:
             problems += differences
@@ -321,7 +354,9 @@ def port(
         passed = []  # (candidates, conversions, comparison) whose outputs match
         for chosen, choice in choices:
             report.tensors = report.bytes = report.dlpack = 0
-            write_all(_writes(d_slots, takes, cache, choice, report), error_if_nonfinite, journal)
+            write_all(
+                _writes(d_slots, takes, cache, choice, report, parts), error_if_nonfinite, journal
+            )
             if check is None:
                 break
             report.check = compare_models(s_view, d_view, matched, *check)
@@ -341,7 +376,7 @@ def port(
             chosen, choice, report.check = passed[0]
             if choice is not choices[-1][1]:  # written last: another candidate's values
                 report.tensors = report.bytes = report.dlpack = 0
-                writes = _writes(d_slots, takes, cache, choice, report)
+                writes = _writes(d_slots, takes, cache, choice, report, parts)
                 write_all(writes, error_if_nonfinite, journal)
             report.notes += [
                 f"{u.key} ({u.side}): {chosen[_group(u)]}, the layout whose outputs match "
@@ -397,6 +432,7 @@ def _writes(
     cache: dict[int, dict[str, np.ndarray]],
     choice: dict[int, Any],
     report: PortReport,
+    parts: dict[int, slice] | None = None,
 ) -> Iterable[tuple[Any, Callable[[], Any]]]:
     """(Param, thunk) for every destination tensor that takes a source value; ``choice``:
     {id(destination slot): a function converting its canonical value} for unknown layouts."""
@@ -407,12 +443,16 @@ def _writes(
         src_slot = takes[id(d_slot_)][0][0]
         want = numpy_dtype(d_slot_.layer.dtype(d_slot_.leaf))
         convert = choice.get(id(d_slot_))
+        part = (parts or {}).get(id(d_slot_))
 
-        def value(s: Slot = src_slot, w: np.dtype = want, f: Any = convert) -> np.ndarray:
+        def value(
+            s: Slot = src_slot, w: np.dtype = want, f: Any = convert, part: Any = part
+        ) -> np.ndarray:
             v = slot_value(s, cache)
+            v = v if part is None else v[part]
             return (v if f is None else f(v)).astype(w, copy=False)
 
-        tensor = None if convert else _dlpack(src_slot, d_slot_)
+        tensor = None if convert or part else _dlpack(src_slot, d_slot_)
         if tensor is not None:
             report.dlpack += 1
         plan.setdefault(id(d_slot_.layer), (d_slot_.layer, {}))[1][d_slot_.leaf] = (
@@ -475,11 +515,11 @@ def _tied_through(
     return out
 
 
-def _mixed(s: Layer, d: Layer, leaf: str, s_view: View, d_view: View) -> str | None:
+def _mixed(s: Layer, d: Layer, s_leaf: str, d_leaf: str, s_view: View, d_view: View) -> str | None:
     """Why a tied leaf fed by a channels-last flatten at some of its uses only cannot be ported
     to a framework where it is not so (no one layout serves all its uses), or None."""
-    sp = s.params.get(leaf) if s.codec is None else None
-    dp = d.params.get(leaf) if d.codec is None else None
+    sp = s.params.get(s_leaf) if s.codec is None else None
+    dp = d.params.get(d_leaf) if d.codec is None else None
     tied = [v.adapter.name for v, p in ((s_view, sp), (d_view, dp)) if p is not None and v.mixed(p)]
     if len(tied) != 1:  # on neither side, or on both alike (Keras to Flax)
         return None
@@ -496,6 +536,7 @@ def _match(
     s_view: View,
     d_view: View,
     checked: bool,
+    cuts: dict[tuple[int, int], tuple[int, int]] | None = None,
 ) -> tuple[list[tuple[Layer, Layer, str]], list[str], list[Layer], list[Layer]]:
     """(source layer, destination layer, rule) pairs in destination order, the undecidable
     candidates (as problems), and the source and destination layers left unmatched.
@@ -509,15 +550,30 @@ def _match(
     """
     s_keys, d_keys = _ranked(S), _ranked(D)
     by_key: dict[Any, list[Layer]] = {}
-    for s in S:
-        new = renamed(s.path)
-        by_key.setdefault(("rename", new) if new != s.path else s_keys[id(s)], []).append(s)
     matched: dict[int, tuple[Layer, str]] = {}  # id(dst layer) -> (src layer, rule)
     taken: set[int] = set()
+    by_path = {d.path: d for d in D}
+    for s in S:
+        new = renamed(s.path)
+        if isinstance(new, tuple):  # one source layer, several destination layers: its rows
+            ds = [by_path[p] for p in new]
+            spans = _spans(s, ds)
+            assert spans is not None  # _renamer checked it
+            for d, span in zip(ds, spans):
+                matched[id(d)] = (s, "rename")
+                if cuts is not None:
+                    cuts[(id(s), id(d))] = span
+            taken.add(id(s))
+            continue
+        by_key.setdefault(("rename", new) if new != s.path else s_keys[id(s)], []).append(s)
     for d in D:
+        if id(d) in matched:
+            continue
         for key, rule in ((("rename", d.path), "rename"), (d_keys[id(d)], "path")):
             s = next((s for s in by_key.get(key, []) if id(s) not in taken), None)
-            if s is not None and _fits(s, d, checked):
+            # a path with names (``encoder.layer.0``), not positions alone: a twin's
+            named = rule == "rename" or not d.at or not all(map(_is_position, d.at))
+            if s is not None and _fits(s, d, checked, named):
                 matched[id(d)] = (s, rule)
                 taken.add(id(s))
                 break
@@ -720,19 +776,29 @@ def _renamer(
         ) from None
     used: dict[str, list[str]] = {p: [] for p, _, _ in patterns}
 
-    def renamed(path: str, note: bool = False) -> str:
+    def renamed(path: str, note: bool = False) -> Any:
         source = path
+        paths = [path]
         for text, pattern, replacement in patterns:
-            if note and pattern.search(path):
+            if note and any(pattern.search(x) for x in paths):
                 used[text].append(source)
+            several = isinstance(replacement, (tuple, list))
             try:
-                path = pattern.sub(replacement, path)
-            except (re.error, IndexError) as e:  # a bad group reference in the replacement
+                out: list[str] = []
+                for x in paths:
+                    if several:  # one path into several: the source's rows, in this order
+                        out += (
+                            [pattern.sub(r, x) for r in replacement] if pattern.search(x) else [x]
+                        )
+                    else:
+                        out.append(pattern.sub(replacement, x))
+                paths = out
+            except (re.error, IndexError, TypeError) as e:  # a bad group reference
                 raise PortError(
                     f"Cannot port: rename {text!r}: {replacement!r} is no replacement for it ({e}). "
                     "Nothing was written."
                 ) from None
-        return path
+        return paths[0] if len(paths) == 1 else tuple(paths)
 
     def which(path: str) -> str:
         return ", ".join(repr(p) for p, paths in used.items() if path in paths)
@@ -743,6 +809,23 @@ def _renamer(
     onto: dict[str, list[Layer]] = {}
     for s in S:
         new = renamed(s.path, note=True)
+        if isinstance(new, tuple):
+            missing = [x for x in new if x not in by_path]
+            if missing:
+                problems.append(
+                    f"rename {which(s.path)} splits the source layer {s.path!r} into "
+                    f"{', '.join(map(repr, missing))}, which are no destination layers"
+                )
+            elif _spans(s, [by_path[x] for x in new]) is None:
+                problems.append(
+                    f"rename {which(s.path)} splits {_describe(s, backends[0])} into "
+                    + ", ".join(_describe(by_path[x], backends[1]) for x in new)
+                    + ", whose leaves are no rows of it (the same kind and leaves, every axis "
+                    "but the first the same, the first adding up)"
+                )
+            for x in new:
+                onto.setdefault(x, []).append(s)
+            continue
         onto.setdefault(new, []).append(s)
         if new == s.path:
             continue
@@ -752,13 +835,14 @@ def _renamer(
                 f"rename {which(s.path)} maps the source layer {s.path!r} to {new!r}, "
                 f"which is no destination layer{_closest(new, destinations)}"
             )
-        elif not _fits(s, d):
+        elif not _fits(s, d, named=True):
             problems.append(
                 f"rename {which(s.path)} maps {_describe(s, backends[0])} onto "
                 f"{_describe(d, backends[1])}, which does not fit it"
             )
     for new, group in onto.items():
         moved = [s.path for s in group if renamed(s.path) != s.path]
+        group = list({id(s): s for s in group}.values())
         if len(group) > 1 and moved:
             problems.append(
                 f"rename {', '.join(dict.fromkeys(which(m) for m in moved))} maps "
@@ -779,6 +863,100 @@ def _renamer(
     return renamed
 
 
+def _spans(s: Layer, ds: list[Layer]) -> list[tuple[int, int]] | None:
+    """The rows (along the first axis of every canonical leaf: a dense layer's output
+    features, a conv's output channels) of ``s`` that each of ``ds`` holds, in order, or None
+    where they are no such split: the same kind, the same leaves, every axis but the first
+    the same, the first adding up to the source's."""
+    if not ds or any(SAME_KIND.get(d.kind, d.kind) != SAME_KIND.get(s.kind, s.kind) for d in ds):
+        return None
+    if s.kind is None:
+        return None
+    a = s.shapes()
+    spans, start = [], 0
+    for d in ds:
+        b = d.shapes()
+        if set(b) != set(a) or any(not b[k] or b[k][1:] != a[k][1:] for k in b):
+            return None
+        rows = {b[k][0] for k in b}
+        if len(rows) != 1:
+            return None
+        n = rows.pop()
+        spans.append((start, start + n))
+        start += n
+    if any(a[k][0] != start for k in a):
+        return None
+    return spans
+
+
+def _parts(layer: Layer) -> list[Layer]:
+    """A codec's layer as the plain layers of its sublayers (each its own leaves, canonical),
+    in traversal order: what a port pairs when rename= names them and not the whole."""
+    out: dict[str, Layer] = {}
+    adapter = layer.adapter
+    for rel, p in layer.params.items():
+        owner, _, leaf = rel.rpartition(".")
+        part = out.get(owner)
+        if part is None:
+            module, at = layer.module, layer.at
+            for key in owner.split(".") if owner else ():
+                seg = adapter.segment(module, key)
+                module = adapter.child(module, seg)
+                at = (*at, seg)
+            part = out[owner] = Layer(adapter, at, module, None)
+        part.params[leaf] = p
+    return list(out.values())
+
+
+def _split_codecs(rename: Any, S: list[Layer], D: list[Layer]) -> tuple[list[Layer], list[Layer]]:
+    """Codec layers (an attention layer computed as PyTorch's fused in_proj_weight) replaced
+    by their parts where rename= pairs the parts: a renamed source path (or a renamed part of
+    a source codec) that is the path of a part of a destination codec."""
+    if not rename:
+        return S, D
+    items = list(rename.items() if isinstance(rename, Mapping) else rename)
+    try:
+        patterns = [(re.compile(p), r) for p, r in items]
+    except (re.error, TypeError):
+        return S, D  # _renamer says what is wrong
+
+    def renamed(path: str) -> set[str]:
+        paths = [path]
+        for pattern, r in patterns:
+            rs = r if isinstance(r, (tuple, list)) else [r]
+            try:
+                paths = [pattern.sub(x, p) for p in paths for x in rs]
+            except (re.error, IndexError, TypeError):
+                return set()
+        return set(paths)
+
+    d_parts = {id(d): _parts(d) for d in D if d.codec is not None}
+    s_parts = {id(s): _parts(s) for s in S if s.codec is not None}
+    d_paths = {d.path for d in D} | {x.path for ps in d_parts.values() for x in ps}
+    targets: set[str] = set()
+    for s in S:
+        targets |= renamed(s.path)
+        for x in s_parts.get(id(s), ()):
+            targets |= renamed(x.path)
+
+    def split(listed: list[Layer], parts: dict[int, list[Layer]], wanted: Any) -> list[Layer]:
+        out: list[Layer] = []
+        for layer in listed:
+            ps = parts.get(id(layer))
+            out += ps if ps and wanted(layer, ps) else [layer]
+        return out
+
+    D2 = split(D, d_parts, lambda d, ps: any(x.path in targets for x in ps))
+    S2 = split(
+        S,
+        s_parts,
+        lambda s, ps: (
+            not (renamed(s.path) & d_paths) and any(renamed(x.path) & d_paths for x in ps)
+        ),
+    )
+    return S2, D2
+
+
 def _closest(path: str, paths: list[str], side: str = "destination") -> str:
     import difflib
 
@@ -789,26 +967,69 @@ def _closest(path: str, paths: list[str], side: str = "destination") -> str:
     return f" ({'closest' if close else 'the'} {side} layer paths: {', '.join(map(repr, shown))})"
 
 
-def _fits(s: Layer, d: Layer, checked: bool = False) -> bool:
-    """Same kind and the same canonical leaves and shapes. A layer type the tables do not
-    know (no kind) keeps its native layout, so it fits only the same type of the same
-    framework, or any layer of no kind when ``checked`` (the outputs will prove the port);
-    it never fits a known kind (Hugging Face's Conv1D holds (in, out) where a Linear holds
-    (out, in), with no rule registered to say so)."""
+def _fits(s: Layer, d: Layer, checked: bool = False, named: bool = False) -> bool:
+    return _leaves(s, d, checked, named) is not None
+
+
+def _leaves(
+    s: Layer, d: Layer, checked: bool = False, named: bool = False
+) -> dict[str, str] | None:
+    """{destination leaf: source leaf} if ``s`` fits ``d``, else None.
+
+    Layers of one kind fit with the same canonical leaves and shapes. A layer type the tables
+    do not know (no kind: ``ut.register_layer`` gives one) keeps its native leaves, and its
+    function is not known: it fits the same type of the same framework, any layer of no kind
+    when ``checked`` (the outputs will prove the port), and otherwise only a layer at the same
+    named path (``named``: paired by name, as a checkpoint load pairs it, never by position
+    or order), its tensors copied as stored (:func:`_as_stored`)."""
     a_kind, b_kind = (SAME_KIND.get(k, k) for k in (s.kind, d.kind))
-    if a_kind != b_kind:
-        return False
-    if (
-        a_kind is None
-        and not checked
-        and (s.adapter.name != d.adapter.name or s.type_name != d.type_name)
-    ):
-        return False
+    same_type = s.adapter.name == d.adapter.name and s.type_name == d.type_name
     a, b = s.shapes(), d.shapes()
-    common = set(a) & set(b)
-    if not common or (set(a) ^ set(b)) - OPTIONAL:
-        return False
-    return all(a[leaf] == b[leaf] for leaf in common)
+    if a_kind == b_kind and (a_kind is not None or checked or same_type):
+        common = set(a) & set(b)
+        if not common or (set(a) ^ set(b)) - OPTIONAL:
+            return None
+        return (
+            {leaf: leaf for leaf in b if leaf in common}
+            if all(a[leaf] == b[leaf] for leaf in common)
+            else None
+        )
+    if None not in (a_kind, b_kind) or not named or s.codec or d.codec:
+        return None
+    return _as_stored(a, b, checked)
+
+
+def _as_stored(
+    a: Mapping[str, tuple[int, ...] | None],
+    b: Mapping[str, tuple[int, ...] | None],
+    checked: bool,
+) -> dict[str, str] | None:
+    """{destination leaf: source leaf} for a layer whose type one side's tables do not know,
+    copied as stored, or None. Leaves pair by equal name, the rest by a shape only one of them
+    has (torch's ``weight`` is Flax's ``embedding``). Each pair must have one shape that no
+    other order of its axes gives (no two axes of the same length above 1), so that as stored
+    is the only layout both shapes allow; a square matrix could be stored transposed, and
+    only ``checked`` outputs can say."""
+    a = {k: v for k, v in a.items() if k not in OPTIONAL}
+    b = {k: v for k, v in b.items() if k not in OPTIONAL}
+    if len(a) != len(b) or not a:
+        return None
+    out = {leaf: leaf for leaf in b if leaf in a}
+    rest_a = [leaf for leaf in a if leaf not in out]
+    for leaf in [leaf for leaf in b if leaf not in out]:
+        same = [x for x in rest_a if a[x] == b[leaf]]
+        if len(same) != 1 or sum(b[y] == b[leaf] for y in b if y not in out) != 1:
+            return None
+        out[leaf] = same[0]
+        rest_a.remove(same[0])
+    for leaf, source in out.items():
+        shape = b[leaf]
+        if shape is None or a[source] != shape:
+            return None
+        long = [n for n in shape if n > 1]
+        if len(set(long)) != len(long) and not checked:
+            return None
+    return out
 
 
 def _nearest(S: list[Layer], D: list[Layer]) -> dict[int, Layer]:
@@ -830,13 +1051,19 @@ def _why_not(s: Layer, d: Layer) -> str:
             else f"a {layer.type_name}, a type unitree's tables do not know"
             for kind, layer in ((a_kind, s), (b_kind, d))
         ]
-        if a_kind is None and b_kind is None:
-            return (
-                f"{kinds[0]}, and {kinds[1]} (such a layer ports only onto its own type: "
-                "ut.register_layer its kind and rules, or pass check= to prove the port)"
+        if None not in (a_kind, b_kind):
+            return f"{kinds[0]} against {kinds[1]}"
+        if s.codec or d.codec or _as_stored(s.shapes(), d.shapes(), False) is None:
+            why = (
+                "its tensors cannot be copied as stored: their leaves or shapes differ, or a "
+                "shape whose axes could be stored in another order (a square matrix) leaves "
+                "the layout unknown"
             )
-        return f"{kinds[0]} against {kinds[1]}" + (
-            " (ut.register_layer gives a type a kind)" if None in (a_kind, b_kind) else ""
+        else:
+            why = "a type it does not know pairs only with the layer at the same named path"
+        return (
+            f"{kinds[0]} against {kinds[1]}: {why} (ut.register_layer gives a type a kind and "
+            "rules; rename= pairs it by name; check= proves a port)"
         )
     a, b = s.shapes(), d.shapes()
     if set(a) ^ set(b):
@@ -886,7 +1113,7 @@ class _Unknown(NamedTuple):
 def _layout(
     s: Layer,
     d: Layer,
-    leaf: str,
+    leaves: tuple[str, str],
     s_view: View,
     d_view: View,
     layouts: Mapping[str, str],
@@ -898,13 +1125,16 @@ def _layout(
     it names the layer). Two models of one framework are no exception: the same opaque
     step may flatten in one order in one model and in the other in the other."""
     found = []
-    for side, layer, view in (("source", s, s_view), ("destination", d, d_view)):
+    for side, layer, view, leaf in (
+        ("source", s, s_view, leaves[0]),
+        ("destination", d, d_view, leaves[1]),
+    ):
         p = layer.params.get(leaf) if layer.codec is None else None
         unknown = view.unknown(p) if p is not None else None
         if unknown is not None:
-            found.append((side, layer, p, unknown))
+            found.append((side, layer, p, unknown, leaf))
     out = []
-    for side, layer, p, unknown in found:
+    for side, layer, p, unknown, leaf in found:
         key = f"{side}:{layer.path}"
         key = key if key in layouts else layer.path
         chosen = layouts.get(key)
@@ -925,10 +1155,10 @@ def _layout(
     return out
 
 
-def _undecided(s: Layer, d: Layer, leaf: str, unknown: list[_Unknown]) -> str:
+def _undecided(s: Layer, d: Layer, leaves: tuple[str, str], unknown: list[_Unknown]) -> str:
     u = next(u for u in unknown if len(u.converts) > 1)
     return (
-        f"{join(s.path, leaf)} -> {join(d.path, leaf)}: the layout of the activations at the "
+        f"{join(s.path, leaves[0])} -> {join(d.path, leaves[1])}: the layout of the activations at the "
         f"{u.side} layer is unknown ({u.why}); pass check= inputs (the port tries each layout and keeps "
         f"the one whose outputs match) or layouts={{{u.key.rpartition('.')[0]!r}: "
         f"{' or '.join(map(repr, u.converts))}}}"

@@ -229,6 +229,7 @@ class Journal:
             return
         self.seen.add(p)
         leaf, adapter = leaf_of(p), adapter_of(p)
+        adapter.batch_begin(leaf)
         backup = adapter.backup(leaf)
         if backup is not None:
             self.kept.append((p, backup, None))
@@ -256,8 +257,12 @@ class Journal:
             adapter_of(p).restore(leaf_of(p), backup)
 
     def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
+        try:
+            for p in self.seen:
+                adapter_of(p).batch_end(leaf_of(p))
+        finally:
+            if self.file is not None:
+                self.file.close()
 
 
 def _weight_norm_factors(

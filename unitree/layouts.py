@@ -10,6 +10,9 @@ canonical tables"): a 4 -> 8 dense layer has ``weight`` of shape (8, 4). The tab
   is the canonical leaf order (weight before bias).
 - ``GENERATED``: per (backend, layer kind), a function that makes such rules from a
   layer's leaf names, where their number varies (Gluon's RNN layers, one set per layer).
+- ``einsum_dense``: the rules of a dense layer written as an einsum (Keras's
+  ``EinsumDense``: split-head attention projections), read from its equation alone
+  (``Einsum`` kernels, ``Flat`` biases), or None where the equation is no dense map.
 - ``CODECS``: per (backend, layer kind), a ``Codec`` for the layers whose
   canonical leaves are no single native leaf (Keras's one LSTM bias, Flax's
   per-gate cells, attention's separate projections): it computes them from
@@ -240,17 +243,25 @@ _AS_ONE_LAYER = Codec(_same, _same)
 
 def _attention(q: str, k: str, v: str, o: str) -> Codec:
     """Attention kept as four projections with (E, heads, head_dim) kernels (Keras, Flax) as
-    PyTorch's fused ``in_proj_weight`` (3E, E) rows q, k, v, and ``out_proj`` (E, E)."""
+    PyTorch's fused ``in_proj_weight`` (3E, E) rows q, k, v, and ``out_proj`` (E, E). A
+    projection the tree shows canonical (Keras's ``EinsumDense``, a dense layer by its
+    equation: ``weight`` (heads * head_dim, E)) is taken as it is; one it shows raw
+    (``kernel``) is reshaped here."""
+
+    def weight(n: dict[str, np.ndarray], x: str) -> np.ndarray:  # (out, in)
+        w = n.get(f"{x}.weight")
+        if w is not None:
+            return w
+        kernel = n[f"{x}.kernel"]
+        if x == o:  # (heads, head_dim, E)
+            return kernel.reshape(-1, kernel.shape[-1]).T
+        return kernel.reshape(kernel.shape[0], -1).T  # (E, heads, head_dim)
 
     def to_canonical(n: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        e = n[f"{q}.kernel"].shape[0]
-        out = {
-            "in_proj_weight": np.concatenate([n[f"{x}.kernel"].reshape(e, -1).T for x in (q, k, v)])
-        }
+        out = {"in_proj_weight": np.concatenate([weight(n, x) for x in (q, k, v)])}
         if f"{q}.bias" in n:
             out["in_proj_bias"] = np.concatenate([n[f"{x}.bias"].reshape(-1) for x in (q, k, v)])
-        kernel = n[f"{o}.kernel"]
-        out["out_proj.weight"] = kernel.reshape(-1, kernel.shape[-1]).T
+        out["out_proj.weight"] = weight(n, o)
         if f"{o}.bias" in n:
             out["out_proj.bias"] = n[f"{o}.bias"]
         return out
@@ -258,14 +269,24 @@ def _attention(q: str, k: str, v: str, o: str) -> Codec:
     def to_native(
         c: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]
     ) -> dict[str, np.ndarray]:
+        def rows(x: str) -> int:
+            shape = shapes.get(f"{x}.weight")
+            return shape[0] if shape is not None else math.prod(shapes[f"{x}.kernel"][1:])
+
         out = {}
-        rows = np.cumsum([0] + [math.prod(shapes[f"{x}.kernel"][1:]) for x in (q, k, v)])
+        ends = np.cumsum([0] + [rows(x) for x in (q, k, v)])
         for i, x in enumerate((q, k, v)):
-            part = slice(rows[i], rows[i + 1])
-            out[f"{x}.kernel"] = c["in_proj_weight"][part].T.reshape(shapes[f"{x}.kernel"])
+            part = slice(ends[i], ends[i + 1])
+            if f"{x}.weight" in shapes:
+                out[f"{x}.weight"] = c["in_proj_weight"][part]
+            else:
+                out[f"{x}.kernel"] = c["in_proj_weight"][part].T.reshape(shapes[f"{x}.kernel"])
             if f"{x}.bias" in shapes:
                 out[f"{x}.bias"] = c["in_proj_bias"][part].reshape(shapes[f"{x}.bias"])
-        out[f"{o}.kernel"] = c["out_proj.weight"].T.reshape(shapes[f"{o}.kernel"])
+        if f"{o}.weight" in shapes:
+            out[f"{o}.weight"] = c["out_proj.weight"]
+        else:
+            out[f"{o}.kernel"] = c["out_proj.weight"].T.reshape(shapes[f"{o}.kernel"])
         if f"{o}.bias" in shapes:
             out[f"{o}.bias"] = c["out_proj.bias"]
         return out
@@ -316,6 +337,115 @@ class Flipped:
     def to_native(self, a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         n = a.ndim - 2
         return np.flip(a.transpose(*range(2, n + 2), 0, 1), tuple(range(n)))
+
+
+class Einsum:
+    """A dense kernel whose axes an einsum equation names (Keras's ``EinsumDense``: ``q``
+    "abc,cde->abde", kernel (E, heads, head_dim); ``o`` "abcd,cde->abe", kernel (heads,
+    head_dim, E)) as PyTorch's ``Linear`` weight (out, in): the kernel's output axes first,
+    in the order the output has them, then its input axes in the order the input has them,
+    each group flattened (what PyTorch's twin computes on the same activations reshaped:
+    (heads * head_dim, E), (E, heads * head_dim)). ``perm``: the kernel's axes in that order;
+    ``n_out``: how many of them are output axes. See :func:`einsum_dense`."""
+
+    view = False
+
+    def __init__(self, perm: tuple[int, ...], n_out: int) -> None:
+        self.perm = perm
+        self.n_out = n_out
+
+    def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        sizes = [shape[i] for i in self.perm]
+        return (math.prod(sizes[: self.n_out]), math.prod(sizes[self.n_out :]))
+
+    def to_canonical(self, a: np.ndarray) -> np.ndarray:
+        return a.transpose(self.perm).reshape(self.shape(a.shape))
+
+    def to_native(self, a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return a.reshape([shape[i] for i in self.perm]).transpose(inverse(self.perm))
+
+
+class Flat:
+    """A vector kept with several axes (an ``EinsumDense``'s bias over (heads, head_dim)) as
+    PyTorch's one axis, in the same (row-major) order."""
+
+    view = True
+
+    def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (math.prod(shape),)
+
+    def to_canonical(self, a: np.ndarray) -> np.ndarray:
+        return a.reshape(-1)
+
+    def to_native(self, a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return a.reshape(shape)
+
+
+class Composed:
+    """``inner``, then ``outer`` on what ``inner`` made canonical: a use-decided transform of
+    an (out, in) weight or of a vector (``FlattenedWeight``, ``UnflattenedWeight``,
+    ``FlattenedVector``) applied to a leaf with a layout of its own (:class:`Einsum`,
+    :class:`Flat`)."""
+
+    view = False
+
+    def __init__(self, inner: Any, outer: Any) -> None:
+        self.inner = inner
+        self.outer = outer
+
+    def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return self.outer.shape(self.inner.shape(shape))
+
+    def to_canonical(self, a: np.ndarray) -> np.ndarray:
+        return self.outer.to_canonical(self.inner.to_canonical(a))
+
+    def to_native(self, a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return self.inner.to_native(self.outer.to_native(a, self.inner.shape(shape)), shape)
+
+
+_EINSUM = re.compile(r"(\.\.\.)?([a-zA-Z]+),([a-zA-Z]+)->(\.\.\.)?([a-zA-Z]+)")
+
+
+def einsum_dense(equation: str, bias_axes: str | None) -> dict[str, Rule] | None:
+    """The rules of a Keras ``EinsumDense(equation, bias_axes=...)`` read as a dense layer
+    (PyTorch's ``Linear`` on its input's trailing axes flattened, its output's unflattened),
+    or None where the equation is no such map: then the layer has no kind, and ports only
+    onto its own type (fail closed, never guessed).
+
+    A dense map: the input is (batch axes..., input axes...), the output (the same batch
+    axes, in the same order..., output axes...), with an ellipsis only before both; the
+    kernel holds every input and output axis and nothing else (no axis in all three terms:
+    a weight per head is no dense map; no axis summed away or repeated); a bias is over every
+    output axis and no other. The kernel's rule is :class:`Einsum` (a plain (in, out) kernel
+    keeps a ``Dense``'s rule), a bias over several axes :class:`Flat`.
+    """
+    m = _EINSUM.fullmatch(equation.replace(" ", ""))
+    if m is None:
+        return None
+    left, x, y, right, z = m.groups()
+    if bool(left) != bool(right) or any(len(set(t)) != len(t) for t in (x, y, z)):
+        return None
+    batch = [c for c in x if c in z and c not in y]
+    n = len(batch)
+    ins, outs = x[n:], z[n:]
+    if (
+        list(x[:n]) != batch
+        or list(z[:n]) != batch
+        or not ins
+        or not outs
+        or set(ins) & set(z)
+        or set(outs) & set(x)
+        or sorted(y) != sorted(ins + outs)
+    ):
+        return None
+    perm = tuple(y.index(c) for c in outs + ins)
+    # (in, out): a Dense's kernel, which keeps a Dense's rule
+    kernel = _KERNEL if perm == (1, 0) else Rule("weight", Einsum(perm, len(outs)))
+    if bias_axes is None:
+        return {"kernel": kernel}
+    if len(set(bias_axes)) != len(bias_axes) or set(bias_axes) != set(outs):
+        return None
+    return {"kernel": kernel, "bias": _BIAS if len(outs) == 1 else Rule("bias", Flat())}
 
 
 _KERNEL = Rule("weight", Permute(channels_last_kernel))
@@ -569,11 +699,19 @@ class Kind(str):
 
     rules: dict[str, Rule]
     key: tuple[str, type | str]
+    stored: frozenset[str]
 
-    def __new__(cls, kind: str, rules: Mapping[str, Rule], layer_type: type | str) -> Kind:
+    def __new__(
+        cls,
+        kind: str,
+        rules: Mapping[str, Rule],
+        layer_type: type | str,
+        stored: frozenset[str] = frozenset(),
+    ) -> Kind:
         self = super().__new__(cls, kind)
         self.rules = dict(rules)
         self.key = ("registered", layer_type)
+        self.stored = stored  # canonical leaves files hold transposed, as PyTorch's type does
         return self
 
     def __reduce__(self) -> tuple[type, tuple[str]]:
@@ -596,6 +734,14 @@ REGISTERED: dict[type | str, Kind] = {
         "dense",
         {"weight": Rule("weight", TRANSPOSED), "bias": _BIAS},
         "transformers.pytorch_utils.Conv1D",
+        stored=frozenset({"weight"}),  # a file holds what GPT-2's state_dict holds: (in, out)
+    ),
+    # its Flax twin: y = x @ kernel.T + bias, kernel (out, in), as PyTorch's Linear holds it
+    "transformers.models.gpt2.modeling_flax_gpt2.FlaxConv1D": Kind(
+        "dense",
+        {"kernel": Rule("weight"), "bias": _BIAS},
+        "transformers.models.gpt2.modeling_flax_gpt2.FlaxConv1D",
+        stored=frozenset({"weight"}),  # as its PyTorch twin's file holds it
     ),
 }
 
@@ -1116,6 +1262,10 @@ def _flat_rule(name: str, rule: Rule | None, channels: int, kernel: bool) -> Rul
     """The rule of a leaf (of ``rule`` as it is) that reads a channels-last flatten: a
     kernel's input axis permuted (``Flattened`` of an (in, out) kernel, ``FlattenedWeight``
     of an (out, in) weight, which has no transform of its own), a vector's features."""
+    own = rule.transform if rule is not None else None
+    if type(own) in _OWN_LAYOUT:  # canonical (out, in) or a vector once its own rule is applied
+        outer = FlattenedWeight(channels) if kernel else FlattenedVector(channels)
+        return Rule(name, Composed(own, outer))
     if not kernel:
         return Rule(name, FlattenedVector(channels))
     native_out_in = rule is None or rule.transform is None
@@ -1232,7 +1382,7 @@ def decide(
         if not c:  # no map to flatten: its output starts a feed, its shape read when needed
             return Decision(fed(token, where), layer, pend=pend)
         shape = shapes[i]
-        if not (shape and len(shape) == 2):
+        if not (shape and len(t.shape(shape) if t else shape) == 2):  # (out, in) once canonical
             return Decision(NONE, layer)
         units, n_in = t.shape(shape) if t else shape
         feed = Feed(token, units, where)
@@ -1288,7 +1438,12 @@ def mirrored(rule: Rule, ndim: int, channels: int) -> Rule:
     """The rule of a leaf of a dense layer (its (in, out) kernel, ``ndim`` 2, or a vector of
     its output features: its bias, a norm's vectors after it) whose output is reshaped into a
     channels-last feature map of ``channels``: :class:`Unflattened` (``UnflattenedWeight`` of
-    a weight stored (out, in): no transform of its own), or :class:`FlattenedVector`."""
+    a weight stored (out, in): no transform of its own), or :class:`FlattenedVector`; a leaf
+    with a layout of its own (:class:`Einsum`, :class:`Flat`) takes it after that one."""
+    own = rule.transform
+    if type(own) in _OWN_LAYOUT:
+        outer = UnflattenedWeight(channels) if ndim == 2 else FlattenedVector(channels)
+        return Rule(rule.canonical, Composed(own, outer))
     if ndim != 2:
         return Rule(rule.canonical, FlattenedVector(channels))
     t = UnflattenedWeight(channels) if rule.transform is None else Unflattened(channels)
@@ -1305,7 +1460,12 @@ def mirror_unknown(rule: Rule, ndim: int, mirror: Mirror) -> Unknown:
 def flattens(rule: Rule | None) -> bool:
     """Whether ``rule`` is one a layer's use decided (the flatten of a conv output before it,
     or a reshape of its output after): its layout then depends on that use."""
-    return rule is not None and type(rule.transform) in _USE_DECIDED
+    if rule is None:
+        return False
+    t = rule.transform
+    return type(t.outer if type(t) is Composed else t) in _USE_DECIDED
 
 
 _USE_DECIDED = (Flattened, FlattenedVector, Unflattened, FlattenedWeight, UnflattenedWeight)
+# Layouts of a leaf's own that a use-decided transform composes with (after them)
+_OWN_LAYOUT = (Einsum, Flat)

@@ -25,7 +25,7 @@ def test_save_is_canonical_and_stores_ties_once(make, tied, tmp_path):
     np.testing.assert_array_equal(stored["0.weight"], tied.children["0"].leaves["kernel"][0].T)
     assert os.listdir(tmp_path) == ["m.safetensors"]  # no temporary file left behind
     with ut._files.Checkpoint(path) as ckpt:
-        assert ckpt.metadata["backend"] == "flax" and ckpt.metadata["format_version"] == "1"
+        assert ckpt.metadata["backend"] == "flax" and ckpt.metadata["unitree_format_version"] == "1"
         assert json.loads(ckpt.metadata["ties"]) == [["2.weight", "4.weight"], ["2.bias", "4.bias"]]
 
 
@@ -141,8 +141,9 @@ def test_save_writes_the_header_in_traversal_order(tmp_path):
         assert entry["dtype"] == "F32" and entry["shape"] == list(a.shape)
         assert entry["data_offsets"] == [offset, offset + a.nbytes]
         offset += a.nbytes
-    assert meta["note"] == "hello" and meta["format"] == "unitree"
-    assert meta["format_version"] == "1" and meta["backend"] == "torch"
+    # "pt": PyTorch's names and layouts, what transformers' from_pretrained requires
+    assert meta["note"] == "hello" and meta["format"] == "pt"
+    assert meta["unitree_format_version"] == "1" and meta["backend"] == "torch"
     assert json.loads(meta["ties"]) == [["2.weight", "4.weight"], ["2.bias", "4.bias"]]
     assert sorted(json.loads(meta["paths"])) == sorted(
         f"{i}.{leaf_}" for i in (0, 2, 4, 6) for leaf_ in ("weight", "bias")
@@ -507,12 +508,16 @@ def test_a_checkpoint_of_a_newer_format_is_refused_not_guessed(tmp_path, make, m
     tree = make(model)
     before = {k: v.copy() for k, v in tree.state_dict().items()}
     path = tmp_path / "future.safetensors"
-    save_file(dict(before), path, metadata={"format": "unitree", "format_version": "99"})
-    with pytest.raises(
-        ut.CheckpointError, match=r"format version '99'; this version of unitree reads"
+    for meta in (
+        {"format": "pt", "unitree_format_version": "99"},
+        {"format": "unitree", "format_version": "99"},  # as unitree's first files said it
     ):
-        ut.load(tree, path)
-    assert all(np.array_equal(tree[k].numpy(), v) for k, v in before.items())
+        save_file(dict(before), path, metadata=meta)
+        with pytest.raises(
+            ut.CheckpointError, match=r"format version '99'; this version of unitree reads"
+        ):
+            ut.load(tree, path)
+        assert all(np.array_equal(tree[k].numpy(), v) for k, v in before.items())
     text = tmp_path / "notes.safetensors"
     text.write_text("these are notes, not tensors\n")
     with pytest.raises(ut.CheckpointError, match="not a safetensors file, or a damaged one"):

@@ -420,3 +420,29 @@ def test_a_rename_onto_a_layer_that_does_not_fit_or_is_taken_is_an_error():
     assert values(b) == before
     report = ut.port(wrap(a, "flax"), wrap(b, "torch"), rename={"^x$": "p", "^y$": "q"})
     assert report.rules == {"rename": 2}
+
+
+# -- a type no table knows, copied as stored: which tensors pair, by hand ------------------------
+@pytest.mark.parametrize(
+    ("src", "dst", "checked", "expected"),
+    [
+        ({"weight": (66, 32)}, {"embedding": (66, 32)}, False, {"embedding": "weight"}),  # OPT
+        ({"cls_token": (1, 1, 32)}, {"cls_token": (1, 1, 32)}, False, {"cls_token": "cls_token"}),
+        ({"logit_scale": ()}, {"logit_scale": ()}, False, {"logit_scale": "logit_scale"}),
+        ({"a": (3,), "b": (3,)}, {"a": (3,), "b": (3,)}, False, {"a": "a", "b": "b"}),  # by name
+        ({"a": (3,), "b": (3,)}, {"x": (3,), "y": (3,)}, False, None),  # neither says
+        ({"w": (4, 4)}, {"w": (4, 4)}, False, None),  # a square matrix: stored transposed?
+        ({"w": (4, 4)}, {"w": (4, 4)}, True, {"w": "w"}),  # the check will say
+        ({"w": (2, 4, 4)}, {"w": (2, 4, 4)}, False, None),  # two axes of one length
+        ({"w": (1, 4, 1)}, {"w": (1, 4, 1)}, False, {"w": "w"}),  # ones move nothing
+        ({"w": (8, 4)}, {"w": (4, 8)}, False, None),  # transposed: no rule says so
+        ({"w": (8, 4), "b": (8,)}, {"w": (8, 4)}, False, None),  # a tensor left over
+        ({"num_batches_tracked": (), "w": (3,)}, {"w": (3,)}, False, {"w": "w"}),  # optional
+    ],
+)
+def test_a_type_no_table_knows_is_copied_as_stored_only_where_its_shapes_say_so(
+    src, dst, checked, expected
+):
+    from unitree._port import _as_stored
+
+    assert _as_stored(src, dst, checked) == expected

@@ -264,11 +264,28 @@ def test_wrap_a_bound_module_reads_its_definition():
     np.testing.assert_array_equal(tree.native.apply(tree.variables, X), net.apply(variables, X))
 
 
-def test_explicitly_named_compact_submodule_keeps_linen_names():
+class Head(nn.Module):  # at module level: its source is read for the class of name="out"
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.Dense(2, name="out")(x)
+
+
+def test_explicitly_named_compact_submodule_is_known_from_its_source():
+    variables = init(Head(), X)
+    tree = ut.wrap(Head(), variables)
+    assert tree.out.type_name == "Dense" and tree.out.kind == "dense"
+    assert [k for k, _ in tree.named_parameters()] == ["out.weight", "out.bias"]
+    kernel = np.asarray(variables["params"]["out"]["kernel"])
+    np.testing.assert_array_equal(tree["out.weight"].numpy(), kernel.T)  # PyTorch's (out, in)
+
+
+def test_a_compact_name_given_by_a_variable_shows_no_class():
     class Head(nn.Module):
+        name_of_out: str = "out"
+
         @nn.compact
         def __call__(self, x: jax.Array) -> jax.Array:
-            return nn.Dense(2, name="out")(x)
+            return nn.Dense(2, name=self.name_of_out)(x)
 
     tree = ut.wrap(Head(), init(Head(), X))
     assert tree.out.type_name == "Module" and tree.out.kind is None

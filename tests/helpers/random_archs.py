@@ -1385,8 +1385,10 @@ KNOWN_LIMITS = {
         "it), and a setting that differs is refused even with check="
     ),
     "linen compact name=": (
-        "a linen @nn.compact submodule given its own name= shows no class (adapters/linen.py): "
-        "no kind, and a layer of no kind fits only one of no kind, even with check="
+        "a linen @nn.compact submodule given its own name= that is no literal in the class's "
+        "source (here: make(name)) shows no class (adapters/linen.py): no kind; it fits a "
+        "known kind only copied as stored, and a square kernel stored (in, out) against "
+        "PyTorch's (out, in) is then refused by the check"
     ),
     "inputs cannot tell": (
         "the check's one input cannot tell the candidate layouts apart (a LayerNorm over two "
@@ -1426,7 +1428,9 @@ def explained(spec: Spec, src: Built, dst: Built, kind: str) -> str:
     compact = any(
         f == "linen" and sp.container == "compact" and not sp.auto_names for f, sp in sides
     )
-    if compact and re.search(r"no (source|destination) layer matches it", kind):
+    if compact and re.search(
+        r"no (source|destination) layer matches it|^The destination's outputs differ", kind
+    ):
         return "linen compact name="
     if "cannot be proven by these inputs" in kind:
         return "inputs cannot tell"

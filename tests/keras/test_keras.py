@@ -295,7 +295,10 @@ def test_every_keras_weight_once_for_layers_built_of_layers():
     assert sorted(map(id, listed)) == sorted(map(id, model.weights))
     assert len(listed) == len(model.weights) == 21
     paths = dict(tree.named_parameters())
-    assert paths["0.query.kernel"].shape == (8, 2, 4)  # inside the attention codec: native
+    # an EinsumDense, read from its equation as PyTorch's Linear weight (heads * head_dim, E)
+    kernel = keras.ops.convert_to_numpy(model.layers[1]._query_dense.kernel)
+    assert kernel.shape == (8, 2, 4) and paths["0.query.weight"].shape == (8, 8)
+    np.testing.assert_array_equal(paths["0.query.weight"].numpy(), kernel.reshape(8, 8).T)
     assert paths["1.cell.recurrent_kernel"].native is model.layers[2].cell.recurrent_kernel
     assert paths["2.backward_layer.cell.kernel"].shape == (6, 9)
     assert paths["3.layer.weight"].shape == (4, 6)  # a Dense inside TimeDistributed

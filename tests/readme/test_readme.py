@@ -5,7 +5,8 @@ Rules for README.md (this module enforces every one of them):
 - Every ```python block runs somewhere. The line right before its fence is its tag,
   ``<!-- test: TAG -->``, naming the environment it runs in: ``core`` (no framework),
   ``torch``, ``gluon``, ``keras`` (every Keras environment, whatever its backend),
-  ``keras-tensorflow``, ``keras-jax``, ``keras-torch``, or ``flax`` (linen and NNX). An
+  ``keras-tensorflow``, ``keras-jax``, ``keras-torch``, ``flax`` (linen and NNX), or ``zoo``
+  (Hugging Face's transformers and KerasHub beside torch and Flax). An
   untagged python block, or an unknown tag, is a failure; so is an environment with no block.
 - Each block runs alone: a fresh namespace (a module of its own), a fresh temporary working
   directory, one pytest test per block, named after the line of its fence (``pytest
@@ -33,7 +34,8 @@ Rules for README.md (this module enforces every one of them):
 
 The environment comes from the variables nox sets (noxfile.py, ENVIRONMENTS): no UNITREE_BACKENDS is
 ``core``; ``torch``; ``gluon``; ``keras`` with KERAS_BACKEND=tensorflow|jax|torch is
-``keras-<backend>``; ``flax-linen,flax-nnx`` is ``flax``.
+``keras-<backend>``; ``flax-linen,flax-nnx`` is ``flax``; ``zoo`` (transformers, Flax, torch,
+KerasHub on jax) is ``zoo``.
 """
 
 from __future__ import annotations
@@ -52,7 +54,16 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-ENVIRONMENTS = ("core", "torch", "gluon", "keras-tensorflow", "keras-jax", "keras-torch", "flax")
+ENVIRONMENTS = (
+    "core",
+    "torch",
+    "gluon",
+    "keras-tensorflow",
+    "keras-jax",
+    "keras-torch",
+    "flax",
+    "zoo",
+)
 TAGS = {**{e: {e} for e in ENVIRONMENTS}, "keras": {e for e in ENVIRONMENTS if "keras" in e}}
 FENCES = ("python", "console", "text", "bash")
 TAG = re.compile(r"^<!-- test: (\S+) -->$")
@@ -115,7 +126,7 @@ def environment() -> str | None:
     names = {n.strip() for n in raw.split(",") if n.strip()}
     if not names:
         return "core"
-    if names in ({"torch"}, {"gluon"}):
+    if names in ({"torch"}, {"gluon"}, {"zoo"}):
         return names.pop()
     if names == {"keras"}:
         backend = os.environ.get("KERAS_BACKEND", "")
