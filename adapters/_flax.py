@@ -100,8 +100,8 @@ class FlaxAdapter(Adapter):
 
     def write_dlpack(self, leaf: Any, tensor: Any) -> bool:
         old = self.array(leaf)
-        if not isinstance(old, jax.Array):
-            return False
+        if not isinstance(old, jax.Array) or all(d.platform == "cpu" for d in old.devices()):
+            return False  # on the host, numpy's one copy (write) is faster than XLA's
         # an array of jax's own (the import may alias the other framework's memory), where
         # the old one lives
         new = jax.device_put(jnp.array(jax.dlpack.from_dlpack(tensor), copy=True), old.sharding)

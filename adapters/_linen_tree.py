@@ -526,9 +526,12 @@ _SOURCE_NAMES: dict[type, dict[str, type | None]] = {}
 
 def _named_in_source(module: Any, name: str) -> type | None:
     """The linen class a compact method of ``module``'s class makes under the explicit name
-    ``name`` (``nn.Dense(8, name="proj")``), read from the class's source: the call's callee,
-    a name or dotted attribute looked up in the class's module, never run. None where no such
-    call is there, the source is not available, or two calls give the name different classes."""
+    ``name`` (``nn.Dense(8, name="proj")``), read from the source of the methods that run
+    (found from their code objects, so a class defined twice is read where it was defined),
+    the callee a global name or a dotted attribute of one, looked up in those methods'
+    globals, never run. None where no such call is there, the source cannot be read, a name
+    along the way is bound inside the method (a local, an argument, a closure: what it holds
+    is known only when it runs), or two calls give the name different classes."""
     if not isinstance(module, nn.Module) or _AUTO_NAME.match(name):
         return None
     cls = type(module)
@@ -541,36 +544,52 @@ def _named_in_source(module: Any, name: str) -> type | None:
 def _explicit_names(cls: type) -> dict[str, type | None]:
     import ast
     import inspect
-    import sys
     import textwrap
 
     found: dict[str, type | None] = {}
     for klass in cls.__mro__:
         if klass.__module__.startswith("flax.") or klass is object:
             continue
-        try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        except (OSError, TypeError, SyntaxError):
-            continue
-        scope = vars(sys.modules.get(klass.__module__, object))
-        for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
-            for kw in call.keywords:
-                if kw.arg == "name" and isinstance(kw.value, ast.Constant):
-                    made, key = _resolved(call.func, scope), kw.value.value
-                    # two classes under one name (an if and its else): which one ran?
-                    found[key] = made if found.get(key, made) is made else None
+        for value in vars(klass).values():
+            function = inspect.unwrap(value) if callable(value) else None
+            code = getattr(function, "__code__", None)
+            if code is None:
+                continue
+            try:
+                tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+            except (OSError, TypeError, SyntaxError):
+                continue
+            bound = _bound_names(code)
+            for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
+                for kw in call.keywords:
+                    if kw.arg == "name" and isinstance(kw.value, ast.Constant):
+                        made = _resolved(call.func, function.__globals__, bound)
+                        key = kw.value.value
+                        # two classes under one name (an if and its else): which one ran?
+                        found[key] = made if found.get(key, made) is made else None
     return found
 
 
-def _resolved(expr: Any, scope: Mapping[str, Any]) -> type | None:
-    """The linen class a callee expression names (``Dense``, ``nn.Dense``), or None."""
+def _bound_names(code: Any) -> set[str]:
+    """Every name a function and the functions inside it bind for themselves: locals,
+    arguments, closures (a callee under such a name is known only when it runs)."""
+    names = set(code.co_varnames) | set(code.co_cellvars) | set(code.co_freevars)
+    for const in code.co_consts:
+        if hasattr(const, "co_varnames"):
+            names |= _bound_names(const)
+    return names
+
+
+def _resolved(expr: Any, scope: Mapping[str, Any], bound: set[str]) -> type | None:
+    """The linen class a callee expression names (``Dense``, ``nn.Dense``) through the
+    function's globals, or None (a name the function binds itself is not the global)."""
     import ast
 
     parts: list[str] = []
     while isinstance(expr, ast.Attribute):
         parts.append(expr.attr)
         expr = expr.value
-    if not isinstance(expr, ast.Name) or expr.id not in scope:
+    if not isinstance(expr, ast.Name) or expr.id in bound or expr.id not in scope:
         return None
     value = scope[expr.id]
     for part in reversed(parts):

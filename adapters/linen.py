@@ -303,7 +303,9 @@ class LinenAdapter(FlaxAdapter):
 
         Captured with linen's ``capture_intermediates``, filtered to the scopes of the
         modules asked for (``__call__`` only); linen records every call of a module, and a
-        module reused at two places (one scope) records both.
+        module reused at two places (one scope) records both. A model object that holds its
+        module and params (Hugging Face's) is called itself, ``model(*inputs, params=...,
+        **kwargs)``, as its users call it: its outputs are compared, no layer's.
 
         Raises:
             UnsupportedError: ``root`` is a part of a model, not a whole one; or the model
@@ -316,6 +318,10 @@ class LinenAdapter(FlaxAdapter):
             )
         variables = {c: v for c, v in root.variables.items() if c != "intermediates"}
         args = inputs_like(inputs, jax.tree_util.tree_leaves(variables.get("params")))
+        if root.owner is not None:  # a model object's own call makes its module's arguments
+            params = variables if root.whole else variables["params"]
+            out = root.owner(*args, params=params, **(kwargs or {}))
+            return as_numpy(out, jax_numpy), {}  # its call applies the module: no capture
         ids: dict[tuple[str, ...], list[int]] = {}  # scope -> the handles living there
         for m in capture:
             if isinstance(m, _Node) and m.scope is not None:

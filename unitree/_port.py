@@ -289,9 +289,8 @@ def port(
                 "not know, so neither its layout rules nor its settings are known (check= proves the "
                 "port; ut.register_layer gives the type a kind)"
             )
-            report.pairs.append(
-                Pair(s.path, d.path, d.kind or s.kind, rule, "; ".join(dict.fromkeys(notes)))
-            )
+            # no kind: neither side's kind was compared
+            report.pairs.append(Pair(s.path, d.path, None, rule, "; ".join(dict.fromkeys(notes))))
             continue
         differences, unreported = _settings(s, d, s_view, d_view, report)
         if strict:
@@ -766,38 +765,12 @@ def _renamer(
     one destination layer."""
     if not rename:
         return lambda path: path
-    try:
-        items = list(rename.items() if isinstance(rename, Mapping) else rename)
-        patterns = [(p, re.compile(p), r) for p, r in items]
-    except (re.error, TypeError, ValueError) as e:
-        raise PortError(
-            "Cannot port: rename= must map regular expressions to replacements "
-            f"({{pattern: replacement}} or [(pattern, replacement), ...]); {e}. Nothing was written."
-        ) from None
+    patterns = _patterns(rename)
     used: dict[str, list[str]] = {p: [] for p, _, _ in patterns}
 
     def renamed(path: str, note: bool = False) -> Any:
-        source = path
-        paths = [path]
-        for text, pattern, replacement in patterns:
-            if note and any(pattern.search(x) for x in paths):
-                used[text].append(source)
-            several = isinstance(replacement, (tuple, list))
-            try:
-                out: list[str] = []
-                for x in paths:
-                    if several:  # one path into several: the source's rows, in this order
-                        out += (
-                            [pattern.sub(r, x) for r in replacement] if pattern.search(x) else [x]
-                        )
-                    else:
-                        out.append(pattern.sub(replacement, x))
-                paths = out
-            except (re.error, IndexError, TypeError) as e:  # a bad group reference
-                raise PortError(
-                    f"Cannot port: rename {text!r}: {replacement!r} is no replacement for it ({e}). "
-                    "Nothing was written."
-                ) from None
+        hit = (lambda text: used[text].append(path)) if note else None
+        paths = _renamed(patterns, path, hit)
         return paths[0] if len(paths) == 1 else tuple(paths)
 
     def which(path: str) -> str:
@@ -863,6 +836,56 @@ def _renamer(
     return renamed
 
 
+def _patterns(rename: Any) -> list[tuple[str, re.Pattern[str], Any]]:
+    """``rename=`` as (pattern text, compiled pattern, replacement), in order.
+
+    Raises:
+        PortError: it is no mapping or list of (pattern, replacement) pairs of regular
+            expressions.
+    """
+    try:
+        items = list(rename.items() if isinstance(rename, Mapping) else rename)
+        return [(p, re.compile(p), r) for p, r in items]
+    except (re.error, TypeError, ValueError) as e:
+        raise PortError(
+            "Cannot port: rename= must map regular expressions to replacements "
+            f"({{pattern: replacement}} or [(pattern, replacement), ...]); {e}. Nothing was written."
+        ) from None
+
+
+def _renamed(
+    patterns: list[tuple[str, re.Pattern[str], Any]],
+    path: str,
+    hit: Callable[[str], None] | None = None,
+) -> list[str]:
+    """``path`` through each (text, pattern, replacement) in turn (``re.sub``); a tuple of
+    replacements makes one path several (a layer split along its rows, in that order).
+    ``hit(text)`` is told each pattern that matched.
+
+    Raises:
+        PortError: a replacement ``re.sub`` cannot make (a bad group reference).
+    """
+    paths = [path]
+    for text, pattern, replacement in patterns:
+        if hit is not None and any(pattern.search(x) for x in paths):
+            hit(text)
+        several = isinstance(replacement, (tuple, list))
+        try:
+            out: list[str] = []
+            for x in paths:
+                if several and pattern.search(x):
+                    out += [pattern.sub(r, x) for r in replacement]
+                else:
+                    out.append(x if several else pattern.sub(replacement, x))
+            paths = out
+        except (re.error, IndexError, TypeError) as e:
+            raise PortError(
+                f"Cannot port: rename {text!r}: {replacement!r} is no replacement for it ({e}). "
+                "Nothing was written."
+            ) from None
+    return paths
+
+
 def _spans(s: Layer, ds: list[Layer]) -> list[tuple[int, int]] | None:
     """The rows (along the first axis of every canonical leaf: a dense layer's output
     features, a conv's output channels) of ``s`` that each of ``ds`` holds, in order, or None
@@ -914,21 +937,16 @@ def _split_codecs(rename: Any, S: list[Layer], D: list[Layer]) -> tuple[list[Lay
     a source codec) that is the path of a part of a destination codec."""
     if not rename:
         return S, D
-    items = list(rename.items() if isinstance(rename, Mapping) else rename)
     try:
-        patterns = [(re.compile(p), r) for p, r in items]
-    except (re.error, TypeError):
+        patterns = _patterns(rename)
+    except PortError:
         return S, D  # _renamer says what is wrong
 
     def renamed(path: str) -> set[str]:
-        paths = [path]
-        for pattern, r in patterns:
-            rs = r if isinstance(r, (tuple, list)) else [r]
-            try:
-                paths = [pattern.sub(x, p) for p in paths for x in rs]
-            except (re.error, IndexError, TypeError):
-                return set()
-        return set(paths)
+        try:
+            return set(_renamed(patterns, path))
+        except PortError:
+            return set()  # _renamer says what is wrong
 
     d_parts = {id(d): _parts(d) for d in D if d.codec is not None}
     s_parts = {id(s): _parts(s) for s in S if s.codec is not None}
@@ -985,7 +1003,7 @@ def _leaves(
     a_kind, b_kind = (SAME_KIND.get(k, k) for k in (s.kind, d.kind))
     same_type = s.adapter.name == d.adapter.name and s.type_name == d.type_name
     a, b = s.shapes(), d.shapes()
-    if a_kind == b_kind and (a_kind is not None or checked or same_type):
+    if a_kind == b_kind and (a_kind is not None or same_type):
         common = set(a) & set(b)
         if not common or (set(a) ^ set(b)) - OPTIONAL:
             return None
@@ -994,7 +1012,11 @@ def _leaves(
             if all(a[leaf] == b[leaf] for leaf in common)
             else None
         )
-    if None not in (a_kind, b_kind) or not named or s.codec or d.codec:
+    if s.codec or d.codec:
+        return None
+    if a_kind is None and b_kind is None and checked:  # the outputs will prove the pairing
+        return _as_stored(a, b, checked)
+    if None not in (a_kind, b_kind) or not named:
         return None
     return _as_stored(a, b, checked)
 

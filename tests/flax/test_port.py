@@ -457,9 +457,10 @@ def test_failed_port_restores_the_arrays(api: Any, monkeypatch: pytest.MonkeyPat
 
 # -- DLPack: a tensor whose layout needs no change crosses without numpy -------------------------
 def test_tensors_that_need_no_change_cross_through_dlpack() -> None:
-    """Biases and norm scales go torch <-> NNX through DLPack (on a GPU: no copy through the
-    host; here on CPU the same path, checked for values and for no aliasing); kernels, which
-    need a transpose, through numpy."""
+    """Biases and norm scales are offered torch <-> NNX through DLPack (on a GPU: no copy
+    through the host; a jax array on the host takes numpy's one copy instead, and torch takes
+    the DLPack tensor: checked here for values and for no aliasing); kernels, which need a
+    transpose, through numpy."""
     net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
     with torch.no_grad():
         for p in net.parameters():

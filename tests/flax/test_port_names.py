@@ -240,3 +240,62 @@ def test_a_model_object_that_holds_module_and_params_is_read_and_written():
     assert owner.sets >= 1
     got = np.asarray(module.apply({"params": owner.params}, x))
     np.testing.assert_allclose(got, torch_out(src, x), **TOL)
+
+
+class Shadowed(nn.Module):
+    """``Dense`` here is bound inside the call: what it is, only the run knows."""
+
+    @nn.compact
+    def __call__(self, x):
+        Dense = nn.DenseGeneral  # a local that shadows a class name
+        return Dense(4, name="proj")(x)
+
+
+def test_a_callee_the_method_binds_itself_shows_no_class():
+    x = RNG.standard_normal((2, 4)).astype(np.float32)
+    model = Shadowed()
+    tree = ut.wrap(model, model.init(jax.random.PRNGKey(8), x))
+    assert tree["proj"].kind is None
+
+
+class TorchScale(tnn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = tnn.Parameter(torch.randn(6))
+
+    def forward(self, x):
+        return x * self.weight
+
+
+class FlaxScale(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return x * self.param("scale", nn.initializers.ones, (6,))
+
+
+class TorchScaled6(tnn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = TorchScale()
+
+    def forward(self, x):
+        return self.norm(x)
+
+
+class FlaxScaled6(nn.Module):
+    def setup(self):
+        self.norm = FlaxScale()
+
+    def __call__(self, x):
+        return self.norm(x)
+
+
+def test_two_unknown_types_pair_as_stored_with_or_without_check():
+    """torch's ``weight`` is Flax's ``scale``: their one shape says so, and the check agrees."""
+    x = RNG.standard_normal((2, 6)).astype(np.float32)
+    src, model = TorchScaled6(), FlaxScaled6()
+    for check in (None, x):
+        tree = ut.wrap(model, model.init(jax.random.PRNGKey(9), x))
+        ut.port(src, tree, check=check)
+        got = np.asarray(model.apply(tree.variables, x))
+        np.testing.assert_allclose(got, torch_out(src, x), **TOL)

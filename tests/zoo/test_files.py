@@ -60,3 +60,21 @@ def test_a_save_pretrained_folder_loads_into_the_flax_twin(tmp_path, flax_name):
     ut.load(flax_model, tmp_path / "model.safetensors")
     difference, worst = zoo.difference(zoo.run_torch(torch_model, x), zoo.run_flax(flax_model, x))
     assert difference <= TOL, f"{worst} differs by {difference:.2e}"
+
+
+def test_unitrees_own_file_of_a_tied_head_loads_into_a_twin_without_the_head(tmp_path):
+    """torch's GPT-2 head is its embedding: one tensor, ``lm_head.weight`` its alias in the
+    file's ties, a key as in torch's state_dict. The Flax twin has no head of its own (it
+    calls wte.attend), so the key is unexpected, as torch's load_state_dict would say it:
+    ``strict=False`` loads the rest, and the twin computes what the torch model computes."""
+    pair = PAIRS["FlaxGPT2LMHeadModel"]
+    torch_model, flax_model = zoo.build(pair)
+    zoo.randomize_torch(torch_model, seed=7)
+    x = zoo.inputs(pair, torch_model)
+    ut.save(torch_model, tmp_path / "m.safetensors")
+    with pytest.raises(ut.StateDictError, match=r"lm_head\.weight: unexpected"):
+        ut.load(flax_model, tmp_path / "m.safetensors")
+    result = ut.load(flax_model, tmp_path / "m.safetensors", strict=False)
+    assert result.unexpected_keys == ["lm_head.weight"] and result.missing_keys == []
+    difference, worst = zoo.difference(zoo.run_torch(torch_model, x), zoo.run_flax(flax_model, x))
+    assert difference <= TOL, f"{worst} differs by {difference:.2e}"

@@ -159,3 +159,16 @@ def test_ties_are_kept_through_the_port():
         group = next(g for g in groups if tied in g)
         values = [torch_model.get_parameter(k).detach().numpy() for k in group]
         assert len(group) >= 2 and all(np.array_equal(values[0], v) for v in values[1:])
+
+
+def test_check_runs_a_hugging_face_flax_model_as_its_users_call_it():
+    """check= calls the Flax model object itself (its own call makes the module's arguments):
+    the outputs prove the port; a wrong value is put back."""
+    pair = next(p for p in PAIRS if p.flax_name == "FlaxBertModel")
+    torch_model, flax_model = zoo.build(pair)
+    zoo.randomize_torch(torch_model, seed=8)
+    x = zoo.inputs(pair, torch_model)
+    report = ut.port(torch_model, flax_model, check=x["input_ids"])
+    assert report.check.ok
+    difference, _ = zoo.difference(zoo.run_torch(torch_model, x), zoo.run_flax(flax_model, x))
+    assert difference <= TOL
