@@ -138,9 +138,16 @@ def port(
     with the same kind and the same canonical leaves and shapes, names deciding among
     siblings of one kind and shape (torch's k, v, q projections against Flax's q, k, v).
     Where nothing decides (two candidates whose names differ), the port refuses and names
-    them. A layer type the tables do not know (``ut.register_layer``) fits only the same
-    type. ``rename`` maps regular expressions over source layer paths to replacements
-    (``{r"^features\\.(\\d+)$": r"conv\\1"}``), applied before the path match.
+    them. A layer type the tables do not know (``ut.register_layer`` gives one a kind) fits
+    the same type; otherwise only the layer at the same named path (never a position alone),
+    its tensors copied as stored where each has the same shape on both sides and no other
+    order of its axes gives that shape (a square matrix is refused unless ``check=``); the
+    report notes such pairs, whose computation nothing compared. ``rename`` maps regular expressions over source layer paths to replacements
+    (``{r"^features\\.(\\d+)$": r"conv\\1"}``), applied before the path match; a tuple of
+    replacements splits one source layer along the first axis of its canonical leaves (its
+    output rows) into those destination layers, in order (a fused qkv projection into three);
+    a renamed path that names a part of the other model's attention codec (a Keras
+    ``MultiHeadAttention``'s ``query``...) pairs with that part, the codec read as its parts.
 
     **Validation**, before anything is written: shapes; dtypes (converted only when
     lossless, unless ``cast=True``); ties (a tie in the source must be one storage in the
