@@ -611,6 +611,10 @@ class TorchAdapter(Adapter):
             (p.dtype for p in root.parameters() if p.dtype.is_floating_point), torch.float32
         )
         args = [self._input(x, device, floating) for x in inputs]
+        kwargs = {  # numpy keyword inputs as tensors too (an attention mask)
+            k: self._input(v, device, floating) if isinstance(v, np.ndarray) else v
+            for k, v in (kwargs or {}).items()
+        }
         captured: dict[int, list[Any]] = {}
 
         def hook(module: nn.Module, _args: Any, output: Any) -> None:

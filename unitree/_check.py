@@ -29,6 +29,7 @@ from typing import Any, Callable, Union
 
 import numpy as np
 
+from ._errors import ValueTypeError
 from ._paths import keystr
 from ._read import View
 
@@ -285,6 +286,17 @@ def _calls(
 
 # -- two models ---------------------------------------------------------------------------------
 def _arguments(inputs: Any) -> tuple[Any, ...]:
+    """Positional inputs: an array, or a tuple or list of them.
+
+    Raises:
+        ValueTypeError: a mapping (keyword inputs go in ``kwargs``).
+    """
+    if isinstance(inputs, Mapping):
+        raise ValueTypeError(
+            f"Example inputs are the model's positional arguments (an array, or a tuple of "
+            f"arrays), not a mapping ({', '.join(map(str, inputs))}): pass keyword inputs as "
+            "ut.Check(inputs, kwargs={...}), or ut.compare(..., kwargs={...})."
+        )
     return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
 
 

@@ -107,7 +107,9 @@ class Check(NamedTuple):
     the same arrays: pass ``lambda x: x.transpose(0, 2, 3, 1)`` for a channels-first source
     and a channels-last destination). ``dst_outputs``: a function mapping the destination's
     outputs into the source's layout (default: as they are). ``rtol``, ``atol``: the
-    tolerance (default: from the dtypes, see :func:`unitree.compare`).
+    tolerance (default: from the dtypes, see :func:`unitree.compare`). ``kwargs``: keyword
+    inputs of both models' calls, as numpy arrays or values (a Hugging Face model's
+    ``attention_mask``; twins of one library name them alike).
     """
 
     inputs: Any
@@ -115,6 +117,7 @@ class Check(NamedTuple):
     dst_outputs: Callable[[Any], Any] | None = None
     rtol: float | None = None
     atol: float | None = None
+    kwargs: Mapping[str, Any] | None = None
 
 
 def port(
@@ -365,7 +368,14 @@ def port(
             )
             if check is None:
                 break
-            report.check = compare_models(s_view, d_view, matched, *check)
+            report.check = compare_models(
+                s_view,
+                d_view,
+                matched,
+                *check[:5],
+                src_kwargs=check.kwargs,
+                dst_kwargs=check.kwargs,
+            )
             if report.check.ok:
                 passed.append((chosen, choice, report.check))
         if check is not None:
@@ -1268,6 +1278,7 @@ def compare(
     rename: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
     rtol: float | None = None,
     atol: float | None = None,
+    kwargs: Mapping[str, Any] | None = None,
 ) -> Comparison:
     """Run two models natively on example inputs and compare their outputs layer by layer:
     for debugging a port (one's own, or one ``ut.port`` refused). Nothing is written.
@@ -1279,7 +1290,8 @@ def compare(
     outputs into the source's layout. Per layer, outputs of the same shape are compared as
     they are, a channels-last output against a channels-first one after moving the channels
     axis, and anything else is "not comparable" (never a pass). ``rtol``/``atol`` default to
-    the dtype's resolution (see ``unitree._check.tolerance``).
+    the dtype's resolution (see ``unitree._check.tolerance``). ``kwargs``: keyword inputs of
+    both models' calls (a Hugging Face model's ``attention_mask``).
 
     Returns:
         A :class:`unitree.Comparison`: a row per matched layer, in the source's order (its
@@ -1289,6 +1301,7 @@ def compare(
     Raises:
         UnsupportedError: a framework whose models unitree cannot run.
         PortError: a ``rename=`` that does not say what it means.
+        ValueTypeError: ``inputs`` given as a mapping (keyword inputs go in ``kwargs``).
     """
     s_view, d_view = view_of(src), view_of(dst)
     s_layers, d_layers = layers(s_view), layers(d_view)
@@ -1296,4 +1309,15 @@ def compare(
     renamed = _renamer(rename, s_layers, d_layers, names)
     pairs = _match(s_layers, d_layers, renamed, s_view, d_view, True)[0]
     matched = [(s.path, s.module, d.path, d.module) for s, d, _ in pairs]
-    return compare_models(s_view, d_view, matched, inputs, dst_inputs, dst_outputs, rtol, atol)
+    return compare_models(
+        s_view,
+        d_view,
+        matched,
+        inputs,
+        dst_inputs,
+        dst_outputs,
+        rtol,
+        atol,
+        src_kwargs=kwargs,
+        dst_kwargs=kwargs,
+    )

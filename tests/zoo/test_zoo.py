@@ -172,3 +172,19 @@ def test_check_runs_a_hugging_face_flax_model_as_its_users_call_it():
     assert report.check.ok
     difference, _ = zoo.difference(zoo.run_torch(torch_model, x), zoo.run_flax(flax_model, x))
     assert difference <= TOL
+
+
+def test_check_takes_keyword_inputs_and_refuses_a_mapping_of_positional_ones():
+    pair = next(p for p in PAIRS if p.flax_name == "FlaxBertModel")
+    torch_model, flax_model = zoo.build(pair)
+    zoo.randomize_torch(torch_model, seed=9)
+    ids = zoo.inputs(pair, torch_model)["input_ids"]
+    mask = np.ones_like(ids)
+    mask[:, -2:] = 0  # padding: the mask changes the outputs
+    before = {k: np.asarray(v) for k, v in ut.wrap(flax_model).state_dict().items()}
+    with pytest.raises(ut.ValueTypeError, match=r"not a mapping \(input_ids\).*kwargs="):
+        ut.port(torch_model, flax_model, check={"input_ids": ids})
+    after = ut.wrap(flax_model).state_dict()
+    assert all(np.array_equal(after[k], v) for k, v in before.items())  # nothing written
+    report = ut.port(torch_model, flax_model, check=ut.Check(ids, kwargs={"attention_mask": mask}))
+    assert report.check.ok
