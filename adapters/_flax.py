@@ -114,6 +114,11 @@ class FlaxAdapter(Adapter):
     def restore(self, leaf: Any, backup: Any) -> None:
         self.replace(leaf, backup)
 
+    def write_can_fail(self, leaf: Any) -> bool:
+        """False on the host: a write puts a new array in the old one's place (``_placed``),
+        which only memory can stop; a device's copy can fail."""
+        return self.device(leaf) != "cpu"
+
     # -- capability: layer settings -----------------------------------------------------
     def settings(self, module: Any) -> dict[str, Any]:
         """The settings of ``unitree._settings.VOCABULARY``, read from a linen module's fields

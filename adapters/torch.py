@@ -11,6 +11,7 @@ from two places, as ``named_parameters`` deduplicates them.
 from __future__ import annotations
 
 import itertools
+import warnings
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
@@ -29,6 +30,7 @@ from unitree._errors import (
     UnsupportedError,
     ValueTypeError,
 )
+from unitree._param import contiguous
 from unitree.layouts import CONVS, Step
 
 from ._torch_layout import step as torch_step
@@ -74,12 +76,43 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def from_numpy(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-    if not a.flags.writeable or not a.flags.c_contiguous:
-        a = np.array(a)  # torch.from_numpy wants its own writable buffer
-    if a.dtype.kind == "V":  # an ml_dtypes type: move the bits, then reinterpret them
-        bits = {1: np.uint8, 2: np.int16}[a.dtype.itemsize]
-        return torch.from_numpy(a.view(bits)).view(like.dtype)
-    return torch.from_numpy(a)
+    """A tensor of ``like``'s dtype over ``a``'s memory, to copy from (never kept, never
+    written): a read-only or strided array is taken as it is; one torch cannot take (a
+    negative stride: a flipped view) is copied first."""
+    bits = a.dtype.kind == "V"  # an ml_dtypes type: move the bits, then reinterpret them
+    if bits:
+        a = a.view({1: np.uint8, 2: np.int16}[a.dtype.itemsize])
+    if any(s < 0 or s % a.itemsize for s in a.strides):
+        a = np.array(a)
+    if a.flags.writeable:
+        t = torch.from_numpy(a)
+    else:
+        with warnings.catch_warnings():  # torch warns that a write would be undefined
+            warnings.simplefilter("ignore", UserWarning)
+            t = torch.from_numpy(a)
+    return t.view(like.dtype) if bits else t
+
+
+def _copy_into(leaf: torch.Tensor, value: np.ndarray) -> bool:
+    """Copy a large strided matrix (a transposed view) into a contiguous CPU ``leaf`` tile by
+    tile on every core (``unitree._param.contiguous``: several times torch's own strided
+    ``copy_``), bumping its version counter as ``copy_`` would; False where it does not apply."""
+    if (
+        value.ndim != 2
+        or value.size < 1 << 16
+        or value.flags.c_contiguous
+        or leaf.device.type != "cpu"
+        or not leaf.is_contiguous()
+        or leaf.is_conj()
+        or leaf.is_neg()
+    ):
+        return False
+    out = to_numpy(leaf)
+    if value.dtype != out.dtype:
+        return False
+    contiguous(value, out)
+    torch.autograd.graph.increment_version(leaf)
+    return True
 
 
 def _tensors(m: nn.Module) -> Any:
@@ -274,6 +307,7 @@ class TorchAdapter(Adapter):
     module_types = (nn.Module,)
     module_what = "a torch.nn.Module"
     kinds = KindTable(_KINDS)
+    strided_writes = True  # from_numpy takes a strided view, _copy_into copies it once
 
     # -- structure -----------------------------------------------------------------
     def root(self, obj: Any, *state: Any) -> Any:
@@ -478,8 +512,8 @@ class TorchAdapter(Adapter):
         return to_numpy(leaf)
 
     def write(self, leaf: torch.Tensor, value: np.ndarray, index: Any = None) -> None:
-        src = from_numpy(value, leaf)
         if type(leaf) is _Normed:  # g and v from the whole weight
+            src = from_numpy(value, leaf)
             if index is not None:
                 w = leaf.value()
                 w[index] = src.to(w.device)
@@ -490,10 +524,10 @@ class TorchAdapter(Adapter):
         # bumps the version counter, so a graph that saved the old value fails
         # loudly in backward instead of using the new one silently.
         with torch.no_grad():
-            if index is None:
-                leaf.copy_(src)
-            else:
-                leaf[index] = src.to(leaf.device)
+            if index is not None:
+                leaf[index] = from_numpy(value, leaf).to(leaf.device)
+            elif not _copy_into(leaf, value):
+                leaf.copy_(from_numpy(value, leaf))
 
     def dlpack(self, leaf: torch.Tensor) -> torch.Tensor | None:
         if type(leaf) is _Normed:  # computed, not stored: ut.port goes through numpy
@@ -538,6 +572,16 @@ class TorchAdapter(Adapter):
         if type(leaf) is _Normed:
             return tuple(t.detach().clone() for t in leaf.factors())
         return None
+
+    def write_can_fail(self, leaf: torch.Tensor) -> bool:
+        """False for a plain CPU tensor: ``copy_`` of a value of its shape and dtype only reads
+        and writes memory. A weight norm's computation, another device's copy and an inference
+        tensor outside inference mode (torch refuses to write it) can fail."""
+        return (
+            type(leaf) is _Normed
+            or leaf.device.type != "cpu"
+            or (leaf.is_inference() and not torch.is_inference_mode_enabled())
+        )
 
     def restore(self, leaf: torch.Tensor, backup: Any) -> None:
         if type(leaf) is _Normed and type(backup) is tuple:

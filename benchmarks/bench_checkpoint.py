@@ -1,35 +1,55 @@
-"""Checkpoints and ports of a 1 GiB model, against safetensors and plain copies of the same bytes.
+"""Checkpoints and ports of a 1 GiB model (16 dense layers of 4096 x 4096 float32), against the
+frameworks' own operations on the same tensors, in turns in one run.
 
-Used by ``bench_torch`` (save / load) and ``bench_flax`` (port torch -> flax).
+- ``checkpoint`` (torch's environment): ``ut.save`` against a raw write of the same bytes with
+  fsync; ``ut.load`` against safetensors' ``load_file`` followed by torch's ``load_state_dict``,
+  and its peak extra memory against one tensor plus the undo budget.
+- ``ports`` (Flax's environment, which has torch and Keras on jax too): ``ut.port`` torch ->
+  linen, torch -> NNX, torch -> Keras, Keras -> torch against the fastest native
+  transpose-copy of the same tensors in the same round (torch's ``w.t().contiguous()``,
+  numpy's ``ascontiguousarray(w.T)``, jax's jitted ``w.T``), Keras -> linen (the same layouts:
+  no tensor needs a change) against a plain copy; the peak extra memory of each against the
+  model, and the copies each tensor went through.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Callable
 
 import numpy as np
-from run import SEED, best, report
+from run import SEED, compare, figure, spread, timed
 
 import unitree as ut
 
-GIB = 1 << 30
+GIB, MIB = 1 << 30, 1 << 20
 WIDTH = 4096  # 16 dense layers of 4096 x 4096 float32: 1 GiB of weights
 LAYERS = GIB // (WIDTH * WIDTH * 4)
+UNDO_BUDGET = 64 << 20  # unitree._write.Journal.BUDGET
 
 
-def torch_model() -> Any:
+def torch_model(seed: int = SEED) -> Any:
     import torch
     from torch import nn
 
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     with torch.no_grad():
         return nn.Sequential(*[nn.Linear(WIDTH, WIDTH) for _ in range(LAYERS)])
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
 
 
 def rss() -> int:
@@ -39,8 +59,20 @@ def rss() -> int:
 
 @contextmanager
 def peak_rss() -> Iterator[list[int]]:
-    """The highest resident set size above the starting one while the block runs, sampled."""
-    start, peak, done = rss(), [0], threading.Event()
+    """The highest resident set size above the one before while the block runs: the kernel's
+    high-water mark, reset first (``/proc/self/clear_refs``), where it can be; else sampled
+    every 2 ms by a thread."""
+    peak = [0]
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # VmHWM := VmRSS
+        before = _status("VmRSS")
+        yield peak
+        peak[0] = _status("VmHWM") - before
+        return
+    except OSError:
+        pass
+    start, done = rss(), threading.Event()
 
     def sample() -> None:
         while not done.is_set():
@@ -57,73 +89,206 @@ def peak_rss() -> Iterator[list[int]]:
         peak[0] = max(peak[0], rss() - start)
 
 
-def checkpoint(repeat: int) -> None:
-    """``ut.save`` / ``ut.load`` of a 1 GiB torch model against safetensors' own functions."""
-    from safetensors.numpy import load_file, save_file
+def timed_peak(fn: Callable[[], object]) -> tuple[float, int]:
+    with peak_rss() as peak:
+        t = timed(fn)
+    return t, peak[0]
+
+
+# -- copies per tensor -------------------------------------------------------------------------
+# The operations that copy a whole tensor, as Python's profiler names them: C functions of numpy
+# and torch by qualified name, Python functions by (module, name): jax's conversions of host
+# arrays (``device_put`` may adopt a fresh host buffer instead) and unitree's tiled copy.
+COPYING_C = {
+    "array",  # numpy.array
+    "ascontiguousarray",  # a copy only of an array that is not C-contiguous
+    "ndarray.copy",
+    "TensorBase.copy_",
+    "TensorBase.clone",
+    "TensorBase.contiguous",
+}
+COPYING_PY = {
+    ("jax._src.api", "device_put"),
+    ("jax._src.numpy.lax_numpy", "asarray"),
+    ("jax._src.numpy.lax_numpy", "array"),
+    ("unitree._param", "contiguous"),
+}
+
+
+def copies(fn: Callable[[], object], tensors: int) -> str:
+    """The calls to copying operations (``COPYING_C``, ``COPYING_PY``) while ``fn`` runs,
+    outermost only (jax's ``asarray`` calling ``array`` is one copy), per tensor, by operation.
+    A dtype conversion (``astype``) is not counted: no port here changes a dtype."""
+    counts: Counter[str] = Counter()
+    depth = [0]  # > 0 inside a counted Python function
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "c_call" and depth[0] == 0:
+            name = getattr(arg, "__qualname__", "")
+            if name in COPYING_C:
+                counts[name] += 1
+        elif event == "call":
+            if depth[0]:
+                depth[0] += 1
+                return
+            where = (frame.f_globals.get("__name__", ""), frame.f_code.co_name)
+            if where in COPYING_PY:
+                counts[where[1]] += 1
+                depth[0] = 1
+        elif event == "return" and depth[0]:
+            depth[0] -= 1
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    total = sum(counts.values())
+    what = ", ".join(f"{name} {n}" for name, n in counts.most_common())
+    return f"{total / tensors:.2f} copies per tensor ({what or 'none'})"
+
+
+# -- checkpoints (torch) ---------------------------------------------------------------------
+def checkpoint(runs: int) -> None:
+    """``ut.save`` / ``ut.load`` of the 1 GiB torch model against safetensors and raw writes."""
+    from safetensors.torch import load_file, save_file
 
     model = torch_model()
     tree = ut.wrap(model)
-    arrays = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    size = sum(a.nbytes for a in arrays.values())
-    rounds = max(2, min(repeat, 4))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    arrays = [v.detach().numpy() for v in state.values()]
+    size = sum(a.nbytes for a in arrays)
+    largest = max(a.nbytes for a in arrays)
     with tempfile.TemporaryDirectory(dir=os.environ.get("UNITREE_BENCH_DIR")) as folder:
-        ours, theirs = (
-            os.path.join(folder, "ut.safetensors"),
-            os.path.join(folder, "st.safetensors"),
+        ours = os.path.join(folder, "ut.safetensors")
+        theirs = os.path.join(folder, "st.safetensors")
+        raw = os.path.join(folder, "raw.bin")
+
+        def raw_write() -> None:
+            with open(raw, "wb") as f:
+                for a in arrays:
+                    f.write(a.data)
+                f.flush()
+                os.fsync(f.fileno())
+
+        compare(
+            "ut.save / raw write of the bytes + fsync",
+            lambda: ut.save(tree, ours),
+            raw_write,
+            1.1,
+            f"{size / GIB:.2f} GiB: raw",
+            runs,
+            ("s", 1),
         )
-        t_st = best(lambda: save_file(arrays, theirs), rounds)
-        t_ut = best(lambda: ut.save(tree, ours), rounds)
-        what = (
-            f"{t_ut:.2f} s vs {t_st:.2f} s for {size / GIB:.2f} GiB (ours fsyncs, theirs does not)"
+        save_file(state, theirs)
+        compare(
+            "ut.load / load_file + load_state_dict",
+            lambda: ut.load(tree, ours),
+            lambda: model.load_state_dict(load_file(theirs)),
+            1.3,
+            "safetensors + torch",
+            runs,
+            ("s", 1),
         )
-        report("ut.save / safetensors save_file", t_ut, t_st, 1.2, what)
-        t_st = best(lambda: load_file(theirs), rounds)
-        t_ut = best(lambda: ut.load(tree, ours), rounds)
-        what = f"{t_ut:.2f} s into the model vs {t_st:.2f} s into new arrays"
-        report("ut.load / safetensors load_file", t_ut, t_st, 1.2, what)
-        with peak_rss() as peak:
-            ut.load(tree, ours)
-        largest = max(a.nbytes for a in arrays.values())
-        print(
-            f"{'ut.load: peak extra memory':<44} {peak[0] / GIB:.2f} GiB "
-            f"(model {size / GIB:.2f} GiB, largest tensor {largest / GIB:.3f} GiB)"
+        peaks = [timed_peak(lambda: ut.load(tree, ours))[1] for _ in range(runs)]
+        bound = largest + UNDO_BUDGET
+        figure(
+            "ut.load: peak extra RSS / (largest tensor + undo budget)",
+            [p / bound for p in peaks],
+            1.0,
+            f"{spread(peaks, 1 / MIB, 0)} MiB; largest tensor {largest / MIB:.0f} MiB, "
+            f"budget {UNDO_BUDGET / MIB:.0f} MiB, model {size / MIB:.0f} MiB",
         )
 
 
-def port(repeat: int, make_flax: Callable[[], Any]) -> None:
-    """``ut.port`` of a 1 GiB torch model into Flax: peak extra memory (RSS) against the
-    model's size; time against a numpy copy of the same bytes and against the plain
-    conversion a user would write (transpose each kernel, hand it to jax)."""
+# -- ports (flax environment: torch, flax, Keras on jax) ----------------------------------------
+def _flax_models() -> tuple[Any, Any, Any]:
+    """The 1 GiB model in linen (zeros), NNX and Keras (their own initializers)."""
+    import jax
     import jax.numpy as jnp
+    import keras
+    from flax import linen, nnx
 
-    model = torch_model()
-    src = ut.wrap(model)
-    dst = make_flax()
-    size = sum(p.numel() * 4 for p in model.parameters())
-    with peak_rss() as peak:
-        t_port = time.perf_counter()
-        port_report = ut.port(src, dst)
-        t_port = time.perf_counter() - t_port
-    crossed = f"{port_report.dlpack} of {port_report.tensors} tensors through DLPack"
-    del port_report
-    report(
-        "ut.port torch -> flax: peak extra RSS / model",
-        peak[0],
-        size,
-        1.2,
-        f"{peak[0] / GIB:.2f} GiB for a {size / GIB:.2f} GiB model",
-    )
-    views = [p.detach().numpy() for p in model.parameters()]
-    t_copy = best(lambda: [v.copy() for v in views], max(2, min(repeat, 4)))
+    net = linen.Sequential([linen.Dense(WIDTH) for _ in range(LAYERS)])
+    shapes = jax.eval_shape(net.init, jax.random.key(SEED), jnp.ones((1, WIDTH)))
+    variables = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    rngs = nnx.Rngs(SEED)
+    nnx_model = nnx.Sequential(*[nnx.Linear(WIDTH, WIDTH, rngs=rngs) for _ in range(LAYERS)])
+    keras.utils.set_random_seed(SEED)
+    keras_model = keras.Sequential([keras.layers.Dense(WIDTH) for _ in range(LAYERS)])
+    keras_model.build((None, WIDTH))
+    return ut.wrap(net, variables), ut.wrap(nnx_model), ut.wrap(keras_model)
 
-    def by_hand() -> None:
+
+def native_transposes(model: Any) -> dict[str, Callable[[], object]]:
+    """Each framework's own transpose-copy of the model's tensors (biases copied)."""
+    import jax
+
+    tensors = [p.detach() for p in model.parameters()]
+    views = [t.numpy() for t in tensors]
+    transpose = jax.jit(lambda a: a.T)
+    copy = jax.jit(lambda a: a + 0)
+
+    def with_jax() -> None:
         for v in views:
-            a = jnp.asarray(np.ascontiguousarray(v.T) if v.ndim == 2 else v)
-            a.block_until_ready()
+            (transpose(v) if v.ndim == 2 else copy(v)).block_until_ready()
 
-    t_hand = best(by_hand, max(2, min(repeat, 4)))
+    def with_torch() -> None:
+        for t in tensors:
+            t.t().contiguous() if t.ndim == 2 else t.clone()
+
+    return {
+        "torch": with_torch,
+        "numpy": lambda: [np.ascontiguousarray(v.T) for v in views],
+        "jax": with_jax,
+    }
+
+
+def ports(runs: int) -> None:
+    model = torch_model()
+    torch_tree = ut.wrap(model)
+    linen_tree, nnx_tree, keras_tree = _flax_models()
+    size = sum(p.numel() * 4 for p in model.parameters())
+    tensors = 2 * LAYERS
+    natives = native_transposes(model)
+    views = [p.detach().numpy() for p in model.parameters()]
+    cases: dict[str, tuple[Callable[[], object], str]] = {
+        "torch -> linen": (lambda: ut.port(torch_tree, linen_tree), "transpose"),
+        "torch -> nnx": (lambda: ut.port(torch_tree, nnx_tree), "transpose"),
+        "torch -> keras (jax)": (lambda: ut.port(torch_tree, keras_tree), "transpose"),
+        "keras (jax) -> torch": (lambda: ut.port(keras_tree, torch_tree), "transpose"),
+        "keras (jax) -> linen, no change": (lambda: ut.port(keras_tree, linen_tree), "copy"),
+    }
+    for port, _ in cases.values():  # warm-up: code loaded on first use, caches
+        port()
+    times: dict[str, list[float]] = {name: [] for name in [*natives, "copy", *cases]}
+    peaks: dict[str, list[int]] = {name: [] for name in cases}
+    for _ in range(runs):
+        for name, fn in natives.items():
+            times[name].append(timed(fn))
+        times["copy"].append(timed(lambda: [v.copy() for v in views]))
+        for name, (port, _) in cases.items():
+            t, peak = timed_peak(port)
+            times[name].append(t)
+            peaks[name].append(peak)
+    fastest = [min(times[n][r] for n in natives) for r in range(runs)]
+    each = ", ".join(f"{n} {spread(times[n])}" for n in natives)
     print(
-        f"{'ut.port torch -> flax: time':<44} {t_port:.2f} s; numpy copy of the bytes "
-        f"{t_copy:.2f} s ({t_port / t_copy:.1f}x); transpose + jnp.asarray by hand "
-        f"{t_hand:.2f} s ({t_port / t_hand:.1f}x); {crossed} (the rest need a transpose)"
+        f"{'native transpose-copies of the 1 GiB, s':<46} {each}; plain copy {spread(times['copy'])}"
     )
+    for name, (port, against) in cases.items():
+        base = fastest if against == "transpose" else times["copy"]
+        what = "the fastest native transpose-copy" if against == "transpose" else "a plain copy"
+        figure(
+            f"ut.port {name}: time",
+            [a / b for a, b in zip(times[name], base)],
+            1.2,
+            f"{spread(times[name])} s vs {what} {spread(base)} s",
+        )
+        figure(
+            f"ut.port {name}: peak extra RSS / model",
+            [p / size for p in peaks[name]],
+            1.1,
+            f"{spread(peaks[name], 1 / MIB, 0)} MiB for a {size / MIB:.0f} MiB model; "
+            + copies(port, tensors),
+        )

@@ -20,7 +20,7 @@ import unitree as ut
 LAYERS = 5000  # a kernel and a bias each: 10,000 tensors
 
 
-def linen(repeat: int) -> None:
+def linen(runs: int) -> None:
     net = nn.Sequential([nn.Dense(4) for _ in range(LAYERS)])
     # shapes without running 5,000 initializers, then small real arrays
     shapes = jax.eval_shape(net.init, jax.random.key(SEED), jnp.ones((1, 4)))
@@ -31,7 +31,7 @@ def linen(repeat: int) -> None:
         "tree_flatten_with_path",
         lambda: jax.tree_util.tree_flatten_with_path(variables),
         lambda: ut.wrap(net, variables),
-        repeat,
+        runs,
     )
 
     layer = nn.Dense(256)
@@ -41,13 +41,12 @@ def linen(repeat: int) -> None:
     print(f"{'linen: p.numpy() shares memory with the array':<44} {shared}")
 
 
-def nnx_model(repeat: int) -> None:
+def nnx_model(runs: int) -> None:
     rngs = nnx.Rngs(SEED)
     model = nnx.Sequential(*[nnx.Linear(4, 4, rngs=rngs) for _ in range(LAYERS)])
     n = len(jax.tree_util.tree_leaves(nnx.state(model)))
     native = lambda: nnx.state(model)  # noqa: E731
-    slow = max(3, repeat // 5)  # nnx.state takes half a second: fewer rounds
-    traversal(f"nnx, {n:,} tensors: ", "nnx.state", native, lambda: ut.wrap(model), repeat, slow)
+    traversal(f"nnx, {n:,} tensors: ", "nnx.state", native, lambda: ut.wrap(model), runs)
 
     layer = nnx.Linear(256, 256, rngs=rngs)
     p = ut.wrap(layer)["weight"]
@@ -55,18 +54,10 @@ def nnx_model(repeat: int) -> None:
     print(f"{'nnx: p.numpy() shares memory with the array':<44} {shared}")
 
 
-def port_target() -> ut.ParamTree:
-    """The 1 GiB model of bench_checkpoint in linen, its variables zeros of the right shapes."""
-    net = nn.Sequential([nn.Dense(bench_checkpoint.WIDTH) for _ in range(bench_checkpoint.LAYERS)])
-    shapes = jax.eval_shape(net.init, jax.random.key(SEED), jnp.ones((1, bench_checkpoint.WIDTH)))
-    variables = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    return ut.wrap(net, variables)
-
-
-def main(repeat: int) -> None:
-    linen(repeat)
-    nnx_model(repeat)
-    bench_checkpoint.port(repeat, port_target)
+def main(runs: int) -> None:
+    linen(runs)
+    nnx_model(runs)
+    bench_checkpoint.ports(runs)
     print(
         f"flax {flax.__version__}, jax {jax.__version__}, numpy {np.__version__}, "
         f"python {sys.version.split()[0]}"

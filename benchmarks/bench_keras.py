@@ -6,7 +6,7 @@ import sys
 
 import keras
 import numpy as np
-from run import SEED, best, traversal
+from run import SEED, traversal
 
 import unitree as ut
 
@@ -21,7 +21,7 @@ def _numpy(v: keras.Variable) -> np.ndarray:
     return v.value.numpy()  # tensorflow: always a copy
 
 
-def main(repeat: int) -> None:
+def main(runs: int) -> None:
     keras.utils.set_random_seed(SEED)  # Keras's initializers, and Python's, numpy's, the backend's
     # 50 blocks of 100 Dense layers, a kernel and a bias each: 10,000 variables. Each layer is
     # built on its own: building 5,000 layers as one Sequential recurses past Python's limit.
@@ -35,14 +35,7 @@ def main(repeat: int) -> None:
     n = len(model.weights)
     backend = keras.backend.backend()
     label = f"keras-{backend}, {n:,} variables: "
-    first = traversal(
-        label, "model.weights", lambda: list(model.weights), lambda: ut.wrap(model), repeat
-    )
-    # for scale: Keras's own listing with the names it would save under
-    named = best(lambda: [(v.path, v) for v in model.weights], repeat)
-    print(
-        f"{'  vs [(v.path, v) for v in model.weights]':<44} {first / named:6.2f}x   {named * 1e3:.1f} ms"
-    )
+    traversal(label, "model.weights", lambda: list(model.weights), lambda: ut.wrap(model), runs)
 
     dense = keras.layers.Dense(256)
     dense.build((None, 256))

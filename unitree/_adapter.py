@@ -280,6 +280,14 @@ class Adapter(ABC):
         """Put back the value :meth:`backup` returned (or the core's copy, native layout)."""
         self.write(leaf, backup, None)
 
+    def write_can_fail(self, leaf: Any) -> bool:
+        """Whether :meth:`write` of a value already validated for the leaf (its shape and
+        dtype, from the host) can still fail. True, the default: a load or a port keeps what
+        undoes the write (:meth:`backup`, or a copy) until the whole batch is written. An
+        adapter says False where nothing but the machine (memory, an interrupt) can stop
+        such a write; a load then keeps no copy of the old value (``unitree._write.Journal``)."""
+        return True
+
     def batch_begin(self, leaf: Any) -> None:
         """The leaf is about to be written as part of a batch (``write_all``, a load, a port):
         work per model that each write would redo can wait for :meth:`batch_end` (linen: a

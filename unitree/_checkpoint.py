@@ -228,7 +228,7 @@ def load(
             header[key] = (shape[::-1], dtype)
 
         def get(key: str) -> np.ndarray:
-            value = ckpt[aliases.get(key, key)]
+            value = ckpt.view(aliases.get(key, key))
             return value.T if key in turned else value
 
         return load_into(

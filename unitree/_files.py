@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
+import re
 import stat
 import sys
 import threading
@@ -65,11 +67,14 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def bad_name(name: str) -> str | None:
     """Why ``name`` cannot be a tensor's path (dotted segments, never a file path), or None."""
     if not name:
         return "it is empty"
-    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
+    if _CONTROL.search(name):
         return "it holds a control character"
     if not _unicode(name):
         return "it holds a lone surrogate, not valid Unicode"
@@ -122,9 +127,10 @@ class Checkpoint:
     than its declared length (at most safetensors' 100 MB): names, dtypes,
     shapes, offsets (contiguous, covering the data exactly) and our own
     metadata (ties, paths). A problem raises a ``CheckpointError`` naming the
-    file and the problem. The tensors are read with ``pread`` into fresh
-    arrays rather than through a memory map, so a load holds one tensor at a
-    time, not the pages of the whole file.
+    file and the problem. ``ckpt[key]`` reads a tensor with ``pread`` into a
+    fresh array; :meth:`view` maps it, for a load that copies it into the model
+    at once, and releases the pages of the one before: either way a load holds
+    one tensor of the file at a time, not the pages of the whole file.
     """
 
     def __init__(self, path: PathLike) -> None:
@@ -182,7 +188,9 @@ class Checkpoint:
 
     def _read_header(self) -> None:
         st = os.fstat(self._fd)
-        size = st.st_size
+        size = self._size = st.st_size
+        self._map: mmap.mmap | None = None
+        self._viewed = (0, 0)  # the span of the views given since the last release
         if not stat.S_ISREG(st.st_mode):
             raise self._error("not a regular file")
         if size == 0:
@@ -345,6 +353,40 @@ class Checkpoint:
             done += n
         return a
 
+    def view(self, key: str) -> np.ndarray:
+        """The tensor ``key`` as a view of the file, memory-mapped, for a caller that copies it
+        at once and never writes it (a load): no copy of its own. The pages of the views given
+        before it leave this process's memory once they span 64 MiB (``MADV_DONTNEED``; a later
+        read of such a view maps them again from the file), so a load holds one tensor of the
+        file, and at most 64 MiB of those before it, at a time."""
+        if os.fstat(self._fd).st_size != self._size:
+            raise CheckpointError(f"{self.path}: the file changed size while it was read.")
+        if self._map is None:
+            # private: the views are writable (torch takes them without a copy or a warning),
+            # and a write, which no caller makes, could never reach the file
+            self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_COPY)
+        if self._viewed[1] - self._viewed[0] >= self._RELEASE:
+            self._release()
+        shape, dtype = self.header[key]
+        offset, size = self._offsets[key], math.prod(shape) * dtype.itemsize
+        begin, end = self._viewed
+        self._viewed = (
+            (offset, offset + size)
+            if begin == end
+            else (min(begin, offset), max(end, offset + size))
+        )
+        a = np.frombuffer(self._map, dtype.newbyteorder("<"), math.prod(shape), offset)
+        return a.reshape(shape)
+
+    _RELEASE = 64 << 20  # the pages of the views given are released in batches of this size
+
+    def _release(self) -> None:
+        begin, end = self._viewed
+        if end > begin and hasattr(self._map, "madvise"):  # Linux, macOS
+            start = begin - begin % mmap.PAGESIZE
+            self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
+        self._viewed = (0, 0)
+
     def paths(self, aliases: bool = False) -> list[str]:
         """The stored keys (and with ``aliases``, the other paths of tied ones) in the writer's
         traversal order when it recorded one, else in natural order."""
@@ -370,6 +412,12 @@ class Checkpoint:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if self._map is not None:
+            self._release()
+            try:
+                self._map.close()
+            except BufferError:  # a view is still held: the map closes when the last one goes
+                pass
         os.close(self._fd)
 
 
@@ -403,6 +451,8 @@ class TorchFile:
 
     def __getitem__(self, key: str) -> np.ndarray:
         return self._adapter.read(self._state[key])
+
+    view = __getitem__  # torch's memory-mapped tensors: already no copy
 
     def paths(self, aliases: bool = False) -> list[str]:
         return [k for k in self.header if aliases or k not in self._aliases]

@@ -358,7 +358,8 @@ def port(
     cache: dict[int, dict[str, np.ndarray]] = {}
     matched = [(s.path, s.module, d.path, d.module) for s, d, _ in pairs]
     choices = _choices(unknown)
-    journal = Journal()
+    # a check may undo writes that succeeded: then every one is journaled
+    journal = Journal(every=check is not None or error_if_nonfinite)
     try:
         passed = []  # (candidates, conversions, comparison) whose outputs match
         for chosen, choice in choices:

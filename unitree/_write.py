@@ -8,7 +8,11 @@ framework fails halfway (:class:`Journal`); :func:`load` is the validation that
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import signal
+import sys
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -175,27 +179,52 @@ def write_all(
     error_if_nonfinite: bool = False,
     journal: Journal | None = None,
 ) -> None:
-    """Write (Param, value thunk) pairs; if any write fails, put back every value written so far.
-    A thunk gives a canonical numpy value, or a :class:`Foreign` tensor. Values are checked
-    for NaN and infinity as they come (a checkpoint is read one tensor at a time), so a
-    refused one also puts back what was written before it. A caller that may still undo the
-    whole write after it succeeded (a port's check) passes its own ``journal``: it is then
-    the caller's to undo and close, and a Param it kept already is not kept again."""
-    if journal is not None:
-        for p, value in writes:
-            journal.keep(p)
-            _write_one(p, value(), error_if_nonfinite)
-        return
-    journal = Journal()
+    """Write (Param, value thunk) pairs, all or nothing. A thunk gives a canonical numpy value,
+    or a :class:`Foreign` tensor. Values are checked for NaN and infinity as they come (a
+    checkpoint is read one tensor at a time), so a refused one puts back what was written
+    before it. A caller that may still undo the whole write after it succeeded (a port's check)
+    passes its own ``journal``: it is then the caller's to undo and close, and a Param it kept
+    already is not kept again.
+
+    Every value has been validated against its leaf before the first write. So unless one of
+    the writes can still fail (``Adapter.write_can_fail``), or a value can still be refused
+    (``error_if_nonfinite``), or the caller's ``journal`` keeps every write, nothing is journaled:
+    one copy per tensor, not two. An interrupt (Ctrl-C) then waits until the last write, so
+    that it never leaves a model half written."""
+    own = journal is None
+    journal = Journal(every=error_if_nonfinite) if journal is None else journal
+    writes = list(writes)  # (Param, thunk): the values are read as they are written
+    if not journal.every and any(adapter_of(p).write_can_fail(leaf_of(p)) for p, _ in writes):
+        journal.every = True  # one write that can fail: every one before it must be undoable
     try:
-        for p, value in writes:
-            journal.keep(p)
-            _write_one(p, value(), error_if_nonfinite)
+        with nullcontext() if journal.every else _interrupts_deferred():
+            for p, value in writes:
+                journal.keep(p)
+                _write_one(p, value(), error_if_nonfinite)
     except BaseException:
-        journal.undo()
+        if own:
+            journal.undo()
         raise
     finally:
-        journal.close()
+        if own:
+            journal.close()
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """SIGINT held back until the block ends, then delivered: in the main thread only, where
+    Python runs signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            signal.raise_signal(signal.SIGINT)
 
 
 def _write_one(p: Param, v: Any, error_if_nonfinite: bool) -> None:
@@ -209,17 +238,25 @@ def _write_one(p: Param, v: Any, error_if_nonfinite: bool) -> None:
 
 
 class Journal:
-    """The old values a multi-tensor write overwrote, to put back if it fails halfway.
+    """What puts back the values a multi-tensor write overwrote, if it fails halfway.
 
-    Copies go to memory up to a small budget, then to an unlinked temporary
-    file: loading a large checkpoint holds at most one tensor beyond the model
-    in memory. Immutable arrays (jax) are kept as they are, with no copy.
+    ``every=True`` keeps what undoes every write: a port's check may undo a write that
+    succeeded, a value checked for NaN may be refused after others were written, and a write
+    may fail (``Adapter.write_can_fail``). ``every=False`` keeps nothing, for a batch of
+    validated values none of whose writes can fail (:func:`write_all` decides): a load into
+    torch, Keras or Flax on the host costs one copy per tensor, not two.
+
+    What is kept is the adapter's own backup where it has one (jax's immutable arrays are
+    kept as they are, with no copy), else a copy: in memory up to a small budget, then in an
+    unlinked temporary file, so that a load holds at most one tensor beyond the model.
     """
 
     BUDGET = 64 << 20
 
-    def __init__(self) -> None:
+    def __init__(self, every: bool = True) -> None:
+        self.every = every
         self.kept: list[tuple[Param, Any, tuple[int, tuple[int, ...], np.dtype] | None]] = []
+        self.unkept = 0  # written with nothing kept to undo them (every=False)
         self.size = 0
         self.file: Any = None
         self.seen: set[Param] = set()
@@ -230,6 +267,9 @@ class Journal:
         self.seen.add(p)
         leaf, adapter = leaf_of(p), adapter_of(p)
         adapter.batch_begin(leaf)
+        if not self.every:
+            self.unkept += 1
+            return
         backup = adapter.backup(leaf)
         if backup is not None:
             self.kept.append((p, backup, None))
@@ -248,13 +288,30 @@ class Journal:
         self.kept.append((p, None, (offset, a.shape, a.dtype)))
 
     def undo(self) -> None:
+        """Put back what was kept, last first; called while the error that stopped the write
+        is handled, which gets a note where some writes could not be put back."""
+        lost = []
         for p, backup, spilled in reversed(self.kept):
             if spilled is not None:
                 offset, shape, dtype = spilled
                 backup = np.empty(shape, dtype)
                 self.file.seek(offset)
                 self.file.readinto(backup.reshape(-1).view(np.uint8).data)
-            adapter_of(p).restore(leaf_of(p), backup)
+            try:
+                adapter_of(p).restore(leaf_of(p), backup)
+            except Exception:  # the leaf whose write failed may refuse this one too
+                if not _holds(p, backup):
+                    lost.append(p.path)
+        error = sys.exc_info()[1]
+        if lost and error is not None and hasattr(error, "add_note"):
+            error.add_note(f"unitree: these could not be put back: {', '.join(lost)}")
+        if self.unkept and error is not None and hasattr(error, "add_note"):  # Python >= 3.11
+            error.add_note(
+                f"unitree: the model is partly written. No copy was kept of the {self.unkept} "
+                "tensors written or being written when this failed (their writes cannot fail once "
+                "validated; what failed is the machine or the source), so they cannot be put "
+                "back: load or port again."
+            )
 
     def close(self) -> None:
         try:
@@ -263,6 +320,17 @@ class Journal:
         finally:
             if self.file is not None:
                 self.file.close()
+
+
+def _holds(p: Param, backup: Any) -> bool:
+    """Whether ``p``'s leaf holds ``backup`` (a native array) still: one whose write failed
+    before it changed anything needs no restore."""
+    try:
+        return isinstance(backup, np.ndarray) and np.array_equal(
+            adapter_of(p).read(leaf_of(p)), backup
+        )
+    except Exception:
+        return False
 
 
 def _weight_norm_factors(

@@ -268,6 +268,69 @@ def test_load_state_dict_accepts_torch_tensors_and_is_all_or_nothing():
     assert torch.equal(src(x), dst(x))
 
 
+def test_a_load_into_a_model_with_an_inference_tensor_is_all_or_nothing(tmp_path):
+    """A tensor made under ``torch.inference_mode`` refuses a write outside it: such a write can
+    fail after validation, so the load journals, and the layer written before it is put back."""
+    torch.manual_seed(0)
+    src = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    ut.save(ut.wrap(src), tmp_path / "m.safetensors")
+    dst = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    with torch.inference_mode():
+        dst[2] = nn.Linear(8, 1)
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(RuntimeError, match="[Ii]nference"):
+        ut.load(dst, tmp_path / "m.safetensors")
+    for k, v in dst.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with torch.inference_mode():  # where torch writes it
+        ut.load(dst, tmp_path / "m.safetensors")
+    for k, v in dst.state_dict().items():
+        assert torch.equal(v, src.state_dict()[k]), k
+
+
+def test_an_interrupt_during_a_load_comes_after_its_last_write(tmp_path, monkeypatch):
+    """A load that keeps no undo copies cannot stop halfway: Ctrl-C (SIGINT, raised here by the
+    second write) is delivered once every tensor is written."""
+    import signal
+
+    torch.manual_seed(0)
+    src, dst = mlp(), nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    ut.save(ut.wrap(src), tmp_path / "m.safetensors")
+    tree = ut.wrap(dst)
+    real, calls = tree._adapter.write, []
+
+    def write(leaf, value, index=None):
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)
+        real(leaf, value, index)
+
+    monkeypatch.setattr(tree._adapter, "write", write)
+    with pytest.raises(KeyboardInterrupt):
+        ut.load(tree, tmp_path / "m.safetensors")
+    assert len(calls) == 4
+    for k, v in dst.state_dict().items():
+        assert torch.equal(v, src.state_dict()[k]), k
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_transposed_write_is_one_tiled_copy_that_autograd_sees():
+    """A Flax-layout kernel (in, out) written into a torch Linear (out, in) large enough for
+    the tiled copy: the values are the transpose, bit for bit, and the write bumps the version
+    counter as ``copy_`` does, so a graph that saved the old weight fails in backward."""
+    rng = np.random.default_rng(0)
+    kernel = rng.standard_normal((300, 400)).astype(np.float32)  # (in, out)
+    net = nn.Linear(300, 400, bias=False)
+    x = torch.ones(2, 300, requires_grad=True)
+    y = (net(x) ** 2).sum()  # saves the weight for backward
+    version = net.weight._version
+    ut.wrap(net)["weight"].set(kernel.T)  # a strided view, as a port from Flax gives
+    np.testing.assert_array_equal(net.weight.detach().numpy(), kernel.T)
+    assert net.weight._version > version
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+
+
 def test_bfloat16_round_trip():
     net = nn.Linear(2, 3).to(torch.bfloat16)
     p = ut.wrap(net)["weight"]
