@@ -23,7 +23,7 @@ from flax.linen.linear import canonicalize_padding
 
 from unitree._adapter import Adapter, KindTable
 from unitree._errors import ValueTypeError
-from unitree._param import contiguous
+from unitree._param import fresh
 from unitree.layouts import KEEP, UNKNOWN, Step
 
 BY_CELL = "by cell"  # a recurrent wrapper (RNN) is the kind of its cell
@@ -260,10 +260,10 @@ def _placed(value: np.ndarray, like: Any) -> Any:
     """``value`` as a new array where ``like`` lives; never an alias of the caller's buffer. A
     strided value (a transposed view) is copied once, by jax itself."""
     sharding = getattr(like, "sharding", None)
-    # jax may adopt a numpy buffer without copying: give it one of our own, made by the one
-    # copy a transposed view needs anyway (tile by tile: faster than jax's strided copy)
-    fresh = np.array(value) if value.flags.c_contiguous else contiguous(value)
-    return fresh if sharding is None else jax.device_put(fresh, sharding)
+    # jax adopts an aligned host buffer without copying it: give it one of our own, made by
+    # the one copy a transposed view needs anyway (tile by tile: faster than jax's own)
+    own = fresh(value)
+    return own if sharding is None else jax.device_put(own, sharding)
 
 
 def scalar(loss: Any) -> Any:

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from unitree._errors import UnsupportedModelError, ValueTypeError
+from unitree._param import contiguous
 
 BACKENDS = ("tensorflow", "jax", "torch")
 
@@ -51,6 +52,11 @@ class Backend(ABC):
     def __init__(self) -> None:
         # id(variable) -> (weak ref, sum so far); the weak ref drops the entry with the variable
         self._grads: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+
+    def from_host(self, value: np.ndarray, variable: Any) -> Any:
+        """What ``variable.assign`` takes for a host value, which may be strided (a transposed
+        view): here the value made C-contiguous, tile by tile, for the backend's one copy."""
+        return contiguous(value)
 
     @abstractmethod
     def to_numpy(self, t: Any) -> np.ndarray:

@@ -8,6 +8,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from unitree._param import fresh
+
 from ._keras_backend import Backend as Base
 
 
@@ -26,6 +28,11 @@ class Backend(Base):
             return len(jax.devices("gpu"))
         except RuntimeError:  # no GPU backend in this jax
             return 0
+
+    def from_host(self, value: np.ndarray, variable: Any) -> Any:
+        """A jax array of the variable's sharding over a fresh aligned copy of ``value``, which
+        jax adopts on the host: one copy, where ``assign`` of numpy would copy again."""
+        return jax.device_put(fresh(value), variable.value.sharding)
 
     def backup(self, variable: Any) -> Any:
         return variable.value  # immutable: assign replaces the array, restore assigns this one back

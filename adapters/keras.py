@@ -136,6 +136,7 @@ class KerasAdapter(Adapter):
     name = "keras"
     module_types = (keras.Layer,)
     module_what = "a keras.Layer (a layer or a model)"
+    strided_writes = True  # the backend's from_host makes the one copy a transposed view needs
     kinds = KindTable(_KINDS)
     backend: ClassVar[Backend] = backend
 
@@ -240,6 +241,13 @@ class KerasAdapter(Adapter):
         if type(module) is Container:
             return []
         trainable, other = module._trainable_variables, module._non_trainable_variables
+        # names Keras chose automatically, twice or with a dot are replaced (_renamed); the
+        # common layer, a kernel and a bias with plain names, is made directly, in no loop
+        if len(trainable) == 2 and not other:
+            a, b = trainable
+            an, bn = a.name, b.name
+            if an != bn and an in _PLAIN and bn in _PLAIN:
+                return [new_leaf((an, a, True, True)), new_leaf((bn, b, True, True))]
         out = [new_leaf((v.name, v, True, True)) for v in trainable]
         if other:
             out += [new_leaf((v.name, v, False, True)) for v in other]
@@ -249,14 +257,8 @@ class KerasAdapter(Adapter):
                 if module.built
                 else [Leaf(u.name, u, u.trainable) for u in self._objects(module)]
             )
-        # names Keras chose automatically, twice or with a dot are replaced; checked cheaply for
-        # the common one- and two-variable layers, whose names are almost always plain
-        if len(out) == 2:
-            a, b = out[0].name, out[1].name
-            plain = a != b and a in _PLAIN and b in _PLAIN
-        else:
-            names = {leaf.name for leaf in out}
-            plain = len(names) == len(out) and names <= _PLAIN
+        names = {leaf.name for leaf in out}
+        plain = len(names) == len(out) and names <= _PLAIN
         return out if plain else self._renamed(module, out)
 
     @staticmethod
@@ -378,10 +380,15 @@ class KerasAdapter(Adapter):
             value = full
         # Variable.assign: in place on tensorflow and torch, a new array on jax; every alias
         # sees it, being the same Keras variable
-        leaf.assign(value)
+        leaf.assign(self.backend.from_host(value, leaf))
 
     def backup(self, leaf: Any) -> Any:
         return self.backend.backup(leaf)
+
+    def write_can_fail(self, leaf: Any) -> bool:
+        """False on the host: ``Variable.assign`` of a value of the variable's shape and dtype
+        (checked before) only copies it; a device's copy can fail."""
+        return self.device(leaf) != "cpu"
 
     def data(self, leaf: Any) -> Any:
         return leaf.value

@@ -14,7 +14,7 @@ the same values), the two alternated in each round. Memory: the peak resident se
 one before, of one operation in a fresh interpreter that built both models (and warmed the
 operation up on a tiny BERT, so that code loaded on first use is not counted).
 
-    python benchmarks/bench_zoo.py [--repeat N] [--profile]
+    python benchmarks/bench_zoo.py [--runs N] [--profile]
 
 ``--profile`` prints cProfile's top functions by cumulative time for unitree's side of both
 directions instead.
@@ -33,7 +33,7 @@ import time
 import warnings
 from typing import Any, Callable
 
-from run import SEED, report
+from run import SEED, compare, figure, spread
 
 import unitree as ut
 
@@ -186,12 +186,52 @@ def timings(tm: Any, fm: Any, rounds: int) -> dict[str, tuple[list[float], list[
     return times
 
 
-def spread(ts: list[float]) -> str:
-    return f"{min(ts):.2f} / {statistics.median(ts):.2f} / {max(ts):.2f}"
+def gpt2_load(runs: int) -> None:
+    """``ut.load`` of GPT-2 small (transformers' ``GPT2LMHeadModel`` of the default config, its
+    own random init: 124M parameters, about 475 MiB) against safetensors' ``load_file`` then
+    torch's ``load_state_dict`` of the same tensors, and its peak extra memory."""
+    import tempfile
+
+    import bench_checkpoint
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(SEED)
+    model = GPT2LMHeadModel(GPT2Config()).eval()
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    size = sum(v.nbytes for v in state.values())
+    largest = max(v.nbytes for v in state.values())
+    tree = ut.wrap(model)
+    with tempfile.TemporaryDirectory(dir=os.environ.get("UNITREE_BENCH_DIR")) as folder:
+        ours, theirs = (
+            os.path.join(folder, "ut.safetensors"),
+            os.path.join(folder, "st.safetensors"),
+        )
+        ut.save(tree, ours)
+        save_file(state, theirs)  # the tied head stored once, as save_pretrained does
+        compare(
+            f"GPT-2 small ({size / MIB:.0f} MiB) ut.load",
+            lambda: ut.load(tree, ours),
+            lambda: model.load_state_dict(load_file(theirs), strict=False),
+            1.3,
+            "load_file + load_state_dict",
+            runs,
+            ("s", 1),
+        )
+        peaks = [bench_checkpoint.timed_peak(lambda: ut.load(tree, ours))[1] for _ in range(runs)]
+        bound = largest + bench_checkpoint.UNDO_BUDGET
+        figure(
+            "GPT-2 small ut.load: peak extra RSS / (largest tensor + undo budget)",
+            [p / bound for p in peaks],
+            1.0,
+            f"{spread(peaks, 1 / MIB, 0)} MiB; largest tensor {largest / MIB:.0f} MiB, "
+            f"budget {bench_checkpoint.UNDO_BUDGET / MIB:.0f} MiB",
+        )
 
 
-def main(repeat: int) -> None:
-    rounds = max(5, min(repeat, 7))
+def main(runs: int) -> None:
+    rounds = max(5, runs)
     # memory first, each in its own interpreter, while this one holds no model
     mem = {d: [memory(d, side) for side in (0, 1)] for d in OPS}
     tm, fm = models()
@@ -229,21 +269,21 @@ def main(repeat: int) -> None:
         f"{lines[0][-1]})"
     )
     for direction, theirs_name, ours, theirs, m_ours, m_theirs, held, _ in lines:
-        med_ours, med_theirs = statistics.median(ours), statistics.median(theirs)
-        report(
+        figure(
             f"BERT-base ut.port {direction}: time",
-            med_ours,
-            med_theirs,
+            [a / b for a, b in zip(ours, theirs)],
             TIME_TARGET,
-            f"{med_ours:.2f} s vs {theirs_name} {med_theirs:.2f} s (medians)",
+            f"{spread(ours)} s vs {theirs_name} {spread(theirs)} s",
         )
-        report(
-            f"BERT-base ut.port {direction}: peak extra RSS",
-            m_ours,
-            max(m_theirs, MIB),
+        figure(
+            f"BERT-base ut.port {direction}: peak extra RSS (one run)",
+            [m_ours / max(m_theirs, MIB)],
             MEMORY_TARGET,
             f"{m_ours / MIB:.0f} MiB vs {m_theirs / MIB:.0f} MiB; still held on return {held}",
         )
+    del tm, fm
+    gc.collect()
+    gpt2_load(rounds)
     import flax
     import jax
     import torch
@@ -273,7 +313,7 @@ def profile(top: int = 15) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--memory", nargs=2, metavar=("DIRECTION", "SIDE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -282,4 +322,4 @@ if __name__ == "__main__":
     elif args.profile:
         profile()
     else:
-        main(args.repeat)
+        main(args.runs)

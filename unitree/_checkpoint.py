@@ -204,7 +204,12 @@ def load(
     ``cast=True``. ``strict=False`` skips missing and unexpected keys and returns them.
     ``error_if_nonfinite=True`` refuses a NaN or an infinity in any tensor
     (:class:`unitree.NonFiniteError`); tensors are checked as they are read,
-    and what was written before the refused one is put back. A tied parameter's other
+    and what was written before the refused one is put back. The tensors are read as
+    memory-mapped views of the file and copied once, into the model; where no write into
+    the model can fail once validated (``Adapter.write_can_fail``: torch, Keras, Flax on
+    the host) no copy of the old values is kept: a file that changes while it is read,
+    or a machine out of memory, leaves the model partly written, which the error's note
+    says (``unitree._write.write_all``). A tied parameter's other
     paths, which the file stores once, are keys too, as in torch's ``state_dict``.
 
     Returns:

@@ -6,6 +6,7 @@ apart by their contents.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import mmap
@@ -414,10 +415,8 @@ class Checkpoint:
     def __exit__(self, *exc: Any) -> None:
         if self._map is not None:
             self._release()
-            try:
+            with contextlib.suppress(BufferError):  # a view is held: it closes with the last one
                 self._map.close()
-            except BufferError:  # a view is still held: the map closes when the last one goes
-                pass
         os.close(self._fd)
 
 

@@ -321,6 +321,17 @@ def contiguous(a: np.ndarray, out: np.ndarray | None = None, tile: int = 128) ->
     return out
 
 
+def fresh(a: np.ndarray) -> np.ndarray:
+    """A copy of ``a`` in a new C-contiguous buffer aligned to 64 bytes: jax takes such a
+    buffer as its array's own without copying it again (``jax.device_put`` on the host), where
+    it copies one of numpy's (16-byte aligned when large). A strided ``a`` is copied by
+    :func:`contiguous`."""
+    buffer = np.empty(a.nbytes + 64, np.uint8)
+    start = -buffer.ctypes.data % 64
+    out = buffer[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+    return contiguous(a, out)
+
+
 _WORKERS = max(1, min(os.cpu_count() or 1, 8))
 _POOL: list[Any] = []
 

@@ -213,12 +213,13 @@ def write_all(
 @contextmanager
 def _interrupts_deferred() -> Iterator[None]:
     """SIGINT held back until the block ends, then delivered: in the main thread only, where
-    Python runs signal handlers."""
-    if threading.current_thread() is not threading.main_thread():
+    Python runs signal handlers, and only where Python's handler is there to put back."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
         yield
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:

@@ -540,3 +540,59 @@ def test_conformance_exits_1_on_a_failing_cell_so_its_session_fails(monkeypatch,
     assert json.loads(report.read_text())["cells"][0]["status"] == "fail"  # the column is kept
     monkeypatch.setattr(matrix, "run", lambda *a, **k: [cell._replace(status="pass")])
     assert main(["conformance", "--backend", "keras"]) == 0
+
+
+# -- copies: the tiled transposed copy, aligned buffers, memory-mapped views ---------------------
+@pytest.mark.parametrize(
+    "shape", [(300, 400), (257, 129), (4096, 16), (16, 4096), (1000, 70), (5, 7), (3, 40, 50)]
+)
+def test_contiguous_copies_a_transposed_view_exactly(shape):
+    from unitree._param import contiguous, fresh
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(shape[::-1]).astype(np.float32).T  # a strided view
+    expected = np.ascontiguousarray(a)
+    out = contiguous(a)
+    assert out.flags.c_contiguous and out.dtype == a.dtype
+    np.testing.assert_array_equal(out, expected)
+    into = np.zeros(shape, np.float32)
+    assert contiguous(a, into) is into
+    np.testing.assert_array_equal(into, expected)
+    f = fresh(a)
+    assert f.ctypes.data % 64 == 0 and f.flags.c_contiguous and not np.shares_memory(f, a)
+    np.testing.assert_array_equal(f, expected)
+
+
+def test_a_view_of_a_checkpoint_is_its_tensor_and_releases_as_it_goes(tmp_path):
+    """``Checkpoint.view`` gives what ``ckpt[key]`` reads, for every tensor in any order, and
+    the pages of earlier views leave the process without changing what those views hold."""
+    from safetensors.numpy import save_file
+
+    from unitree._files import Checkpoint
+
+    rng = np.random.default_rng(0)
+    arrays = {f"t{i}": rng.standard_normal((i + 1, 1000)).astype(np.float32) for i in range(40)}
+    arrays["empty"] = np.zeros((0, 3), np.float32)
+    arrays["half"] = rng.standard_normal(7).astype(np.float16)
+    save_file(arrays, str(tmp_path / "m.safetensors"))
+    with Checkpoint(tmp_path / "m.safetensors") as ckpt:
+        ckpt._RELEASE = 4096  # release after almost every view
+        views = {k: ckpt.view(k) for k in reversed(list(arrays))}
+        for k, a in arrays.items():
+            np.testing.assert_array_equal(views[k], a, err_msg=k)
+            np.testing.assert_array_equal(ckpt[k], a, err_msg=k)
+        del views
+
+
+def test_a_load_refuses_a_file_that_changed_size_while_it_was_read(tmp_path):
+    from safetensors.numpy import save_file
+
+    from unitree._files import Checkpoint
+
+    rng = np.random.default_rng(0)
+    save_file({"a": rng.standard_normal(10).astype(np.float32)}, str(tmp_path / "m.safetensors"))
+    with Checkpoint(tmp_path / "m.safetensors") as ckpt:
+        with open(tmp_path / "m.safetensors", "ab") as f:
+            f.write(b"\0" * 8)
+        with pytest.raises(ut.CheckpointError, match="changed size while it was read"):
+            ckpt.view("a")

@@ -448,6 +448,8 @@ def test_failed_port_restores_the_arrays(api: Any, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(cls, "write", write)
     monkeypatch.setattr(cls, "write_dlpack", write_dlpack)
+    # the premise: a write that can fail once validated (on the host it cannot: nothing is kept)
+    monkeypatch.setattr(cls, "write_can_fail", lambda self, leaf: True)
     with pytest.raises(RuntimeError, match="disk full"):
         ut.port(torch_model(case), tree)
     monkeypatch.undo()

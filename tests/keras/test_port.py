@@ -526,6 +526,8 @@ def test_failed_write_puts_every_value_back(monkeypatch: pytest.MonkeyPatch) -> 
         write(leaf, value, index)
 
     monkeypatch.setattr(adapter, "write", failing)
+    # the premise: a write that can fail once validated (on the host it cannot: nothing is kept)
+    monkeypatch.setattr(adapter, "write_can_fail", lambda leaf: True)
     with pytest.raises(RuntimeError, match="disk on fire"):
         ut.port(t, k)
     monkeypatch.undo()

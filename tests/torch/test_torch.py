@@ -278,7 +278,7 @@ def test_a_load_into_a_model_with_an_inference_tensor_is_all_or_nothing(tmp_path
     with torch.inference_mode():
         dst[2] = nn.Linear(8, 1)
     before = {k: v.clone() for k, v in dst.state_dict().items()}
-    with pytest.raises(RuntimeError, match="[Ii]nference"):
+    with pytest.raises(RuntimeError, match=r"[Ii]nference"):
         ut.load(dst, tmp_path / "m.safetensors")
     for k, v in dst.state_dict().items():
         assert torch.equal(v, before[k]), k
