@@ -103,9 +103,10 @@ COPYING_C = {
     "array",  # numpy.array
     "ascontiguousarray",  # a copy only of an array that is not C-contiguous
     "ndarray.copy",
-    "TensorBase.copy_",
-    "TensorBase.clone",
-    "TensorBase.contiguous",
+    "Tensor.copy_",  # bound methods are named by the object's class
+    "Parameter.copy_",
+    "Tensor.clone",
+    "Tensor.contiguous",
 }
 COPYING_PY = {
     ("jax._src.api", "device_put"),
@@ -117,10 +118,13 @@ COPYING_PY = {
 
 def copies(fn: Callable[[], object], tensors: int) -> str:
     """The calls to copying operations (``COPYING_C``, ``COPYING_PY``) while ``fn`` runs,
-    outermost only (jax's ``asarray`` calling ``array`` is one copy), per tensor, by operation.
-    A dtype conversion (``astype``) is not counted: no port here changes a dtype."""
+    outermost only (jax's ``asarray`` calling ``array`` is one copy), per tensor, by operation;
+    a jax array that shares the host buffer it was made from (adopted, not copied) is not
+    counted. A dtype conversion (``astype``) is not counted: no port here changes a dtype."""
     counts: Counter[str] = Counter()
+    adopted = [0]
     depth = [0]  # > 0 inside a counted Python function
+    made_from: list[Any] = [None]  # the host array the counted jax call was given
 
     def profile(frame: Any, event: str, arg: Any) -> None:
         if event == "c_call" and depth[0] == 0:
@@ -133,10 +137,17 @@ def copies(fn: Callable[[], object], tensors: int) -> str:
                 return
             where = (frame.f_globals.get("__name__", ""), frame.f_code.co_name)
             if where in COPYING_PY:
-                counts[where[1]] += 1
                 depth[0] = 1
+                first = frame.f_locals.get(frame.f_code.co_varnames[0])
+                made_from[0] = first if where[0].startswith("jax") else None
+                counts[where[1]] += 1
         elif event == "return" and depth[0]:
             depth[0] -= 1
+            if depth[0] == 0 and isinstance(made_from[0], np.ndarray) and arg is not None:
+                if np.shares_memory(np.asarray(arg), made_from[0]):
+                    counts[frame.f_code.co_name] -= 1  # adopted: no copy
+                    adopted[0] += 1
+                made_from[0] = None
 
     sys.setprofile(profile)
     try:
@@ -144,7 +155,9 @@ def copies(fn: Callable[[], object], tensors: int) -> str:
     finally:
         sys.setprofile(None)
     total = sum(counts.values())
-    what = ", ".join(f"{name} {n}" for name, n in counts.most_common())
+    what = ", ".join(f"{name} {n}" for name, n in counts.most_common() if n)
+    if adopted[0]:
+        what += f"; jax adopted {adopted[0]} host buffers, no copy"
     return f"{total / tensors:.2f} copies per tensor ({what or 'none'})"
 
 
