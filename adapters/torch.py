@@ -97,22 +97,40 @@ def _copy_into(leaf: torch.Tensor, value: np.ndarray) -> bool:
     """Copy a large strided matrix (a transposed view) into a contiguous CPU ``leaf`` tile by
     tile on every core (``unitree._param.contiguous``: several times torch's own strided
     ``copy_``), bumping its version counter as ``copy_`` would; False where it does not apply."""
-    if (
-        value.ndim != 2
-        or value.size < 1 << 16
-        or value.flags.c_contiguous
-        or leaf.device.type != "cpu"
-        or not leaf.is_contiguous()
-        or leaf.is_conj()
-        or leaf.is_neg()
-    ):
+    if value.ndim != 2 or value.size < 1 << 16 or value.flags.c_contiguous:
         return False
-    out = to_numpy(leaf)
-    if value.dtype != out.dtype:
+    out = _host(leaf)
+    if out is None or value.dtype != out.dtype:
         return False
     contiguous(value, out)
     torch.autograd.graph.increment_version(leaf)
     return True
+
+
+def _host(leaf: torch.Tensor) -> np.ndarray | None:
+    """A writable numpy view of a plain contiguous CPU tensor's memory, which numpy may write
+    as ``copy_`` would (not an inference tensor outside inference mode: torch refuses those
+    writes); None for any other."""
+    if (
+        type(leaf) is _Normed
+        or leaf.device.type != "cpu"
+        or not leaf.is_contiguous()
+        or leaf.is_conj()
+        or leaf.is_neg()
+        or (leaf.is_inference() and not torch.is_inference_mode_enabled())
+    ):
+        return None
+    return to_numpy(leaf)
+
+
+def _unshared(value: np.ndarray, leaf: torch.Tensor) -> np.ndarray:
+    """``value``, copied first if it overlaps the leaf's own memory (``p.set(p.numpy().T)``):
+    a write would read what it had already overwritten."""
+    if leaf.device.type == "cpu" and type(leaf) is not _Normed:
+        own = to_numpy(leaf)
+        if np.may_share_memory(value, own):
+            return np.array(value)
+    return value
 
 
 def _tensors(m: nn.Module) -> Any:
@@ -523,6 +541,7 @@ class TorchAdapter(Adapter):
         # no_grad: a parameter is a leaf that requires grad. The write still
         # bumps the version counter, so a graph that saved the old value fails
         # loudly in backward instead of using the new one silently.
+        value = _unshared(value, leaf)
         with torch.no_grad():
             if index is not None:
                 leaf[index] = from_numpy(value, leaf).to(leaf.device)
@@ -572,6 +591,12 @@ class TorchAdapter(Adapter):
         if type(leaf) is _Normed:
             return tuple(t.detach().clone() for t in leaf.factors())
         return None
+
+    def writable_view(self, leaf: torch.Tensor) -> np.ndarray | None:
+        out = _host(leaf)
+        if out is not None:
+            torch.autograd.graph.increment_version(leaf)  # as copy_ would
+        return out
 
     def write_can_fail(self, leaf: torch.Tensor) -> bool:
         """False for a plain CPU tensor: ``copy_`` of a value of its shape and dtype only reads

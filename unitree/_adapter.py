@@ -280,6 +280,13 @@ class Adapter(ABC):
         """Put back the value :meth:`backup` returned (or the core's copy, native layout)."""
         self.write(leaf, backup, None)
 
+    def writable_view(self, leaf: Any) -> np.ndarray | None:
+        """A writable numpy view of the leaf's own memory (native layout and dtype) where
+        writing into it is a write of the leaf (its version counter, if any, bumped by this
+        call), for a load to read a file's tensor straight into it; None (the default) where
+        the leaf has no such memory on the host. A view that is not C-contiguous is not used."""
+        return None
+
     def write_can_fail(self, leaf: Any) -> bool:
         """Whether :meth:`write` of a value already validated for the leaf (its shape and
         dtype, from the host) can still fail. True, the default: a load or a port keeps what

@@ -204,12 +204,13 @@ def load(
     ``cast=True``. ``strict=False`` skips missing and unexpected keys and returns them.
     ``error_if_nonfinite=True`` refuses a NaN or an infinity in any tensor
     (:class:`unitree.NonFiniteError`); tensors are checked as they are read,
-    and what was written before the refused one is put back. The tensors are read as
-    memory-mapped views of the file and copied once, into the model; where no write into
-    the model can fail once validated (``Adapter.write_can_fail``: torch, Keras, Flax on
-    the host) no copy of the old values is kept: a file that changes while it is read,
-    or a machine out of memory, leaves the model partly written, which the error's note
-    says (``unitree._write.write_all``). A tied parameter's other
+    and what was written before the refused one is put back. A tensor is read straight
+    into the model's memory where the model holds it as the file does (a torch tensor on
+    the host: ``Adapter.writable_view``), else into a fresh array that is written. Where no
+    write into the model can fail once validated (``Adapter.write_can_fail``: torch, Keras,
+    Flax on the host) no copy of the old values is kept: a file truncated by another
+    process while it is read, or a machine out of memory, leaves the model partly written,
+    which the error's note says (``unitree._write.write_all``). A tied parameter's other
     paths, which the file stores once, are keys too, as in torch's ``state_dict``.
 
     Returns:
@@ -232,9 +233,9 @@ def load(
             shape, dtype = header[key]
             header[key] = (shape[::-1], dtype)
 
-        def get(key: str) -> np.ndarray:
-            value = ckpt.view(aliases.get(key, key))
-            return value.T if key in turned else value
+        def get(key: str) -> Any:  # a Stored tensor, read where it is written (_write)
+            value = ckpt.stored(aliases.get(key, key))
+            return np.asarray(value).T if key in turned else value
 
         return load_into(
             view,

@@ -6,10 +6,8 @@ apart by their contents.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import mmap
 import os
 import re
 import stat
@@ -128,10 +126,11 @@ class Checkpoint:
     than its declared length (at most safetensors' 100 MB): names, dtypes,
     shapes, offsets (contiguous, covering the data exactly) and our own
     metadata (ties, paths). A problem raises a ``CheckpointError`` naming the
-    file and the problem. ``ckpt[key]`` reads a tensor with ``pread`` into a
-    fresh array; :meth:`view` maps it, for a load that copies it into the model
-    at once, and releases the pages of the one before: either way a load holds
-    one tensor of the file at a time, not the pages of the whole file.
+    file and the problem. Tensors are read with ``pread``, never through a memory
+    map (a file truncated by another process while it is mapped kills the reader
+    with SIGBUS; a read past its end is an error): ``ckpt[key]`` into a fresh
+    array, :meth:`read_into` straight into the model's own memory where a load
+    can (one copy per tensor). A load holds one tensor of the file at a time.
     """
 
     def __init__(self, path: PathLike) -> None:
@@ -189,9 +188,7 @@ class Checkpoint:
 
     def _read_header(self) -> None:
         st = os.fstat(self._fd)
-        size = self._size = st.st_size
-        self._map: mmap.mmap | None = None
-        self._viewed = (0, 0)  # the span of the views given since the last release
+        size = st.st_size
         if not stat.S_ISREG(st.st_mode):
             raise self._error("not a regular file")
         if size == 0:
@@ -345,48 +342,28 @@ class Checkpoint:
     def __getitem__(self, key: str) -> np.ndarray:
         shape, dtype = self.header[key]
         a = np.empty(shape, dtype.newbyteorder("<"))
-        view, offset = memoryview(a.reshape(-1).view(np.uint8)), self._offsets[key]
+        self.read_into(key, a)
+        return a
+
+    def stored(self, key: str) -> Stored:
+        """The tensor ``key``, not read yet: read with :meth:`Stored.read_into` straight into
+        the memory that is to hold it (a load into a torch tensor: one copy), or into a fresh
+        array by ``np.asarray``."""
+        shape, dtype = self.header[key]
+        return Stored(self, key, shape, dtype.newbyteorder("<"))
+
+    def read_into(self, key: str, out: np.ndarray) -> None:
+        """Read the tensor ``key`` into ``out``: C-contiguous, of its shape and (little-endian)
+        dtype. A file that ends before the tensor does raises a ``CheckpointError``."""
+        if not out.flags.c_contiguous:  # reshape would read into a copy
+            raise ValueError(f"read_into {key}: the array to read into is not C-contiguous")
+        view, offset = memoryview(out.reshape(-1).view(np.uint8)), self._offsets[key]
         done = 0
         while done < len(view):
             n = self._pread(view[done:], offset + done)
             if n == 0:
                 raise CheckpointError(f"{self.path}: the file ends inside {key}: it was truncated.")
             done += n
-        return a
-
-    def view(self, key: str) -> np.ndarray:
-        """The tensor ``key`` as a view of the file, memory-mapped, for a caller that copies it
-        at once and never writes it (a load): no copy of its own. The pages of the views given
-        before it leave this process's memory once they span 64 MiB (``MADV_DONTNEED``; a later
-        read of such a view maps them again from the file), so a load holds one tensor of the
-        file, and at most 64 MiB of those before it, at a time."""
-        if os.fstat(self._fd).st_size != self._size:
-            raise CheckpointError(f"{self.path}: the file changed size while it was read.")
-        if self._map is None:
-            # private: the views are writable (torch takes them without a copy or a warning),
-            # and a write, which no caller makes, could never reach the file
-            self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_COPY)
-        if self._viewed[1] - self._viewed[0] >= self._RELEASE:
-            self._release()
-        shape, dtype = self.header[key]
-        offset, size = self._offsets[key], math.prod(shape) * dtype.itemsize
-        begin, end = self._viewed
-        self._viewed = (
-            (offset, offset + size)
-            if begin == end
-            else (min(begin, offset), max(end, offset + size))
-        )
-        a = np.frombuffer(self._map, dtype.newbyteorder("<"), math.prod(shape), offset)
-        return a.reshape(shape)
-
-    _RELEASE = 64 << 20  # the pages of the views given are released in batches of this size
-
-    def _release(self) -> None:
-        begin, end = self._viewed
-        if end > begin and hasattr(self._map, "madvise"):  # Linux, macOS
-            start = begin - begin % mmap.PAGESIZE
-            self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
-        self._viewed = (0, 0)
 
     def paths(self, aliases: bool = False) -> list[str]:
         """The stored keys (and with ``aliases``, the other paths of tied ones) in the writer's
@@ -413,11 +390,24 @@ class Checkpoint:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._map is not None:
-            self._release()
-            with contextlib.suppress(BufferError):  # a view is held: it closes with the last one
-                self._map.close()
         os.close(self._fd)
+
+
+class Stored:
+    """A tensor of a :class:`Checkpoint` not read yet (``shape``, little-endian ``dtype``):
+    ``np.asarray`` reads it into a fresh array, :meth:`read_into` into a given one."""
+
+    __slots__ = ("ckpt", "dtype", "key", "shape")
+
+    def __init__(self, ckpt: Checkpoint, key: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.ckpt, self.key, self.shape, self.dtype = ckpt, key, shape, dtype
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        a = self.ckpt[self.key]
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+    def read_into(self, out: np.ndarray) -> None:
+        self.ckpt.read_into(self.key, out)
 
 
 class TorchFile:
@@ -451,7 +441,7 @@ class TorchFile:
     def __getitem__(self, key: str) -> np.ndarray:
         return self._adapter.read(self._state[key])
 
-    view = __getitem__  # torch's memory-mapped tensors: already no copy
+    stored = __getitem__  # torch's memory-mapped tensors, read by torch: no copy of ours
 
     def paths(self, aliases: bool = False) -> list[str]:
         return [k for k in self.header if aliases or k not in self._aliases]

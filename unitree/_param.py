@@ -343,6 +343,8 @@ def _pool() -> Any:
         from concurrent.futures import ThreadPoolExecutor
 
         _POOL.append(ThreadPoolExecutor(_WORKERS, thread_name_prefix="unitree-copy"))
+        if hasattr(os, "register_at_fork"):  # a forked child has the pool but not its threads
+            os.register_at_fork(after_in_child=_POOL.clear)
     return _POOL[0]
 
 

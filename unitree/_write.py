@@ -21,7 +21,16 @@ from ._adapter import Adapter
 from ._canon import Layer, slots
 from ._dtypes import numpy_dtype
 from ._errors import StateDictError
-from ._param import Param, adapter_of, check_finite, leaf_of, numeric, write_canonical
+from ._files import Stored
+from ._param import (
+    Param,
+    adapter_of,
+    check_finite,
+    leaf_of,
+    numeric,
+    transform_of,
+    write_canonical,
+)
 from ._read import View
 from .layouts import OPTIONAL, weight_norm, weight_norm_axes, weight_norm_keys
 
@@ -104,9 +113,9 @@ def load(
                     problems.append(
                         f"{keys[0]} and {other} are one tied parameter in the model but hold different values in {source}"
                     )
-        plan.setdefault(id(layer), (layer, {}))[1][leaf] = lambda key=keys[0], dt=model_dtype: get(
-            key
-        ).astype(dt, copy=False)
+        plan.setdefault(id(layer), (layer, {}))[1][leaf] = (
+            lambda key=keys[0], dt=model_dtype, whole=layer.codec is None: _as(get(key), dt, whole)
+        )
     unexpected = [k for k in header if k not in used]
     if strict:  # a leaf some frameworks lack (torch's batch-norm counter) is no error
         problems += [f"{k}: missing from {source}" for k in missing if not _optional(k)]
@@ -196,11 +205,13 @@ def write_all(
     writes = list(writes)  # (Param, thunk): the values are read as they are written
     if not journal.every and any(adapter_of(p).write_can_fail(leaf_of(p)) for p, _ in writes):
         journal.every = True  # one write that can fail: every one before it must be undoable
+    caught: list[int] = []  # SIGINTs held back
     try:
-        with nullcontext() if journal.every else _interrupts_deferred():
+        with nullcontext() if journal.every else _interrupts_deferred(caught):
             for p, value in writes:
                 journal.keep(p)
                 _write_one(p, value(), error_if_nonfinite)
+                journal.written += 1
     except BaseException:
         if own:
             journal.undo()
@@ -208,27 +219,31 @@ def write_all(
     finally:
         if own:
             journal.close()
+    if caught:  # every value is written: now the interrupt
+        signal.raise_signal(signal.SIGINT)
 
 
 @contextmanager
-def _interrupts_deferred() -> Iterator[None]:
-    """SIGINT held back until the block ends, then delivered: in the main thread only, where
-    Python runs signal handlers, and only where Python's handler is there to put back."""
+def _interrupts_deferred(caught: list[int]) -> Iterator[None]:
+    """SIGINT held back while the block runs, into ``caught``, for the caller to deliver once
+    it is done: in the main thread only, where Python runs signal handlers, and only where
+    Python's handler is there to put back."""
     previous = signal.getsignal(signal.SIGINT)
     if threading.current_thread() is not threading.main_thread() or previous is None:
         yield
         return
-    caught: list[int] = []
     signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-        if caught:
-            signal.raise_signal(signal.SIGINT)
 
 
 def _write_one(p: Param, v: Any, error_if_nonfinite: bool) -> None:
+    if type(v) is Stored:  # a file's tensor: read into the leaf's own memory where it can be
+        if not error_if_nonfinite and _read_into(p, v):
+            return
+        v = np.asarray(v)
     if type(v) is Foreign:
         if not error_if_nonfinite and adapter_of(p).write_dlpack(leaf_of(p), v.tensor):
             return
@@ -236,6 +251,18 @@ def _write_one(p: Param, v: Any, error_if_nonfinite: bool) -> None:
     if error_if_nonfinite:
         check_finite(v, p.path)
     write_canonical(p, v)
+
+
+def _read_into(p: Param, stored: Stored) -> bool:
+    """Read a file's tensor straight into ``p``'s memory, where the adapter gives a view of it
+    (``Adapter.writable_view``) that holds the canonical layout in the file's dtype."""
+    if transform_of(p) is not None:
+        return False
+    out = adapter_of(p).writable_view(leaf_of(p))
+    if out is None or out.shape != stored.shape or out.dtype != stored.dtype:
+        return False
+    stored.read_into(out)
+    return True
 
 
 class Journal:
@@ -257,7 +284,9 @@ class Journal:
     def __init__(self, every: bool = True) -> None:
         self.every = every
         self.kept: list[tuple[Param, Any, tuple[int, tuple[int, ...], np.dtype] | None]] = []
-        self.unkept = 0  # written with nothing kept to undo them (every=False)
+        self.unkept = 0  # begun with nothing kept to undo them (every=False)
+        self.written = 0  # writes done, counted by write_all
+        self.written = 0  # writes done, counted by write_all
         self.size = 0
         self.file: Any = None
         self.seen: set[Param] = set()
@@ -308,10 +337,10 @@ class Journal:
             error.add_note(f"unitree: these could not be put back: {', '.join(lost)}")
         if self.unkept and error is not None and hasattr(error, "add_note"):  # Python >= 3.11
             error.add_note(
-                f"unitree: the model is partly written. No copy was kept of the {self.unkept} "
-                "tensors written or being written when this failed (their writes cannot fail once "
-                "validated; what failed is the machine or the source), so they cannot be put "
-                "back: load or port again."
+                f"unitree: the model is partly written: {self.written} tensors were written before "
+                "this failure, and the one being written may be partly written. Their writes cannot "
+                "fail once validated, so no copy of their old values was kept (what failed is the "
+                "machine or the source) and they cannot be put back: load or port again."
             )
 
     def close(self) -> None:
@@ -351,6 +380,15 @@ def _weight_norm_factors(
     return None
 
 
+def _as(value: Any, dtype: np.dtype, whole: bool) -> Any:
+    """A value of ``get`` as the model's ``dtype``: a file's tensor (``Stored``) of that dtype
+    is left unread for :func:`_write_one` to read where it goes, when it is written whole (not
+    through a codec, which computes with it), else read here."""
+    if whole and type(value) is Stored and value.dtype == dtype:
+        return value
+    return np.asarray(value).astype(dtype, copy=False)
+
+
 def _computing(
     get: Callable[[str], np.ndarray], made: Mapping[str, tuple[str, str]]
 ) -> Callable[[str], np.ndarray]:
@@ -359,7 +397,9 @@ def _computing(
 
     def read(key: str) -> np.ndarray:
         factors = made.get(key)
-        return get(key) if factors is None else weight_norm(get(factors[0]), get(factors[1]))
+        if factors is None:
+            return get(key)
+        return weight_norm(np.asarray(get(factors[0])), np.asarray(get(factors[1])))
 
     return read
 
