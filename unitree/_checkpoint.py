@@ -235,7 +235,7 @@ def load(
 
         def get(key: str) -> Any:  # a Stored tensor, read where it is written (_write)
             value = ckpt.stored(aliases.get(key, key))
-            return np.asarray(value).T if key in turned else value
+            return value.T if key in turned else value
 
         return load_into(
             view,

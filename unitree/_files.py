@@ -20,6 +20,7 @@ import numpy as np
 from ._adapter import adapter_named
 from ._dtypes import numpy_dtype
 from ._errors import CheckpointError, ValueTypeError
+from ._param import WORKERS, pool
 
 PathLike = Union[str, "os.PathLike[str]"]
 # The safetensors "format" a file holds: "pt", PyTorch's names and layouts, which transformers'
@@ -358,12 +359,23 @@ class Checkpoint:
         if not out.flags.c_contiguous:  # reshape would read into a copy
             raise ValueError(f"read_into {key}: the array to read into is not C-contiguous")
         view, offset = memoryview(out.reshape(-1).view(np.uint8)), self._offsets[key]
-        done = 0
-        while done < len(view):
-            n = self._pread(view[done:], offset + done)
-            if n == 0:
-                raise CheckpointError(f"{self.path}: the file ends inside {key}: it was truncated.")
-            done += n
+
+        def part(begin: int, end: int) -> None:
+            while begin < end:
+                n = self._pread(view[begin:end], offset + begin)
+                if n == 0:
+                    raise CheckpointError(
+                        f"{self.path}: the file ends inside {key}: it was truncated."
+                    )
+                begin += n
+
+        size = len(view)
+        parts = min(WORKERS, size // _PART) if hasattr(os, "preadv") else 1
+        if parts < 2:
+            part(0, size)
+            return
+        step = -(-size // parts)  # the kernel's copies of a large tensor, on every core
+        list(pool().map(lambda b: part(b, min(b + step, size)), range(0, size, step)))
 
     def paths(self, aliases: bool = False) -> list[str]:
         """The stored keys (and with ``aliases``, the other paths of tied ones) in the writer's
@@ -393,17 +405,35 @@ class Checkpoint:
         os.close(self._fd)
 
 
+_PART = 1 << 20  # a tensor is read in parts of at least this size, one per core
+
+
 class Stored:
     """A tensor of a :class:`Checkpoint` not read yet (``shape``, little-endian ``dtype``):
-    ``np.asarray`` reads it into a fresh array, :meth:`read_into` into a given one."""
+    ``np.asarray`` reads it into a fresh array, :meth:`read_into` into a given one. ``.T`` is
+    the same tensor transposed (a 2-d tensor the file holds transposed from canonical):
+    ``shape`` is then the transposed one, and :meth:`read_into` still reads the file's
+    layout, into an array of the file's shape."""
 
-    __slots__ = ("ckpt", "dtype", "key", "shape")
+    __slots__ = ("ckpt", "dtype", "key", "shape", "turned")
 
-    def __init__(self, ckpt: Checkpoint, key: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        self.ckpt, self.key, self.shape, self.dtype = ckpt, key, shape, dtype
+    def __init__(
+        self,
+        ckpt: Checkpoint,
+        key: str,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        turned: bool = False,
+    ) -> None:
+        self.ckpt, self.key, self.shape, self.dtype, self.turned = ckpt, key, shape, dtype, turned
+
+    @property
+    def T(self) -> Stored:
+        return Stored(self.ckpt, self.key, self.shape[::-1], self.dtype, not self.turned)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         a = self.ckpt[self.key]
+        a = a.T if self.turned else a
         return a if dtype is None else a.astype(dtype, copy=False)
 
     def read_into(self, out: np.ndarray) -> None:

@@ -312,12 +312,12 @@ def contiguous(a: np.ndarray, out: np.ndarray | None = None, tile: int = 128) ->
             for j in range(0, cols, tile):
                 out[i : i + tile, j : j + tile] = a[i : i + tile, j : j + tile]
 
-    step = -(-rows // (_WORKERS * tile)) * tile  # one band of whole tiles per worker
+    step = -(-rows // (WORKERS * tile)) * tile  # one band of whole tiles per worker
     bands = [(i, min(i + step, rows)) for i in range(0, rows, step)]
     if len(bands) == 1:
         band(*bands[0])
     else:
-        list(_pool().map(lambda b: band(*b), bands))
+        list(pool().map(lambda b: band(*b), bands))
     return out
 
 
@@ -332,17 +332,17 @@ def fresh(a: np.ndarray) -> np.ndarray:
     return contiguous(a, out)
 
 
-_WORKERS = max(1, min(os.cpu_count() or 1, 8))
+WORKERS = max(1, min(os.cpu_count() or 1, 8))
 _POOL: list[Any] = []
 
 
-def _pool() -> Any:
-    """The threads of :func:`contiguous`, started on first use (``import unitree`` starts none
-    and imports no ``concurrent.futures``)."""
+def pool() -> Any:
+    """The threads of :func:`contiguous` and of a checkpoint's reads, started on first use
+    (``import unitree`` starts none and imports no ``concurrent.futures``)."""
     if not _POOL:
         from concurrent.futures import ThreadPoolExecutor
 
-        _POOL.append(ThreadPoolExecutor(_WORKERS, thread_name_prefix="unitree-copy"))
+        _POOL.append(ThreadPoolExecutor(WORKERS, thread_name_prefix="unitree-copy"))
         if hasattr(os, "register_at_fork"):  # a forked child has the pool but not its threads
             os.register_at_fork(after_in_child=_POOL.clear)
     return _POOL[0]

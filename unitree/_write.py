@@ -32,7 +32,7 @@ from ._param import (
     write_canonical,
 )
 from ._read import View
-from .layouts import OPTIONAL, weight_norm, weight_norm_axes, weight_norm_keys
+from .layouts import OPTIONAL, Permute, weight_norm, weight_norm_axes, weight_norm_keys
 
 
 class LoadResult(NamedTuple):
@@ -256,10 +256,15 @@ def _write_one(p: Param, v: Any, error_if_nonfinite: bool) -> None:
 def _read_into(p: Param, stored: Stored) -> bool:
     """Read a file's tensor straight into ``p``'s memory, where the adapter gives a view of it
     (``Adapter.writable_view``) that holds the canonical layout in the file's dtype."""
-    if transform_of(p) is not None:
+    transform = transform_of(p)
+    if stored.turned:  # the file holds it transposed: a leaf that holds it so too takes it
+        if not (isinstance(transform, Permute) and transform.axes(2) == (1, 0)):
+            return False
+    elif transform is not None:
         return False
     out = adapter_of(p).writable_view(leaf_of(p))
-    if out is None or out.shape != stored.shape or out.dtype != stored.dtype:
+    shape = stored.shape[::-1] if stored.turned else stored.shape
+    if out is None or out.shape != shape or out.dtype != stored.dtype:
         return False
     stored.read_into(out)
     return True

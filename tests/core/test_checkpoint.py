@@ -583,6 +583,9 @@ def test_a_stored_tensor_reads_as_the_file_holds_it(tmp_path):
             out = np.full(arrays[k].shape, 7, arrays[k].dtype)
             stored.read_into(out)
             np.testing.assert_array_equal(out, arrays[k], err_msg=k)
+            turned = stored.T  # a file's layout transposed from canonical: read as its .T
+            assert turned.turned and turned.shape == arrays[k].shape[::-1]
+            np.testing.assert_array_equal(np.asarray(turned), arrays[k].T, err_msg=k)
         with pytest.raises(ValueError, match="not C-contiguous"):
             ckpt.stored("t3").read_into(np.zeros((1000, 4), np.float32).T)
         os.truncate(tmp_path / "m.safetensors", os.path.getsize(tmp_path / "m.safetensors") - 8)
