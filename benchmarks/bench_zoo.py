@@ -93,41 +93,21 @@ OPS: dict[str, tuple[Op, Op, str]] = {
 }
 
 
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
 def measure_memory(direction: str, side: int) -> None:
     """In a fresh interpreter: the peak RSS above the one before of one operation, and what
-    of it is still held when the operation returns (before any garbage collection), as JSON.
-    The kernel's high-water mark, reset first (``/proc/self/clear_refs``), where it can be;
-    otherwise sampled every 2 ms."""
+    of it is still held when the operation returns (before any garbage collection), as JSON
+    (``bench_checkpoint.peak_rss``: the kernel's high-water mark, or sampled)."""
+    import bench_checkpoint
+
     op = OPS[direction][side]
     op(*models(tiny=True))  # code loaded on first use, caches filled: not the operation's
     tm, fm = models()
     gc.collect()
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # VmHWM := VmRSS
-        how = "VmHWM"
-    except OSError:
-        how = "sampled"
-    before = _status("VmRSS")
-    if how == "VmHWM":
+    before = bench_checkpoint.rss()
+    with bench_checkpoint.peak_rss() as peak:
         op(tm, fm)
-        peak = _status("VmHWM") - before
-    else:
-        import bench_checkpoint
-
-        with bench_checkpoint.peak_rss() as sampled:
-            op(tm, fm)
-        peak = sampled[0]
-    held = _status("VmRSS") - before
-    print(json.dumps({"peak": peak, "held": held, "how": how}))
+    held = bench_checkpoint.rss() - before
+    print(json.dumps({"peak": peak[0], "held": held, "how": "peak RSS"}))
 
 
 def memory(direction: str, side: int) -> tuple[int, int, str]:

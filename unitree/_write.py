@@ -291,7 +291,6 @@ class Journal:
         self.kept: list[tuple[Param, Any, tuple[int, tuple[int, ...], np.dtype] | None]] = []
         self.unkept = 0  # begun with nothing kept to undo them (every=False)
         self.written = 0  # writes done, counted by write_all
-        self.written = 0  # writes done, counted by write_all
         self.size = 0
         self.file: Any = None
         self.seen: set[Param] = set()
