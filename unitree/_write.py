@@ -289,7 +289,6 @@ class Journal:
     def __init__(self, every: bool = True) -> None:
         self.every = every
         self.kept: list[tuple[Param, Any, tuple[int, tuple[int, ...], np.dtype] | None]] = []
-        self.unkept = 0  # begun with nothing kept to undo them (every=False)
         self.written = 0  # writes done, counted by write_all
         self.size = 0
         self.file: Any = None
@@ -302,7 +301,6 @@ class Journal:
         leaf, adapter = leaf_of(p), adapter_of(p)
         adapter.batch_begin(leaf)
         if not self.every:
-            self.unkept += 1
             return
         backup = adapter.backup(leaf)
         if backup is not None:
@@ -339,7 +337,8 @@ class Journal:
         error = sys.exc_info()[1]
         if lost and error is not None and hasattr(error, "add_note"):
             error.add_note(f"unitree: these could not be put back: {', '.join(lost)}")
-        if self.unkept and error is not None and hasattr(error, "add_note"):  # Python >= 3.11
+        # every=False: what was begun had nothing kept, and cannot be put back
+        if not self.every and self.seen and error is not None and hasattr(error, "add_note"):
             error.add_note(
                 f"unitree: the model is partly written: {self.written} tensors were written before "
                 "this failure, and the one being written may be partly written. Their writes cannot "
